@@ -1,0 +1,465 @@
+//! Settings: read from the environment and an optional env-file, then validated into a [`Config`]
+//! before any thread starts. Every error names the setting, the value and what is allowed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+/// Prefix of every setting; `CDC_AUDIT_KAFKA_<PROPERTY>` passes a librdkafka property through.
+pub const PREFIX: &str = "CDC_AUDIT_";
+const KAFKA_PREFIX: &str = "CDC_AUDIT_KAFKA_";
+
+/// One known setting: its name, default (if any) and a line for `--help` and the README.
+pub struct Setting {
+    pub name: &'static str,
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+}
+
+/// Every setting the service reads, in the order `check-config` prints them.
+pub const SETTINGS: &[Setting] = &[
+    Setting { name: "CDC_AUDIT_BOOTSTRAP_SERVERS", default: None, help: "Kafka bootstrap servers, host:port[,host:port...]" },
+    Setting { name: "CDC_AUDIT_TOPICS", default: None, help: "comma-separated topics to audit (or CDC_AUDIT_TOPIC_REGEX)" },
+    Setting { name: "CDC_AUDIT_TOPIC_REGEX", default: None, help: "regular expression of topics to audit, e.g. ^dbserver1\\.inventory\\..*" },
+    Setting { name: "CDC_AUDIT_GROUP_ID", default: Some("cdc-audit"), help: "Kafka consumer group; instances with one group id share the partitions" },
+    Setting { name: "CDC_AUDIT_DATABASE_URL", default: None, help: "PostgreSQL sink, URL or key=value form (falls back to DATABASE_URL)" },
+    Setting { name: "CDC_AUDIT_BATCH_SIZE", default: Some("2000"), help: "messages per batch (one transaction per partition batch), 1..=100000" },
+    Setting { name: "CDC_AUDIT_BATCH_LINGER_MS", default: Some("200"), help: "longest a partly filled batch waits before it is written, 1..=60000" },
+    Setting { name: "CDC_AUDIT_WRITERS", default: Some("2"), help: "writer threads, each with its own connection, 1..=64" },
+    Setting { name: "CDC_AUDIT_POOL_SIZE", default: None, help: "PostgreSQL connections in the pool, at least writers + 1 (default writers + 2)" },
+    Setting { name: "CDC_AUDIT_CHANNEL_CAPACITY", default: Some("4"), help: "batches queued between stages, per channel, 1..=1024" },
+    Setting { name: "CDC_AUDIT_SHUTDOWN_TIMEOUT_MS", default: Some("30000"), help: "on SIGTERM/SIGINT, how long in-flight batches may take to commit, 100..=600000" },
+    Setting { name: "CDC_AUDIT_REBALANCE_TIMEOUT_MS", default: Some("10000"), help: "on revoke, how long to wait for batches being written, 0..=300000" },
+    Setting { name: "CDC_AUDIT_MIGRATE", default: Some("true"), help: "apply schema/ migrations at start of `run` (true or false)" },
+];
+
+/// A setting that could not be accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    Missing { setting: String, allowed: String },
+    Invalid { setting: String, value: String, allowed: String },
+    Unknown { setting: String },
+    Conflict { message: String },
+    File { path: String, message: String },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Missing { setting, allowed } => write!(f, "{setting} is not set: {allowed}"),
+            ConfigError::Invalid { setting, value, allowed } => {
+                write!(f, "{setting}={value:?} is not allowed: {allowed}")
+            }
+            ConfigError::Unknown { setting } => write!(
+                f,
+                "{setting} is not a setting of cdc-audit (see `cdc-audit check-config --help`; \
+                 librdkafka properties go in {KAFKA_PREFIX}<PROPERTY>)"
+            ),
+            ConfigError::Conflict { message } => f.write_str(message),
+            ConfigError::File { path, message } => write!(f, "config file {path}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Which topics the consumer subscribes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topics {
+    List(Vec<String>),
+    /// librdkafka subscribes to a pattern when the name starts with `^`.
+    Regex(String),
+}
+
+impl Topics {
+    pub fn subscription(&self) -> Vec<String> {
+        match self {
+            Topics::List(list) => list.clone(),
+            Topics::Regex(pattern) if pattern.starts_with('^') => vec![pattern.clone()],
+            Topics::Regex(pattern) => vec![format!("^{pattern}")],
+        }
+    }
+}
+
+/// The validated settings of one service instance.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bootstrap_servers: String,
+    pub topics: Topics,
+    pub group_id: String,
+    pub database_url: String,
+    pub batch_size: usize,
+    pub batch_linger: Duration,
+    pub writers: usize,
+    pub pool_size: u32,
+    pub channel_capacity: usize,
+    pub shutdown_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    pub migrate: bool,
+    /// librdkafka properties from `CDC_AUDIT_KAFKA_*`, lower-cased with `_` turned into `.`.
+    pub kafka: BTreeMap<String, String>,
+}
+
+/// Properties the service sets itself; passing them through would break exactly-once or be ambiguous.
+const OWNED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
+    ("enable.auto.commit", "positions are committed with the rows in PostgreSQL; auto-commit stays off"),
+    ("enable.auto.offset.store", "the service stores offsets itself"),
+    ("group.id", "use CDC_AUDIT_GROUP_ID"),
+    ("bootstrap.servers", "use CDC_AUDIT_BOOTSTRAP_SERVERS"),
+    ("enable.partition.eof", "the service sets it"),
+];
+
+/// Raw settings: the environment over an optional env-file (`KEY=VALUE` lines, as systemd's
+/// `EnvironmentFile=`), restricted to `CDC_AUDIT_*` and `DATABASE_URL`.
+pub fn gather(
+    env: impl IntoIterator<Item = (String, String)>,
+    file: Option<&Path>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut raw = BTreeMap::new();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let line = line.strip_prefix("export ").unwrap_or(line);
+            let Some((key, value)) = line.split_once('=') else {
+                return Err(ConfigError::File {
+                    path: path.display().to_string(),
+                    message: format!("line {}: expected KEY=VALUE, found {line:?}", n + 1),
+                });
+            };
+            raw.insert(key.trim().to_string(), unquote(value.trim()).to_string());
+        }
+    }
+    for (key, value) in env {
+        if key.starts_with(PREFIX) || key == "DATABASE_URL" {
+            raw.insert(key, value);
+        }
+    }
+    Ok(raw)
+}
+
+fn unquote(value: &str) -> &str {
+    for q in ['"', '\''] {
+        if value.len() >= 2 && value.starts_with(q) && value.ends_with(q) {
+            return &value[1..value.len() - 1];
+        }
+    }
+    value
+}
+
+impl Config {
+    /// Validates raw settings. `CDC_AUDIT_CONFIG_FILE` is accepted as the file's own name.
+    pub fn from_settings(raw: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        for key in raw.keys() {
+            let known = key == "DATABASE_URL"
+                || key == "CDC_AUDIT_CONFIG_FILE"
+                || key.starts_with(KAFKA_PREFIX)
+                || SETTINGS.iter().any(|s| s.name == key);
+            if !known {
+                return Err(ConfigError::Unknown { setting: key.clone() });
+            }
+        }
+        let get = |name: &str| raw.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+
+        let bootstrap_servers = get("CDC_AUDIT_BOOTSTRAP_SERVERS")
+            .ok_or_else(|| ConfigError::Missing {
+                setting: "CDC_AUDIT_BOOTSTRAP_SERVERS".into(),
+                allowed: "set it to the Kafka brokers, host:port[,host:port...]".into(),
+            })?
+            .to_string();
+        for server in bootstrap_servers.split(',') {
+            let ok = server
+                .trim()
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(invalid(
+                    "CDC_AUDIT_BOOTSTRAP_SERVERS",
+                    &bootstrap_servers,
+                    "a comma-separated list of host:port",
+                ));
+            }
+        }
+
+        let topics = match (get("CDC_AUDIT_TOPICS"), get("CDC_AUDIT_TOPIC_REGEX")) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Conflict {
+                    message: "CDC_AUDIT_TOPICS and CDC_AUDIT_TOPIC_REGEX are both set: set one of them".into(),
+                })
+            }
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    setting: "CDC_AUDIT_TOPICS".into(),
+                    allowed: "set it to a comma-separated list of topics, or set CDC_AUDIT_TOPIC_REGEX".into(),
+                })
+            }
+            (Some(list), None) => {
+                let topics: Vec<String> = list.split(',').map(|t| t.trim().to_string()).collect();
+                if let Some(bad) = topics.iter().find(|t| !valid_topic(t)) {
+                    return Err(invalid(
+                        "CDC_AUDIT_TOPICS",
+                        list,
+                        &format!(
+                            "topic names of 1 to 249 letters, digits, '.', '_' or '-' ({bad:?} is not one)"
+                        ),
+                    ));
+                }
+                Topics::List(topics)
+            }
+            (None, Some(pattern)) => Topics::Regex(pattern.to_string()),
+        };
+
+        let group_id = get("CDC_AUDIT_GROUP_ID").unwrap_or("cdc-audit").to_string();
+        let database_url = get("CDC_AUDIT_DATABASE_URL")
+            .or_else(|| get("DATABASE_URL"))
+            .ok_or_else(|| ConfigError::Missing {
+                setting: "CDC_AUDIT_DATABASE_URL".into(),
+                allowed: "set it (or DATABASE_URL) to the sink, e.g. postgres://user@host/db".into(),
+            })?
+            .to_string();
+        if let Err(e) = database_url.parse::<postgres::Config>() {
+            return Err(invalid(
+                "CDC_AUDIT_DATABASE_URL",
+                &mask_url(&database_url),
+                &format!("a PostgreSQL connection string ({e})"),
+            ));
+        }
+
+        let number = |name: &str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (min..=max).contains(n))
+                    .ok_or_else(|| invalid(name, v, &format!("a whole number from {min} to {max}"))),
+            }
+        };
+        let batch_size = number("CDC_AUDIT_BATCH_SIZE", 2000, 1, 100_000)? as usize;
+        let batch_linger = Duration::from_millis(number("CDC_AUDIT_BATCH_LINGER_MS", 200, 1, 60_000)?);
+        let writers = number("CDC_AUDIT_WRITERS", 2, 1, 64)? as usize;
+        let pool_size = number("CDC_AUDIT_POOL_SIZE", writers as u64 + 2, 2, 256)? as u32;
+        if (pool_size as usize) < writers + 1 {
+            return Err(invalid(
+                "CDC_AUDIT_POOL_SIZE",
+                &pool_size.to_string(),
+                &format!(
+                    "at least CDC_AUDIT_WRITERS + 1 = {} (one connection per writer and one for assignments)",
+                    writers + 1
+                ),
+            ));
+        }
+        let channel_capacity = number("CDC_AUDIT_CHANNEL_CAPACITY", 4, 1, 1024)? as usize;
+        let shutdown_timeout =
+            Duration::from_millis(number("CDC_AUDIT_SHUTDOWN_TIMEOUT_MS", 30_000, 100, 600_000)?);
+        let rebalance_timeout =
+            Duration::from_millis(number("CDC_AUDIT_REBALANCE_TIMEOUT_MS", 10_000, 0, 300_000)?);
+        let migrate = match get("CDC_AUDIT_MIGRATE").map(|v| v.to_ascii_lowercase()) {
+            None => true,
+            Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => true,
+            Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => false,
+            Some(v) => return Err(invalid("CDC_AUDIT_MIGRATE", &v, "true or false")),
+        };
+
+        let mut kafka = BTreeMap::new();
+        for (key, value) in raw.range(KAFKA_PREFIX.to_string()..) {
+            let Some(suffix) = key.strip_prefix(KAFKA_PREFIX) else { break };
+            let property = suffix.to_ascii_lowercase().replace('_', ".");
+            if property.is_empty() {
+                return Err(ConfigError::Unknown { setting: key.clone() });
+            }
+            if let Some((_, why)) = OWNED_KAFKA_PROPERTIES.iter().find(|(p, _)| *p == property) {
+                return Err(ConfigError::Conflict {
+                    message: format!("{key}={value:?} sets {property}, which cannot be overridden: {why}"),
+                });
+            }
+            kafka.insert(property, value.clone());
+        }
+        // Validate the passthrough with librdkafka itself, so a typo fails here, not in a thread.
+        let mut client = rdkafka::ClientConfig::new();
+        for (k, v) in &kafka {
+            client.set(k, v);
+        }
+        if let Err(e) = client.create_native_config() {
+            return Err(ConfigError::Conflict {
+                message: format!("a CDC_AUDIT_KAFKA_* setting was refused by librdkafka: {e}"),
+            });
+        }
+
+        Ok(Config {
+            bootstrap_servers,
+            topics,
+            group_id,
+            database_url,
+            batch_size,
+            batch_linger,
+            writers,
+            pool_size,
+            channel_capacity,
+            shutdown_timeout,
+            rebalance_timeout,
+            migrate,
+            kafka,
+        })
+    }
+
+    /// The effective settings as `NAME=value` lines, secrets masked.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        let mut out = vec![
+            ("CDC_AUDIT_BOOTSTRAP_SERVERS".to_string(), self.bootstrap_servers.clone()),
+            match &self.topics {
+                Topics::List(list) => ("CDC_AUDIT_TOPICS".to_string(), list.join(",")),
+                Topics::Regex(p) => ("CDC_AUDIT_TOPIC_REGEX".to_string(), p.clone()),
+            },
+            ("CDC_AUDIT_GROUP_ID".into(), self.group_id.clone()),
+            ("CDC_AUDIT_DATABASE_URL".into(), mask_url(&self.database_url)),
+            ("CDC_AUDIT_BATCH_SIZE".into(), self.batch_size.to_string()),
+            ("CDC_AUDIT_BATCH_LINGER_MS".into(), self.batch_linger.as_millis().to_string()),
+            ("CDC_AUDIT_WRITERS".into(), self.writers.to_string()),
+            ("CDC_AUDIT_POOL_SIZE".into(), self.pool_size.to_string()),
+            ("CDC_AUDIT_CHANNEL_CAPACITY".into(), self.channel_capacity.to_string()),
+            ("CDC_AUDIT_SHUTDOWN_TIMEOUT_MS".into(), self.shutdown_timeout.as_millis().to_string()),
+            ("CDC_AUDIT_REBALANCE_TIMEOUT_MS".into(), self.rebalance_timeout.as_millis().to_string()),
+            ("CDC_AUDIT_MIGRATE".into(), self.migrate.to_string()),
+        ];
+        for (k, v) in &self.kafka {
+            let name = format!("{KAFKA_PREFIX}{}", k.to_ascii_uppercase().replace('.', "_"));
+            let shown = if is_secret_property(k) { "****".to_string() } else { v.clone() };
+            out.push((name, shown));
+        }
+        out
+    }
+}
+
+fn invalid(setting: &str, value: &str, allowed: &str) -> ConfigError {
+    ConfigError::Invalid { setting: setting.into(), value: value.into(), allowed: allowed.into() }
+}
+
+fn valid_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn is_secret_property(property: &str) -> bool {
+    ["password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "ssl.keystore"]
+        .iter()
+        .any(|s| property.contains(s))
+}
+
+/// Hides the password of a connection string, in URL or key=value form.
+pub fn mask_url(url: &str) -> String {
+    if let Some(rest) = url.split_once("://") {
+        let (scheme, rest) = rest;
+        let (authority, tail) = match rest.find(['/', '?']) {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let masked_authority = match authority.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:****@{host}"),
+                None => authority.to_string(),
+            },
+            None => authority.to_string(),
+        };
+        let tail = mask_password_param(tail);
+        return format!("{scheme}://{masked_authority}{tail}");
+    }
+    url.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=****"),
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn mask_password_param(tail: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else { return tail.to_string() };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=****"),
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{path}?{}", query.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> BTreeMap<String, String> {
+        [
+            ("CDC_AUDIT_BOOTSTRAP_SERVERS", "localhost:9092"),
+            ("CDC_AUDIT_TOPICS", "a.b.c,a.b.d"),
+            ("DATABASE_URL", "postgres://u:pw@localhost/db"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    fn with(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut raw = base();
+        for (k, v) in extra {
+            raw.insert(k.to_string(), v.to_string());
+        }
+        Config::from_settings(&raw)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_database_url_falls_back() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.batch_size, 2000);
+        assert_eq!(c.pool_size, 4);
+        assert_eq!(c.database_url, "postgres://u:pw@localhost/db");
+        assert_eq!(c.topics, Topics::List(vec!["a.b.c".into(), "a.b.d".into()]));
+    }
+
+    #[test]
+    fn kafka_passthrough_maps_names() {
+        let c = with(&[("CDC_AUDIT_KAFKA_MAX_POLL_INTERVAL_MS", "6000")]).unwrap();
+        assert_eq!(c.kafka.get("max.poll.interval.ms").map(String::as_str), Some("6000"));
+    }
+
+    #[test]
+    fn kafka_passthrough_refused_by_librdkafka_is_an_error() {
+        let e = with(&[("CDC_AUDIT_KAFKA_NO_SUCH_PROPERTY", "1")]).unwrap_err();
+        assert!(e.to_string().contains("no.such.property"), "{e}");
+    }
+
+    #[test]
+    fn auto_commit_cannot_be_enabled() {
+        let e = with(&[("CDC_AUDIT_KAFKA_ENABLE_AUTO_COMMIT", "true")]).unwrap_err();
+        assert!(e.to_string().contains("enable.auto.commit"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let c = with(&[("CDC_AUDIT_KAFKA_SASL_PASSWORD", "hunter2")]).unwrap();
+        let text = format!("{:?}", c.describe());
+        assert!(!text.contains("hunter2") && !text.contains(":pw@"), "{text}");
+        assert_eq!(mask_url("host=x password=abc user=u"), "host=x password=**** user=u");
+        assert_eq!(mask_url("postgres://h/db?password=abc"), "postgres://h/db?password=****");
+    }
+
+    #[test]
+    fn env_file_is_read_and_env_wins() {
+        let dir = std::env::temp_dir().join(format!("cdc-audit-cfg-{}", std::process::id()));
+        std::fs::write(&dir, "# comment\nCDC_AUDIT_BATCH_SIZE=\"50\"\nCDC_AUDIT_WRITERS=3\nOTHER=x\n").unwrap();
+        let env = vec![("CDC_AUDIT_WRITERS".to_string(), "5".to_string())];
+        let raw = gather(env, Some(&dir)).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(raw.get("CDC_AUDIT_BATCH_SIZE").map(String::as_str), Some("50"));
+        assert_eq!(raw.get("CDC_AUDIT_WRITERS").map(String::as_str), Some("5"));
+    }
+}

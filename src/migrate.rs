@@ -1,0 +1,45 @@
+//! Applies the SQL files of `schema/` in order, once each, recorded in `cdc_audit_migrations`.
+//! An advisory lock lets several instances start at once.
+
+/// The migrations compiled into the binary: (version, name, SQL).
+pub const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "0001_audit_log.sql", include_str!("../schema/0001_audit_log.sql"))];
+
+/// Arbitrary but fixed key of the advisory lock that serialises migrations.
+const LOCK_KEY: i64 = 0x6364_6361_7564_6974; // "cdcaudit"
+
+/// Applies the migrations not yet applied; returns the names of those it applied.
+pub fn migrate(client: &mut postgres::Client) -> Result<Vec<&'static str>, postgres::Error> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])?;
+    let result = apply(client);
+    let unlock = client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]);
+    let applied = result?;
+    unlock?;
+    Ok(applied)
+}
+
+fn apply(client: &mut postgres::Client) -> Result<Vec<&'static str>, postgres::Error> {
+    client.batch_execute(
+        "CREATE TABLE IF NOT EXISTS cdc_audit_migrations (
+             version    integer     PRIMARY KEY,
+             name       text        NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )?;
+    let mut applied = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        let done = client
+            .query_opt("SELECT 1 FROM cdc_audit_migrations WHERE version = $1", &[version])?
+            .is_some();
+        if done {
+            continue;
+        }
+        let mut tx = client.transaction()?;
+        tx.batch_execute(sql)?;
+        tx.execute("INSERT INTO cdc_audit_migrations (version, name) VALUES ($1, $2)", &[version, name])?;
+        tx.commit()?;
+        log::info!("applied migration {name}");
+        applied.push(*name);
+    }
+    Ok(applied)
+}

@@ -1,0 +1,397 @@
+//! The batch types that cross the stage channels, the partition [`Tracker`] shared by the poll
+//! thread and the writers, and the wiring that spawns and joins the stages.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use rayon::prelude::*;
+
+use crate::config::Config;
+use crate::sink::{Pool, Writer};
+use crate::source::{Source, SourceError};
+use crate::transform::{transform, Outcome};
+
+/// A Kafka message copied out of librdkafka's buffer, so it can cross threads.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// A topic partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tp {
+    pub topic: Arc<str>,
+    pub partition: i32,
+}
+
+/// Consecutive messages of one partition. It covers the offsets `[start, end)`: `start` is the
+/// consumer's position before the batch (known from the stored position or the previous batch),
+/// so offsets Kafka skips (compaction, transaction markers) are covered too.
+#[derive(Debug)]
+pub struct Batch {
+    pub id: u64,
+    pub tp: Tp,
+    /// The assignment epoch the batch was read under; a batch of an older epoch is never written.
+    pub epoch: u64,
+    /// `None` when the partition started from Kafka's committed offset (the database was not
+    /// reachable at assignment): the writer then checks the stored position against the first offset.
+    pub start: Option<i64>,
+    pub end: i64,
+    pub messages: Vec<Message>,
+    pub created: Instant,
+}
+
+/// A batch after the transform: each message with what became of it, in offset order.
+#[derive(Debug)]
+pub struct Transformed {
+    pub batch: Batch,
+    pub outcomes: Vec<Outcome>,
+}
+
+/// How a writer finished with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Written (or found already written); the partition's stored position is now `next`.
+    Committed { next: i64 },
+    /// Not written: its epoch ended (revoke, rewind) or shutdown abandoned it.
+    Dropped,
+    /// Not written: the stored position is behind the batch; read again from `stored`.
+    Rewind { stored: i64 },
+}
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    epoch: u64,
+    assigned: bool,
+    /// Where the next batch starts, when known (stored position at assignment or rewind).
+    start: Option<i64>,
+    in_flight: usize,
+    committed: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+struct TrackerInner {
+    partitions: HashMap<Tp, PartitionState>,
+    rewinds: Vec<(Tp, i64)>,
+    next_epoch: u64,
+}
+
+/// Partition state shared by the poll thread (assign, revoke, send) and the writers (finish).
+/// Epochs fence stale batches inside the process; the stored position fences them in the database.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    inner: Mutex<TrackerInner>,
+    changed: Condvar,
+    /// Bumped whenever an epoch changes, so the poll thread notices without taking the lock.
+    version: AtomicU64,
+}
+
+/// What the poll thread needs to know about an assigned partition.
+#[derive(Debug, Clone, Copy)]
+pub struct Assigned {
+    pub epoch: u64,
+    pub start: Option<i64>,
+}
+
+impl Tracker {
+    fn lock(&self) -> MutexGuard<'_, TrackerInner> {
+        // A writer that panicked while holding the lock leaves consistent counters; keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        self.version.fetch_add(1, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Starts a new epoch for a newly assigned partition.
+    pub fn assign(&self, tp: &Tp, start: Option<i64>) {
+        let mut inner = self.lock();
+        inner.next_epoch += 1;
+        let epoch = inner.next_epoch;
+        let state = inner.partitions.entry(tp.clone()).or_default();
+        state.epoch = epoch;
+        state.assigned = true;
+        state.start = start;
+        drop(inner);
+        self.bump();
+    }
+
+    /// Ends the epoch of revoked partitions: their queued batches will be dropped, not written.
+    pub fn revoke(&self, tps: &[Tp]) {
+        let mut inner = self.lock();
+        for tp in tps {
+            inner.next_epoch += 1;
+            let epoch = inner.next_epoch;
+            if let Some(state) = inner.partitions.get_mut(tp) {
+                state.epoch = epoch;
+                state.assigned = false;
+                state.start = None;
+            }
+        }
+        drop(inner);
+        self.bump();
+    }
+
+    /// Waits until no batch of these partitions is being written, or the deadline passes.
+    /// Returns the number still in flight.
+    pub fn wait_idle(&self, tps: &[Tp], deadline: Instant) -> usize {
+        let mut inner = self.lock();
+        loop {
+            let busy: usize = tps
+                .iter()
+                .filter_map(|tp| inner.partitions.get(tp))
+                .map(|s| s.in_flight)
+                .sum();
+            let now = Instant::now();
+            if busy == 0 || now >= deadline {
+                return busy;
+            }
+            inner = match self.changed.wait_timeout(inner, deadline - now) {
+                Ok((guard, _)) => guard,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.lock().partitions.values().map(|s| s.in_flight).sum()
+    }
+
+    /// The partition's epoch and start, if it is assigned.
+    pub fn assigned(&self, tp: &Tp) -> Option<Assigned> {
+        let inner = self.lock();
+        let state = inner.partitions.get(tp).filter(|s| s.assigned)?;
+        Some(Assigned { epoch: state.epoch, start: state.start })
+    }
+
+    /// Counts a batch as in flight; called by the poll thread when it hands the batch on.
+    pub fn sent(&self, tp: &Tp) {
+        self.lock().partitions.entry(tp.clone()).or_default().in_flight += 1;
+    }
+
+    pub fn is_current(&self, tp: &Tp, epoch: u64) -> bool {
+        self.lock().partitions.get(tp).is_some_and(|s| s.assigned && s.epoch == epoch)
+    }
+
+    /// Records how a writer finished with a batch.
+    pub fn finish(&self, tp: &Tp, epoch: u64, how: Finish) {
+        let mut inner = self.lock();
+        let mut rewind = None;
+        if let Some(state) = inner.partitions.get_mut(tp) {
+            state.in_flight = state.in_flight.saturating_sub(1);
+            match how {
+                Finish::Committed { next } => {
+                    state.committed = Some(state.committed.map_or(next, |c| c.max(next)));
+                }
+                Finish::Rewind { stored } if state.assigned && state.epoch == epoch => {
+                    // Everything read after this batch is stale too: a new epoch from `stored`.
+                    inner.next_epoch += 1;
+                    let new_epoch = inner.next_epoch;
+                    if let Some(state) = inner.partitions.get_mut(tp) {
+                        state.epoch = new_epoch;
+                        state.start = Some(stored);
+                    }
+                    rewind = Some(stored);
+                }
+                Finish::Rewind { .. } | Finish::Dropped => {}
+            }
+        }
+        if let Some(stored) = rewind {
+            inner.rewinds.push((tp.clone(), stored));
+        }
+        drop(inner);
+        self.bump();
+    }
+
+    /// Seeks requested by writers since the last call.
+    pub fn take_rewinds(&self) -> Vec<(Tp, i64)> {
+        std::mem::take(&mut self.lock().rewinds)
+    }
+
+    /// Stored positions committed by this process for assigned partitions (advisory Kafka commit).
+    pub fn committed_positions(&self) -> Vec<(Tp, i64)> {
+        let inner = self.lock();
+        inner
+            .partitions
+            .iter()
+            .filter(|(_, s)| s.assigned)
+            .filter_map(|(tp, s)| s.committed.map(|c| (tp.clone(), c)))
+            .collect()
+    }
+}
+
+/// Flags shared by every stage.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Set by SIGTERM/SIGINT (or the demo): stop polling, drain, leave.
+    pub shutdown: Arc<AtomicBool>,
+    /// Set when the shutdown deadline passed: writers stop retrying and drop what they hold.
+    pub abandon: AtomicBool,
+}
+
+impl Control {
+    pub fn stop(&self) {
+        self.shutdown.store(true, Ordering::Release);
+    }
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+    pub fn abandoned(&self) -> bool {
+        self.abandon.load(Ordering::Acquire)
+    }
+}
+
+/// Everything the stages share.
+pub struct Shared {
+    pub config: Config,
+    pub tracker: Arc<Tracker>,
+    pub control: Arc<Control>,
+    pub pool: Pool,
+    pub stats: Arc<crate::events::Stats>,
+}
+
+/// The transform stage: one thread that takes batches in order and transforms each one's
+/// messages in parallel on rayon, then routes it to the writer that owns its partition.
+struct TransformStage {
+    input: Receiver<Batch>,
+    writers: Vec<Sender<Transformed>>,
+}
+
+impl TransformStage {
+    fn run(self) {
+        for batch in self.input {
+            let outcomes: Vec<Outcome> = batch.messages.par_iter().map(transform).collect();
+            let slot = writer_for(&batch.tp, self.writers.len());
+            if self.writers[slot].send(Transformed { batch, outcomes }).is_err() {
+                log::error!("writer {slot} is gone; stopping the transform stage");
+                return;
+            }
+        }
+    }
+}
+
+/// The writer that owns a partition. One writer per partition keeps its batches in offset order.
+pub fn writer_for(tp: &Tp, writers: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tp.hash(&mut h);
+    (h.finish() % writers as u64) as usize
+}
+
+/// How the pipeline ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Every in-flight batch was committed (or dropped to be re-read) before the deadline.
+    Drained,
+    /// The deadline passed with batches still being written; they will be read again.
+    DeadlineExceeded { in_flight: usize },
+}
+
+/// Spawns the stages, runs until `control.shutdown` is set, and drains.
+pub fn run(shared: Shared) -> Result<Exit, SourceError> {
+    let Shared { config, tracker, control, pool, stats } = shared;
+    let (batch_tx, batch_rx) = bounded::<Batch>(config.channel_capacity);
+    let mut writer_txs = Vec::new();
+    let mut handles: Vec<JoinHandle<()>> = Vec::new();
+    for id in 0..config.writers {
+        let (tx, rx) = bounded::<Transformed>(config.channel_capacity);
+        writer_txs.push(tx);
+        let writer = Writer::new(id, rx, pool.clone(), config.group_id.clone(), tracker.clone(), control.clone(), stats.clone());
+        handles.push(spawn(&format!("writer-{id}"), move || writer.run())?);
+    }
+    let transform = TransformStage { input: batch_rx, writers: writer_txs };
+    handles.push(spawn("transform", move || transform.run())?);
+
+    let source = Source::new(&config, batch_tx, tracker.clone(), control.clone(), pool, stats)?;
+    let source_handle = spawn("source", move || source.run())?;
+    let source_result = source_handle.join().unwrap_or_else(|_| Err(SourceError::Panicked));
+
+    // The source dropped the batch sender: the transform and the writers finish their queues.
+    let deadline = Instant::now() + config.shutdown_timeout;
+    for handle in handles {
+        while !handle.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if handle.is_finished() {
+            let _ = handle.join();
+        }
+    }
+    let exit = source_result?;
+    if exit == Exit::Drained && tracker.in_flight() > 0 {
+        return Ok(Exit::DeadlineExceeded { in_flight: tracker.in_flight() });
+    }
+    Ok(exit)
+}
+
+fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<JoinHandle<T>, SourceError> {
+    thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map_err(|e| SourceError::Spawn(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(p: i32) -> Tp {
+        Tp { topic: Arc::from("t"), partition: p }
+    }
+
+    #[test]
+    fn revoke_makes_queued_batches_stale() {
+        let t = Tracker::default();
+        t.assign(&tp(0), Some(10));
+        let a = t.assigned(&tp(0)).unwrap();
+        assert!(t.is_current(&tp(0), a.epoch));
+        t.revoke(&[tp(0)]);
+        assert!(!t.is_current(&tp(0), a.epoch));
+        t.assign(&tp(0), Some(10));
+        assert!(!t.is_current(&tp(0), a.epoch), "a new assignment is a new epoch");
+    }
+
+    #[test]
+    fn rewind_starts_a_new_epoch_from_the_stored_position() {
+        let t = Tracker::default();
+        t.assign(&tp(1), None);
+        let a = t.assigned(&tp(1)).unwrap();
+        t.sent(&tp(1));
+        t.finish(&tp(1), a.epoch, Finish::Rewind { stored: 42 });
+        let b = t.assigned(&tp(1)).unwrap();
+        assert_ne!(a.epoch, b.epoch);
+        assert_eq!(b.start, Some(42));
+        assert_eq!(t.take_rewinds(), vec![(tp(1), 42)]);
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn wait_idle_returns_when_writers_finish() {
+        let t = Arc::new(Tracker::default());
+        t.assign(&tp(2), Some(0));
+        let epoch = t.assigned(&tp(2)).unwrap().epoch;
+        t.sent(&tp(2));
+        let t2 = t.clone();
+        let h = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            t2.finish(&tp(2), epoch, Finish::Committed { next: 5 });
+        });
+        assert_eq!(t.wait_idle(&[tp(2)], Instant::now() + Duration::from_secs(10)), 0);
+        h.join().unwrap();
+        assert_eq!(t.committed_positions(), vec![(tp(2), 5)]);
+    }
+}

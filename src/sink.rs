@@ -1,0 +1,430 @@
+//! The writer pool: each writer owns a set of partitions and commits each batch's rows, rejections
+//! and next position in one transaction, after checking the stored position (the fence).
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::Receiver;
+use postgres::error::SqlState;
+use postgres::{NoTls, Transaction};
+use r2d2_postgres::PostgresConnectionManager;
+
+use crate::events::Stats;
+use crate::pgcopy;
+use crate::pipeline::{Control, Finish, Message, Tracker, Transformed};
+use crate::transform::{Outcome, RejectKind, Rejection, AUDIT_COLUMNS};
+
+pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+/// Builds the connection pool; connections are opened lazily, so a database that is down at
+/// start does not stop the service.
+pub fn pool(url: &str, size: u32) -> Result<Pool, String> {
+    let config: postgres::Config = url.parse().map_err(|e| format!("database URL: {e}"))?;
+    let manager = PostgresConnectionManager::new(config, NoTls);
+    Ok(r2d2::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_secs(5))
+        .build_unchecked(manager))
+}
+
+/// A failed database call.
+#[derive(Debug)]
+pub enum SinkError {
+    Db(postgres::Error),
+    /// The COPY stream broke; the server's own error, when there is one, is inside.
+    Io(std::io::Error),
+}
+
+impl SinkError {
+    fn from_io(e: std::io::Error) -> SinkError {
+        // The postgres crate wraps its own error in the io::Error of a COPY write.
+        match e.get_ref().and_then(|inner| inner.downcast_ref::<postgres::Error>()) {
+            Some(_) => match e.into_inner().map(|b| b.downcast::<postgres::Error>()) {
+                Some(Ok(db)) => SinkError::Db(*db),
+                _ => SinkError::Io(std::io::Error::other("COPY stream failed")),
+            },
+            None => SinkError::Io(e),
+        }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            SinkError::Db(e) => classify(e),
+            SinkError::Io(_) => ErrorClass::Retriable,
+        }
+    }
+}
+
+impl From<postgres::Error> for SinkError {
+    fn from(e: postgres::Error) -> Self {
+        SinkError::Db(e)
+    }
+}
+
+impl std::fmt::Display for SinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkError::Db(e) => match e.as_db_error() {
+                Some(db) => {
+                    write!(f, "{} (SQLSTATE {})", db.message(), db.code().code())?;
+                    match db.detail() {
+                        Some(detail) => write!(f, ": {detail}"),
+                        None => Ok(()),
+                    }
+                }
+                None => write!(f, "{e}"),
+            },
+            SinkError::Io(e) => write!(f, "COPY stream: {e}"),
+        }
+    }
+}
+
+/// What a failed database call means for the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The database is away, overloaded or asked us to retry: back off and try again.
+    Retriable,
+    /// A row's data was refused: isolate the row and reject it.
+    Data,
+    /// The schema or permissions are wrong: retry slowly and say so loudly; a person must act.
+    Fatal,
+}
+
+/// The one place that decides what a PostgreSQL error means.
+pub fn classify(e: &postgres::Error) -> ErrorClass {
+    let Some(code) = e.code() else { return ErrorClass::Retriable };
+    let c = code.code();
+    if c.starts_with("08")
+        || c.starts_with("53")
+        || c.starts_with("57P")
+        || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+        || *code == SqlState::QUERY_CANCELED
+        || *code == SqlState::LOCK_NOT_AVAILABLE
+        || c.starts_with("58")
+    {
+        ErrorClass::Retriable
+    } else if c.starts_with("22") || c.starts_with("23") || c.starts_with("54") {
+        ErrorClass::Data
+    } else {
+        ErrorClass::Fatal
+    }
+}
+
+/// How a batch's transaction ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Committed up to `next`: `rows` new audit rows, the kinds of the new rejections,
+    /// `tombstones` skipped, and `skipped` messages that were already written.
+    Committed { next: i64, rows: usize, rejected: Vec<RejectKind>, tombstones: usize, skipped: usize },
+    /// The stored position is behind the batch's start: the batch does not connect.
+    Gap { stored: i64 },
+}
+
+/// Writes one batch in one transaction, fenced by the stored position of its partition.
+/// With `isolate`, rows PostgreSQL refuses are found by splitting and stored as rejections.
+pub fn write_batch(
+    client: &mut postgres::Client,
+    group: &str,
+    t: &Transformed,
+    isolate: bool,
+) -> Result<Written, SinkError> {
+    let batch = &t.batch;
+    let topic: &str = &batch.tp.topic;
+    let partition = batch.tp.partition;
+    let first = batch.messages.first().map_or(batch.end, |m| m.offset);
+    let from = batch.start.unwrap_or(first);
+
+    let mut tx = client.transaction()?;
+    let lock = "SELECT next_offset FROM audit_positions \
+                WHERE consumer_group = $1 AND topic = $2 AND partition = $3 FOR UPDATE";
+    let stored: i64 = match tx.query_opt(lock, &[&group, &topic, &partition])? {
+        Some(row) => row.get(0),
+        None => {
+            tx.execute(
+                "INSERT INTO audit_positions (consumer_group, topic, partition, next_offset) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&group, &topic, &partition, &from],
+            )?;
+            // Either our row, or one a concurrent owner committed first: lock whichever it is.
+            tx.query_one(lock, &[&group, &topic, &partition])?.get(0)
+        }
+    };
+    if stored >= batch.end {
+        // Everything here is already written (a redelivery, or an owner that lost the partition).
+        let skipped = batch.messages.len();
+        return Ok(Written::Committed { next: stored, rows: 0, rejected: Vec::new(), tombstones: 0, skipped });
+    }
+    if stored < from {
+        return Ok(Written::Gap { stored });
+    }
+
+    // Only messages at or past the stored position are new.
+    let fresh = batch.messages.iter().zip(&t.outcomes).filter(|(m, _)| m.offset >= stored);
+    let skipped = batch.messages.iter().filter(|m| m.offset < stored).count();
+    let mut rows: Vec<(&Message, &[u8])> = Vec::new();
+    let mut rejections: Vec<(&Message, Rejection)> = Vec::new();
+    let mut tombstones = 0;
+    for (msg, outcome) in fresh {
+        match outcome {
+            Outcome::Row(bytes) => rows.push((msg, bytes)),
+            Outcome::Rejected(r) => rejections.push((msg, r.clone())),
+            Outcome::Skipped => tombstones += 1,
+        }
+    }
+    let mut written = rows.len();
+    if isolate {
+        let refused = copy_isolating(&mut tx, &rows)?;
+        written -= refused.len();
+        for (i, error) in refused {
+            rejections.push((rows[i].0, Rejection { kind: RejectKind::DatabaseRefused, error }));
+        }
+        rejections.sort_by_key(|(m, _)| m.offset);
+    } else {
+        copy_rows(&mut tx, rows.iter().map(|(_, b)| *b))?;
+    }
+    for (msg, rejection) in &rejections {
+        insert_rejection(&mut tx, msg, rejection)?;
+    }
+    tx.execute(
+        "UPDATE audit_positions SET next_offset = $4, updated_at = now() \
+         WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+        &[&group, &topic, &partition, &batch.end],
+    )?;
+    tx.commit()?;
+    let rejected = rejections.iter().map(|(_, r)| r.kind).collect();
+    Ok(Written::Committed { next: batch.end, rows: written, rejected, tombstones, skipped })
+}
+
+fn copy_rows<'a>(tx: &mut Transaction<'_>, rows: impl Iterator<Item = &'a [u8]>) -> Result<(), SinkError> {
+    let mut rows = rows.peekable();
+    if rows.peek().is_none() {
+        return Ok(());
+    }
+    let mut writer = tx.copy_in(&format!("COPY audit_logging ({AUDIT_COLUMNS}) FROM STDIN (FORMAT binary)"))?;
+    let sent: std::io::Result<()> = (|| {
+        writer.write_all(pgcopy::HEADER)?;
+        for row in rows {
+            writer.write_all(row)?;
+        }
+        writer.write_all(pgcopy::TRAILER)
+    })();
+    match sent {
+        Ok(()) => writer.finish().map(|_| ()).map_err(SinkError::Db),
+        // Dropping the writer without finish() aborts the COPY; the transaction is rolled back.
+        Err(e) => Err(SinkError::from_io(e)),
+    }
+}
+
+/// Copies rows under savepoints, halving on data errors, and returns the rows refused
+/// (index into `rows`, error text).
+fn copy_isolating(tx: &mut Transaction<'_>, rows: &[(&Message, &[u8])]) -> Result<Vec<(usize, String)>, SinkError> {
+    let mut refused = Vec::new();
+    let mut stack = vec![(0usize, rows.len())];
+    while let Some((lo, hi)) = stack.pop() {
+        if lo >= hi {
+            continue;
+        }
+        let mut sp = tx.savepoint("isolate")?;
+        match copy_rows(&mut sp, rows[lo..hi].iter().map(|(_, b)| *b)) {
+            Ok(()) => sp.commit()?,
+            Err(e) if e.class() == ErrorClass::Data => {
+                sp.rollback()?;
+                if hi - lo == 1 {
+                    refused.push((lo, e.to_string()));
+                } else {
+                    let mid = lo + (hi - lo) / 2;
+                    stack.push((mid, hi));
+                    stack.push((lo, mid));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(refused)
+}
+
+fn insert_rejection(tx: &mut Transaction<'_>, msg: &Message, r: &Rejection) -> Result<(), postgres::Error> {
+    let timestamp = msg
+        .timestamp_ms
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+    let headers = headers_json(&msg.headers);
+    tx.execute(
+        "INSERT INTO audit_rejections (kafka_topic, kafka_partition, kafka_offset, kafka_timestamp, \
+         kafka_key, kafka_value, kafka_headers, reason, error) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9)",
+        &[
+            &&*msg.topic,
+            &msg.partition,
+            &msg.offset,
+            &timestamp,
+            &msg.key,
+            &msg.payload,
+            &headers,
+            &r.kind.as_str(),
+            &r.error.replace('\0', "\u{FFFD}"),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Headers as a JSON array of `[name, value]`; a value that is not UTF-8 is written as `\x` hex.
+fn headers_json(headers: &[(String, Option<Vec<u8>>)]) -> Option<String> {
+    if headers.is_empty() {
+        return None;
+    }
+    let items: Vec<serde_json::Value> = headers
+        .iter()
+        .map(|(k, v)| {
+            let value = v.as_ref().map(|bytes| match std::str::from_utf8(bytes) {
+                Ok(s) => s.replace('\0', "\u{FFFD}"),
+                Err(_) => format!("\\x{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+            });
+            serde_json::json!([k.replace('\0', "\u{FFFD}"), value])
+        })
+        .collect();
+    Some(serde_json::Value::Array(items).to_string())
+}
+
+/// Exponential backoff with jitter, capped.
+struct Backoff {
+    attempt: u32,
+    seed: u64,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
+        Backoff { attempt: 0, seed }
+    }
+
+    fn next(&mut self) -> Duration {
+        self.attempt = (self.attempt + 1).min(16);
+        let cap_ms = (100u64 << self.attempt.min(9)).min(30_000);
+        // xorshift: enough randomness to spread instances apart, no crate needed.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        Duration::from_millis(cap_ms / 2 + self.seed % (cap_ms / 2 + 1))
+    }
+}
+
+/// A writer thread: takes transformed batches of its partitions in order and commits them.
+pub struct Writer {
+    id: usize,
+    input: Receiver<Transformed>,
+    pool: Pool,
+    group: String,
+    tracker: Arc<Tracker>,
+    control: Arc<Control>,
+    stats: Arc<Stats>,
+}
+
+impl Writer {
+    pub fn new(
+        id: usize,
+        input: Receiver<Transformed>,
+        pool: Pool,
+        group: String,
+        tracker: Arc<Tracker>,
+        control: Arc<Control>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Writer { id, input, pool, group, tracker, control, stats }
+    }
+
+    pub fn run(self) {
+        for batch in &self.input {
+            let how = self.write(&batch);
+            self.tracker.finish(&batch.batch.tp, batch.batch.epoch, how);
+        }
+        log::debug!("writer {} finished", self.id);
+    }
+
+    /// Writes one batch, retrying for as long as it takes, unless its epoch ends first.
+    fn write(&self, t: &Transformed) -> Finish {
+        let b = &t.batch;
+        let mut backoff = Backoff::new();
+        let mut isolate = false;
+        loop {
+            if !self.tracker.is_current(&b.tp, b.epoch) || self.control.abandoned() {
+                self.stats.batches_dropped.inc();
+                log::debug!("batch {} {}[{}] dropped: its epoch ended", b.id, b.tp.topic, b.tp.partition);
+                return Finish::Dropped;
+            }
+            let started = Instant::now();
+            let result = match self.pool.get() {
+                Ok(mut conn) => write_batch(&mut conn, &self.group, t, isolate)
+                    .map_err(|e| (e.class(), e.to_string())),
+                Err(e) => Err((ErrorClass::Retriable, format!("no database connection: {e}"))),
+            };
+            match result {
+                Ok(Written::Committed { next, rows, rejected, tombstones, skipped }) => {
+                    let range = (b.start.unwrap_or(b.end), b.end);
+                    self.stats.batch_committed(b.id, &b.tp, range, rows, skipped, started.elapsed());
+                    self.stats.tombstones.inc_by(tombstones as u64);
+                    for kind in &rejected {
+                        self.stats.rejected(*kind);
+                    }
+                    if !rejected.is_empty() {
+                        log::warn!("batch {}: {} messages stored as rejections", b.id, rejected.len());
+                    }
+                    return Finish::Committed { next };
+                }
+                Ok(Written::Gap { stored }) => {
+                    self.stats.rewinds.inc();
+                    log::warn!(
+                        "batch {} {}[{}] starts at {:?} but the stored position is {stored}: reading again from there",
+                        b.id, b.tp.topic, b.tp.partition, b.start
+                    );
+                    return Finish::Rewind { stored };
+                }
+                Err((ErrorClass::Data, e)) if !isolate => {
+                    log::warn!("batch {}: a row was refused ({e}); splitting the batch to isolate it", b.id);
+                    isolate = true;
+                }
+                Err((class, e)) => {
+                    let wait = backoff.next();
+                    self.stats.write_retries.inc();
+                    if class == ErrorClass::Fatal {
+                        log::error!("batch {} {}[{}]: {e}; a person must fix this; retrying in {wait:?}", b.id, b.tp.topic, b.tp.partition);
+                    } else {
+                        log::warn!("batch {} {}[{}]: {e}; retrying in {wait:?}", b.id, b.tp.topic, b.tp.partition);
+                    }
+                    self.sleep(wait);
+                }
+            }
+        }
+    }
+
+    fn sleep(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !self.control.abandoned() {
+            std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let mut b = Backoff::new();
+        let first = b.next();
+        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(200), "{first:?}");
+        for _ in 0..20 {
+            assert!(b.next() <= Duration::from_secs(30));
+        }
+    }
+
+    #[test]
+    fn header_values_that_are_not_utf8_are_hex() {
+        let h = headers_json(&[("a".into(), Some(vec![0xff, 0x01])), ("b".into(), None)]).unwrap();
+        assert_eq!(h, r#"[["a","\\xff01"],["b",null]]"#);
+    }
+}

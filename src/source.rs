@@ -1,0 +1,460 @@
+//! The poll thread: the only owner of the Kafka consumer. It forms per-partition batches, hands
+//! them on, pauses the assignment when the pipeline is full, and runs the rebalance callbacks
+//! (which happen inside `poll`): positions come from PostgreSQL, not from Kafka.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::events::Stats;
+use crate::pipeline::{Batch, Control, Exit, Message, Tp, Tracker};
+use crate::sink::Pool;
+
+#[derive(Debug)]
+pub enum SourceError {
+    Kafka(KafkaError),
+    Spawn(String),
+    Panicked,
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceError::Kafka(e) => write!(f, "Kafka consumer: {e}"),
+            SourceError::Spawn(e) => write!(f, "could not start a thread: {e}"),
+            SourceError::Panicked => f.write_str("the poll thread panicked"),
+        }
+    }
+}
+
+impl std::error::Error for SourceError {}
+
+impl From<KafkaError> for SourceError {
+    fn from(e: KafkaError) -> Self {
+        SourceError::Kafka(e)
+    }
+}
+
+/// The consumer's context: rebalance callbacks run here, on the poll thread.
+pub struct AuditContext {
+    tracker: Arc<Tracker>,
+    control: Arc<Control>,
+    pool: Pool,
+    group: String,
+    rebalance_timeout: Duration,
+    stats: Arc<Stats>,
+}
+
+impl ClientContext for AuditContext {}
+
+fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
+    tpl.elements()
+        .iter()
+        .map(|e| Tp { topic: Arc::from(e.topic()), partition: e.partition() })
+        .collect()
+}
+
+impl AuditContext {
+    /// Stored positions of these partitions, or `None` when the database cannot be read now
+    /// (the partitions then start from Kafka's committed offset and the writer's fence decides).
+    fn stored_positions(&self, tps: &[Tp]) -> Option<HashMap<Tp, i64>> {
+        let mut conn = match self.pool.get() {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("cannot read stored positions ({e}); starting from Kafka's committed offsets");
+                return None;
+            }
+        };
+        let topics: Vec<&str> = tps.iter().map(|tp| &*tp.topic).collect();
+        let rows = conn.query(
+            "SELECT topic, partition, next_offset FROM audit_positions \
+             WHERE consumer_group = $1 AND topic = ANY($2)",
+            &[&self.group, &topics],
+        );
+        match rows {
+            Ok(rows) => Some(
+                rows.iter()
+                    .map(|r| (Tp { topic: Arc::from(r.get::<_, &str>(0)), partition: r.get(1) }, r.get(2)))
+                    .collect(),
+            ),
+            Err(e) => {
+                log::warn!("cannot read stored positions ({e}); starting from Kafka's committed offsets");
+                None
+            }
+        }
+    }
+}
+
+impl ConsumerContext for AuditContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let tps = tps_of(tpl);
+                let stored = self.stored_positions(&tps);
+                for tp in &tps {
+                    let start = stored.as_ref().and_then(|s| s.get(tp).copied());
+                    if let Some(offset) = start {
+                        if let Err(e) = tpl.set_partition_offset(&tp.topic, tp.partition, Offset::Offset(offset)) {
+                            log::error!("cannot set the start of {}[{}]: {e}", tp.topic, tp.partition);
+                        }
+                    }
+                    self.tracker.assign(tp, start);
+                }
+                let result = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                if let Err(e) = result {
+                    log::error!("assign failed: {e}");
+                }
+                self.stats.rebalance("assigned", &tps);
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let tps = tps_of(tpl);
+                // Queued batches of these partitions become stale; wait for those being written.
+                self.tracker.revoke(&tps);
+                if !self.control.abandoned() {
+                    let busy = self.tracker.wait_idle(&tps, Instant::now() + self.rebalance_timeout);
+                    if busy > 0 {
+                        log::warn!(
+                            "{busy} batches of revoked partitions still being written after {:?}; \
+                             the stored position fences them against the new owner",
+                            self.rebalance_timeout
+                        );
+                    }
+                }
+                let result = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(e) = result {
+                    log::error!("unassign failed: {e}");
+                }
+                self.stats.rebalance("revoked", &tps);
+            }
+            other => {
+                log::error!("rebalance error: {other:?}");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// The poll thread's view of one assigned partition.
+struct Cursor {
+    epoch: u64,
+    /// The offset after the last message taken (or the known start); `None` until the first.
+    next: Option<i64>,
+    pending: Option<Batch>,
+    /// A seek back to the stored position that has not succeeded yet; messages are ignored until it does.
+    seek: Option<i64>,
+}
+
+pub struct Source {
+    consumer: BaseConsumer<AuditContext>,
+    output: Option<Sender<Batch>>,
+    tracker: Arc<Tracker>,
+    control: Arc<Control>,
+    stats: Arc<Stats>,
+    batch_size: usize,
+    linger: Duration,
+    shutdown_timeout: Duration,
+    cursors: HashMap<Tp, Cursor>,
+    ready: VecDeque<Batch>,
+    paused: bool,
+    seen_version: u64,
+    next_batch_id: u64,
+    topics: HashMap<String, Arc<str>>,
+    last_kafka_commit: Instant,
+    kafka_committed: HashMap<Tp, i64>,
+}
+
+/// The librdkafka settings of the consumer; the user's `CDC_AUDIT_KAFKA_*` come last and win,
+/// except the ones exactly-once depends on, which `Config` refuses.
+pub fn client_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.bootstrap_servers)
+        .set("group.id", &config.group_id)
+        .set("auto.offset.reset", "earliest")
+        // Keep librdkafka's prefetch small: memory stays bounded while PostgreSQL is slow.
+        .set("queued.max.messages.kbytes", "16384")
+        .set("client.id", "cdc-audit");
+    for (k, v) in &config.kafka {
+        c.set(k, v);
+    }
+    c.set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
+    c
+}
+
+impl Source {
+    pub fn new(
+        config: &Config,
+        output: Sender<Batch>,
+        tracker: Arc<Tracker>,
+        control: Arc<Control>,
+        pool: Pool,
+        stats: Arc<Stats>,
+    ) -> Result<Source, SourceError> {
+        let context = AuditContext {
+            tracker: tracker.clone(),
+            control: control.clone(),
+            pool,
+            group: config.group_id.clone(),
+            rebalance_timeout: config.rebalance_timeout,
+            stats: stats.clone(),
+        };
+        let consumer: BaseConsumer<AuditContext> = client_config(config).create_with_context(context)?;
+        let subscription = config.topics.subscription();
+        let topics: Vec<&str> = subscription.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        log::info!("subscribed to {} as group {}", topics.join(", "), config.group_id);
+        Ok(Source {
+            consumer,
+            output: Some(output),
+            tracker,
+            control,
+            stats,
+            batch_size: config.batch_size,
+            linger: config.batch_linger,
+            shutdown_timeout: config.shutdown_timeout,
+            cursors: HashMap::new(),
+            ready: VecDeque::new(),
+            paused: false,
+            seen_version: u64::MAX,
+            next_batch_id: 0,
+            topics: HashMap::new(),
+            last_kafka_commit: Instant::now(),
+            kafka_committed: HashMap::new(),
+        })
+    }
+
+    pub fn run(mut self) -> Result<Exit, SourceError> {
+        while !self.control.shutting_down() {
+            self.sync();
+            self.flush_expired();
+            self.send_ready();
+            let timeout = if self.ready.is_empty() { Duration::from_millis(50) } else { Duration::from_millis(10) };
+            match self.consumer.poll(timeout) {
+                None => {}
+                Some(Ok(m)) => {
+                    let msg = copy_message(&mut self.topics, &m);
+                    drop(m);
+                    self.accept(msg);
+                }
+                Some(Err(e)) => log::warn!("consumer: {e}"),
+            }
+            if self.last_kafka_commit.elapsed() >= Duration::from_secs(2) {
+                self.commit_to_kafka(CommitMode::Async);
+            }
+        }
+        Ok(self.drain())
+    }
+
+    /// Catches up with assignments, revocations and rewinds made since the last look.
+    fn sync(&mut self) {
+        let version = self.tracker.version();
+        if version == self.seen_version {
+            return;
+        }
+        self.seen_version = version;
+        for (tp, stored) in self.tracker.take_rewinds() {
+            if let Some(cursor) = self.cursors.get_mut(&tp) {
+                cursor.seek = Some(stored);
+            }
+        }
+        let assignment = self.consumer.assignment().map(|tpl| tps_of(&tpl)).unwrap_or_default();
+        self.cursors.retain(|tp, _| assignment.contains(tp));
+        for tp in assignment {
+            let Some(now) = self.tracker.assigned(&tp) else {
+                self.cursors.remove(&tp);
+                continue;
+            };
+            let cursor = self.cursors.entry(tp).or_insert(Cursor { epoch: 0, next: None, pending: None, seek: None });
+            if cursor.epoch != now.epoch {
+                cursor.epoch = now.epoch;
+                cursor.next = now.start;
+                cursor.pending = None;
+            }
+        }
+        let cursors = &self.cursors;
+        self.ready.retain(|b| cursors.get(&b.tp).is_some_and(|c| c.epoch == b.epoch));
+        let seeks: Vec<(Tp, i64)> =
+            self.cursors.iter().filter_map(|(tp, c)| c.seek.map(|s| (tp.clone(), s))).collect();
+        for (tp, offset) in seeks {
+            match self.consumer.seek(&tp.topic, tp.partition, Offset::Offset(offset), Duration::from_secs(5)) {
+                Ok(()) => {
+                    log::info!("{}[{}]: reading again from stored position {offset}", tp.topic, tp.partition);
+                    if let Some(c) = self.cursors.get_mut(&tp) {
+                        c.seek = None;
+                    }
+                }
+                // Try again at the next sync; until then this partition's messages are ignored.
+                Err(e) => {
+                    log::warn!("seek {}[{}] to {offset}: {e}", tp.topic, tp.partition);
+                    self.seen_version = u64::MAX;
+                }
+            }
+        }
+        if self.paused {
+            self.pause(true);
+        }
+    }
+
+    fn accept(&mut self, msg: Message) {
+        if self.tracker.version() != self.seen_version {
+            self.sync();
+        }
+        let tp = Tp { topic: msg.topic.clone(), partition: msg.partition };
+        let Some(cursor) = self.cursors.get_mut(&tp) else {
+            log::debug!("message of unassigned {}[{}] ignored", tp.topic, tp.partition);
+            return;
+        };
+        if cursor.seek.is_some() || cursor.next.is_some_and(|next| msg.offset < next) {
+            return; // already taken, or read before a pending seek
+        }
+        self.stats.messages_consumed.inc();
+        let offset = msg.offset;
+        let batch = cursor.pending.get_or_insert_with(|| {
+            self.next_batch_id += 1;
+            Batch {
+                id: self.next_batch_id,
+                tp,
+                epoch: cursor.epoch,
+                start: cursor.next,
+                end: offset + 1,
+                messages: Vec::with_capacity(self.batch_size.min(4096)),
+                created: Instant::now(),
+            }
+        });
+        batch.messages.push(msg);
+        batch.end = offset + 1;
+        cursor.next = Some(offset + 1);
+        if batch.messages.len() >= self.batch_size {
+            if let Some(full) = cursor.pending.take() {
+                self.ready.push_back(full);
+            }
+        }
+    }
+
+    fn flush_expired(&mut self) {
+        for cursor in self.cursors.values_mut() {
+            if cursor.pending.as_ref().is_some_and(|b| b.created.elapsed() >= self.linger) {
+                if let Some(b) = cursor.pending.take() {
+                    self.ready.push_back(b);
+                }
+            }
+        }
+    }
+
+    /// Hands ready batches on while there is room; pauses consumption when there is none.
+    fn send_ready(&mut self) {
+        let Some(output) = &self.output else { return };
+        while !self.ready.is_empty() && !output.is_full() {
+            let Some(batch) = self.ready.pop_front() else { break };
+            self.tracker.sent(&batch.tp);
+            if output.send(batch).is_err() {
+                log::error!("the transform stage is gone");
+                break;
+            }
+        }
+        let want_pause = !self.ready.is_empty();
+        if want_pause != self.paused {
+            self.pause(want_pause);
+        }
+    }
+
+    fn pause(&mut self, pause: bool) {
+        let assignment = match self.consumer.assignment() {
+            Ok(a) => a,
+            Err(e) => return log::warn!("assignment: {e}"),
+        };
+        let result = if pause { self.consumer.pause(&assignment) } else { self.consumer.resume(&assignment) };
+        match result {
+            Ok(()) => {
+                if pause != self.paused {
+                    log::debug!("consumption {}", if pause { "paused: pipeline full" } else { "resumed" });
+                }
+                self.paused = pause;
+                self.stats.paused.set(pause as i64);
+            }
+            Err(e) => log::warn!("pause/resume: {e}"),
+        }
+    }
+
+    /// Commits the stored positions to Kafka too, for lag tools; PostgreSQL stays the truth.
+    fn commit_to_kafka(&mut self, mode: CommitMode) {
+        self.last_kafka_commit = Instant::now();
+        let mut tpl = TopicPartitionList::new();
+        for (tp, next) in self.tracker.committed_positions() {
+            if self.kafka_committed.get(&tp) != Some(&next) {
+                let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(next));
+                self.kafka_committed.insert(tp, next);
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, mode) {
+                log::debug!("advisory Kafka commit: {e}");
+            }
+        }
+    }
+
+    /// Shutdown: stop fetching, hand on what was read, wait for the writers, leave the group.
+    fn drain(mut self) -> Exit {
+        let deadline = Instant::now() + self.shutdown_timeout;
+        self.pause(true);
+        self.sync();
+        let mut pending: Vec<Batch> = self.cursors.values_mut().filter_map(|c| c.pending.take()).collect();
+        pending.sort_by_key(|b| b.id);
+        self.ready.extend(pending);
+        while !self.ready.is_empty() && Instant::now() < deadline {
+            self.send_ready();
+            self.consumer.poll(Duration::from_millis(10));
+            self.sync();
+        }
+        self.output = None; // disconnect: the transform and the writers finish their queues
+        while self.tracker.in_flight() > 0 && Instant::now() < deadline {
+            self.consumer.poll(Duration::from_millis(20));
+        }
+        let left = self.tracker.in_flight() + self.ready.len();
+        if left > 0 {
+            self.control.abandon.store(true, std::sync::atomic::Ordering::Release);
+        }
+        self.commit_to_kafka(CommitMode::Sync);
+        self.consumer.unsubscribe();
+        drop(self.consumer); // closes the consumer: leaves the group
+        if left > 0 {
+            Exit::DeadlineExceeded { in_flight: left }
+        } else {
+            Exit::Drained
+        }
+    }
+}
+
+/// Copies what the pipeline needs out of librdkafka's buffer; topic names are interned.
+fn copy_message(topics: &mut HashMap<String, Arc<str>>, m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
+    let topic = match topics.get(m.topic()) {
+        Some(t) => t.clone(),
+        None => {
+            let t: Arc<str> = Arc::from(m.topic());
+            topics.insert(m.topic().to_string(), t.clone());
+            t
+        }
+    };
+    let headers = m
+        .headers()
+        .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+        .unwrap_or_default();
+    Message {
+        topic,
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp_ms: m.timestamp().to_millis(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
