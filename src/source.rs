@@ -410,6 +410,12 @@ impl Source {
         let mut pending: Vec<Batch> = self.cursors.values_mut().filter_map(|c| c.pending.take()).collect();
         pending.sort_by_key(|b| b.id);
         self.ready.extend(pending);
+        log::info!(
+            "draining: {} messages in {} batches to hand on, {} batches in flight",
+            self.ready.iter().map(|b| b.messages.len()).sum::<usize>(),
+            self.ready.len(),
+            self.tracker.in_flight()
+        );
         while !self.ready.is_empty() && Instant::now() < deadline {
             self.send_ready();
             self.consumer.poll(Duration::from_millis(10));

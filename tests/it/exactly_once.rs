@@ -1,0 +1,198 @@
+//! Exactly once under crashes, restarts, rebalances, redelivery and shutdown: each test ends by
+//! checking every produced event against the audit table.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cdc_audit::demo::Record;
+use cdc_audit::pipeline::{Batch, Message, Tp, Transformed};
+use cdc_audit::sink::{write_batch, Written};
+use cdc_audit::transform::transform;
+
+use crate::util::{assert_exactly_once, generate, produce_over, wait_until, Kafka, Service, TestDb};
+
+fn jitter(max_ms: u64) -> Duration {
+    Duration::from_millis(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() as u64 % max_ms)
+}
+
+#[test]
+fn sigkill_and_restart_repeatedly_loses_and_duplicates_nothing() {
+    let db = TestDb::new("sigkill");
+    let kafka = Kafka::new("sigkill");
+    let records = generate("sigkill", 21, 5_000);
+    let total = records.len() as i64;
+    let producer = produce_over(&kafka, records.clone(), 40, Duration::from_secs(20));
+    let mut kills = 0;
+    for _ in 0..4 {
+        let before = db.committed("g");
+        let service = Service::spawn(&kafka, &db, "g", &[]);
+        // Kill it once it is committing, at a random moment mid-stream.
+        wait_until(Duration::from_secs(90), "progress after restart", || db.committed("g") > before);
+        thread::sleep(jitter(800));
+        service.sigkill();
+        kills += 1;
+    }
+    producer.join().unwrap();
+    assert!(db.committed("g") < total, "the kills should land mid-stream");
+    let service = Service::spawn(&kafka, &db, "g", &[]);
+    wait_until(Duration::from_secs(180), "every message committed", || db.committed("g") == total);
+    service.sigterm();
+    let (code, log) = service.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(kills, 4);
+    assert_exactly_once(&db, &records);
+}
+
+#[test]
+fn instances_leaving_and_dying_during_a_rebalance_keep_exactly_once() {
+    let db = TestDb::new("rebalance");
+    let kafka = Kafka::new("rebalance");
+    let records = generate("rebalance", 33, 5_000);
+    let total = records.len() as i64;
+    let producer = produce_over(&kafka, records.clone(), 40, Duration::from_secs(25));
+    let a = Service::spawn(&kafka, &db, "g", &[]);
+    let b = Service::spawn(&kafka, &db, "g", &[]);
+    let assigned = |s: &Service| s.log_text().matches("partitions assigned").count();
+    wait_until(Duration::from_secs(90), "both instances assigned", || assigned(&a) >= 1 && assigned(&b) >= 1);
+    let progress = db.committed("g");
+    wait_until(Duration::from_secs(60), "progress with two instances", || db.committed("g") > progress);
+
+    // B leaves politely: it drains, commits and leaves the group.
+    b.sigterm();
+    let (code, log) = b.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("shut down cleanly"), "{log}");
+
+    // C joins, takes partitions, and dies mid-stream without a word.
+    let c = Service::spawn(&kafka, &db, "g", &[]);
+    wait_until(Duration::from_secs(90), "C assigned", || assigned(&c) >= 1);
+    let progress = db.committed("g");
+    wait_until(Duration::from_secs(60), "progress with C", || db.committed("g") > progress);
+    thread::sleep(jitter(500));
+    c.sigkill();
+
+    producer.join().unwrap();
+    wait_until(Duration::from_secs(180), "A finishes everything", || db.committed("g") == total);
+    assert!(assigned(&a) >= 3, "A was reassigned as B left and C came and went:\n{}", a.log_text());
+    a.sigterm();
+    let (code, log) = a.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert_exactly_once(&db, &records);
+}
+
+#[test]
+fn sigterm_commits_what_was_read_and_exits_zero() {
+    let db = TestDb::new("sigterm");
+    let kafka = Kafka::new("sigterm");
+    let records = generate("sigterm", 4, 600);
+    kafka.produce(&records);
+    // Batches never fill and never expire by themselves: what is read stays in memory.
+    let service = Service::spawn(
+        &kafka,
+        &db,
+        "g",
+        &[("CDC_AUDIT_BATCH_SIZE", "100000"), ("CDC_AUDIT_BATCH_LINGER_MS", "60000")],
+    );
+    wait_until(Duration::from_secs(90), "assignment", || service.log_text().contains("partitions assigned"));
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(db.committed("g"), 0, "nothing is written before the linger expires");
+    let started = Instant::now();
+    service.sigterm();
+    let (code, log) = service.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(started.elapsed() < Duration::from_secs(30), "within the shutdown deadline");
+    let drained: i64 = log
+        .lines()
+        .find_map(|l| l.split("draining: ").nth(1))
+        .and_then(|rest| rest.split(" messages").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no drain line in:\n{log}"));
+    assert!(drained > 0, "{log}");
+    assert_eq!(db.committed("g"), drained, "everything read was committed before exit");
+    assert!(log.contains("shut down cleanly"), "{log}");
+
+    // What was not read yet is read by the next run; the whole is exactly once.
+    let service = Service::spawn(&kafka, &db, "g", &[]);
+    wait_until(Duration::from_secs(120), "the rest", || db.committed("g") == records.len() as i64);
+    service.sigterm();
+    assert_eq!(service.wait(Duration::from_secs(60)).0, Some(0));
+    assert_exactly_once(&db, &records);
+}
+
+/// A batch of partition 0 of topic `t` with the given offsets, transformed as the pipeline would.
+fn batch(records: &[Record], start: Option<i64>, offsets: std::ops::Range<i64>) -> Transformed {
+    let topic: Arc<str> = Arc::from("t");
+    let messages: Vec<Message> = offsets
+        .clone()
+        .map(|o| Message {
+            topic: topic.clone(),
+            partition: 0,
+            offset: o,
+            timestamp_ms: Some(1_700_000_000_000),
+            key: records[o as usize].key.clone().map(String::into_bytes),
+            payload: records[o as usize].value.clone().map(String::into_bytes),
+            headers: Vec::new(),
+        })
+        .collect();
+    let outcomes = messages.iter().map(transform).collect();
+    let batch = Batch {
+        id: 0,
+        tp: Tp { topic, partition: 0 },
+        epoch: 0,
+        start,
+        end: offsets.end,
+        messages,
+        created: Instant::now(),
+    };
+    Transformed { batch, outcomes }
+}
+
+fn rows(w: Written) -> (i64, usize, usize) {
+    match w {
+        Written::Committed { next, rows, skipped, .. } => (next, rows, skipped),
+        Written::Gap { stored } => panic!("unexpected gap at {stored}"),
+    }
+}
+
+#[test]
+fn redelivered_and_stale_batches_are_fenced_by_the_stored_position() {
+    let db = TestDb::new("fence");
+    db.migrate();
+    // Change events only (no tombstones), so every offset is one row.
+    let records: Vec<Record> = generate("fence", 8, 400).into_iter().filter(|r| r.value.is_some()).collect();
+    let mut c = db.client();
+    let mut write = |t: &Transformed| write_batch(&mut c, "g", t, false).unwrap();
+
+    assert_eq!(rows(write(&batch(&records, Some(0), 0..10))), (10, 10, 0));
+    // The same batch again (a redelivery after a crash between commit and Kafka commit).
+    assert_eq!(rows(write(&batch(&records, Some(0), 0..10))), (10, 0, 10));
+    // Overlapping: only the new part is written.
+    assert_eq!(rows(write(&batch(&records, Some(5), 5..15))), (15, 5, 5));
+    // A batch that does not connect to the stored position is refused: a gap would be a loss.
+    assert_eq!(write(&batch(&records, Some(20), 20..25)), Written::Gap { stored: 15 });
+    // Started from Kafka's committed offset (start unknown): fenced against the first offset.
+    assert_eq!(rows(write(&batch(&records, None, 15..20))), (20, 5, 0));
+    assert_eq!(write(&batch(&records, None, 22..25)), Written::Gap { stored: 20 });
+    // A stale owner's batch from long ago writes nothing.
+    assert_eq!(rows(write(&batch(&records, None, 3..8))), (20, 0, 5));
+    assert_eq!(db.count("audit_logging"), 20);
+
+    // Two owners racing with the same batch: the position lock lets exactly one write it.
+    let url = db.url.clone();
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, t) = (url.clone(), batch(&records, Some(20), 20..60));
+            thread::spawn(move || {
+                let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                rows(write_batch(&mut c, "g", &t, false).unwrap())
+            })
+        })
+        .collect();
+    let mut results: Vec<_> = racers.into_iter().map(|h| h.join().unwrap()).collect();
+    results.sort();
+    assert_eq!(results, [(60, 0, 40), (60, 40, 0)]);
+    assert_exactly_once(&db, &records[..60]);
+    let stored: i64 = db.client().query_one("SELECT next_offset FROM audit_positions", &[]).unwrap().get(0);
+    assert_eq!(stored, 60);
+}
