@@ -19,36 +19,108 @@ pub struct Setting {
 
 /// Every setting the service reads, in the order `check-config` prints them.
 pub const SETTINGS: &[Setting] = &[
-    Setting { name: "CDC_AUDIT_BOOTSTRAP_SERVERS", default: None, help: "Kafka bootstrap servers, host:port[,host:port...]" },
-    Setting { name: "CDC_AUDIT_TOPICS", default: None, help: "comma-separated topics to audit (or CDC_AUDIT_TOPIC_REGEX)" },
-    Setting { name: "CDC_AUDIT_TOPIC_REGEX", default: None, help: "regular expression of topics to audit, e.g. ^dbserver1\\.inventory\\..*" },
-    Setting { name: "CDC_AUDIT_GROUP_ID", default: Some("cdc-audit"), help: "Kafka consumer group; instances with one group id share the partitions" },
-    Setting { name: "CDC_AUDIT_DATABASE_URL", default: None, help: "PostgreSQL sink, URL or key=value form (falls back to DATABASE_URL)" },
-    Setting { name: "CDC_AUDIT_BATCH_SIZE", default: Some("2000"), help: "messages per batch (one transaction per partition batch), 1..=100000" },
-    Setting { name: "CDC_AUDIT_BATCH_LINGER_MS", default: Some("200"), help: "longest a partly filled batch waits before it is written, 1..=60000" },
-    Setting { name: "CDC_AUDIT_WRITERS", default: Some("2"), help: "writer threads, each with its own connection, 1..=64" },
-    Setting { name: "CDC_AUDIT_POOL_SIZE", default: None, help: "PostgreSQL connections in the pool, at least writers + 1 (default writers + 2)" },
-    Setting { name: "CDC_AUDIT_CHANNEL_CAPACITY", default: Some("4"), help: "batches queued between stages, per channel, 1..=1024" },
-    Setting { name: "CDC_AUDIT_SHUTDOWN_TIMEOUT_MS", default: Some("30000"), help: "on SIGTERM/SIGINT, how long in-flight batches may take to commit, 100..=600000" },
-    Setting { name: "CDC_AUDIT_REBALANCE_TIMEOUT_MS", default: Some("10000"), help: "on revoke, how long to wait for batches being written, 0..=300000" },
-    Setting { name: "CDC_AUDIT_MIGRATE", default: Some("true"), help: "apply schema/ migrations at start of `run` (true or false)" },
+    Setting {
+        name: "CDC_AUDIT_BOOTSTRAP_SERVERS",
+        default: None,
+        help: "Kafka bootstrap servers, host:port[,host:port...]",
+    },
+    Setting {
+        name: "CDC_AUDIT_TOPICS",
+        default: None,
+        help: "comma-separated topics to audit (or CDC_AUDIT_TOPIC_REGEX)",
+    },
+    Setting {
+        name: "CDC_AUDIT_TOPIC_REGEX",
+        default: None,
+        help: "regular expression of topics to audit, e.g. ^dbserver1\\.inventory\\..*",
+    },
+    Setting {
+        name: "CDC_AUDIT_GROUP_ID",
+        default: Some("cdc-audit"),
+        help: "Kafka consumer group; instances with one group id share the partitions",
+    },
+    Setting {
+        name: "CDC_AUDIT_DATABASE_URL",
+        default: None,
+        help: "PostgreSQL sink, URL or key=value form (falls back to DATABASE_URL)",
+    },
+    Setting {
+        name: "CDC_AUDIT_BATCH_SIZE",
+        default: Some("2000"),
+        help: "messages per batch (one transaction per partition batch), 1..=100000",
+    },
+    Setting {
+        name: "CDC_AUDIT_BATCH_LINGER_MS",
+        default: Some("200"),
+        help: "longest a partly filled batch waits before it is written, 1..=60000",
+    },
+    Setting {
+        name: "CDC_AUDIT_WRITERS",
+        default: Some("2"),
+        help: "writer threads, each with its own connection, 1..=64",
+    },
+    Setting {
+        name: "CDC_AUDIT_POOL_SIZE",
+        default: None,
+        help: "PostgreSQL connections in the pool, at least writers + 1 (default writers + 2)",
+    },
+    Setting {
+        name: "CDC_AUDIT_CHANNEL_CAPACITY",
+        default: Some("4"),
+        help: "batches queued between stages, per channel, 1..=1024",
+    },
+    Setting {
+        name: "CDC_AUDIT_SHUTDOWN_TIMEOUT_MS",
+        default: Some("30000"),
+        help: "on SIGTERM/SIGINT, how long in-flight batches may take to commit, 100..=600000",
+    },
+    Setting {
+        name: "CDC_AUDIT_REBALANCE_TIMEOUT_MS",
+        default: Some("10000"),
+        help: "on revoke, how long to wait for batches being written, 0..=300000",
+    },
+    Setting {
+        name: "CDC_AUDIT_MIGRATE",
+        default: Some("true"),
+        help: "apply schema/ migrations at start of `run` (true or false)",
+    },
 ];
 
 /// A setting that could not be accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
-    Missing { setting: String, allowed: String },
-    Invalid { setting: String, value: String, allowed: String },
-    Unknown { setting: String },
-    Conflict { message: String },
-    File { path: String, message: String },
+    Missing {
+        setting: String,
+        allowed: String,
+    },
+    Invalid {
+        setting: String,
+        value: String,
+        allowed: String,
+    },
+    Unknown {
+        setting: String,
+    },
+    Conflict {
+        message: String,
+    },
+    File {
+        path: String,
+        message: String,
+    },
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::Missing { setting, allowed } => write!(f, "{setting} is not set: {allowed}"),
-            ConfigError::Invalid { setting, value, allowed } => {
+            ConfigError::Missing { setting, allowed } => {
+                write!(f, "{setting} is not set: {allowed}")
+            }
+            ConfigError::Invalid {
+                setting,
+                value,
+                allowed,
+            } => {
                 write!(f, "{setting}={value:?} is not allowed: {allowed}")
             }
             ConfigError::Unknown { setting } => write!(
@@ -103,8 +175,14 @@ pub struct Config {
 
 /// Properties the service sets itself; passing them through would break exactly-once or be ambiguous.
 const OWNED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
-    ("enable.auto.commit", "positions are committed with the rows in PostgreSQL; auto-commit stays off"),
-    ("enable.auto.offset.store", "the service stores offsets itself"),
+    (
+        "enable.auto.commit",
+        "positions are committed with the rows in PostgreSQL; auto-commit stays off",
+    ),
+    (
+        "enable.auto.offset.store",
+        "the service stores offsets itself",
+    ),
     ("group.id", "use CDC_AUDIT_GROUP_ID"),
     ("bootstrap.servers", "use CDC_AUDIT_BOOTSTRAP_SERVERS"),
     ("enable.partition.eof", "the service sets it"),
@@ -163,7 +241,9 @@ impl Config {
                 || key.starts_with(KAFKA_PREFIX)
                 || SETTINGS.iter().any(|s| s.name == key);
             if !known {
-                return Err(ConfigError::Unknown { setting: key.clone() });
+                return Err(ConfigError::Unknown {
+                    setting: key.clone(),
+                });
             }
         }
         let get = |name: &str| raw.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
@@ -191,13 +271,17 @@ impl Config {
         let topics = match (get("CDC_AUDIT_TOPICS"), get("CDC_AUDIT_TOPIC_REGEX")) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::Conflict {
-                    message: "CDC_AUDIT_TOPICS and CDC_AUDIT_TOPIC_REGEX are both set: set one of them".into(),
+                    message:
+                        "CDC_AUDIT_TOPICS and CDC_AUDIT_TOPIC_REGEX are both set: set one of them"
+                            .into(),
                 })
             }
             (None, None) => {
                 return Err(ConfigError::Missing {
                     setting: "CDC_AUDIT_TOPICS".into(),
-                    allowed: "set it to a comma-separated list of topics, or set CDC_AUDIT_TOPIC_REGEX".into(),
+                    allowed:
+                        "set it to a comma-separated list of topics, or set CDC_AUDIT_TOPIC_REGEX"
+                            .into(),
                 })
             }
             (Some(list), None) => {
@@ -221,7 +305,8 @@ impl Config {
             .or_else(|| get("DATABASE_URL"))
             .ok_or_else(|| ConfigError::Missing {
                 setting: "CDC_AUDIT_DATABASE_URL".into(),
-                allowed: "set it (or DATABASE_URL) to the sink, e.g. postgres://user@host/db".into(),
+                allowed: "set it (or DATABASE_URL) to the sink, e.g. postgres://user@host/db"
+                    .into(),
             })?
             .to_string();
         if let Err(e) = database_url.parse::<postgres::Config>() {
@@ -239,11 +324,14 @@ impl Config {
                     .parse::<u64>()
                     .ok()
                     .filter(|n| (min..=max).contains(n))
-                    .ok_or_else(|| invalid(name, v, &format!("a whole number from {min} to {max}"))),
+                    .ok_or_else(|| {
+                        invalid(name, v, &format!("a whole number from {min} to {max}"))
+                    }),
             }
         };
         let batch_size = number("CDC_AUDIT_BATCH_SIZE", 2000, 1, 100_000)? as usize;
-        let batch_linger = Duration::from_millis(number("CDC_AUDIT_BATCH_LINGER_MS", 200, 1, 60_000)?);
+        let batch_linger =
+            Duration::from_millis(number("CDC_AUDIT_BATCH_LINGER_MS", 200, 1, 60_000)?);
         let writers = number("CDC_AUDIT_WRITERS", 2, 1, 64)? as usize;
         let pool_size = number("CDC_AUDIT_POOL_SIZE", writers as u64 + 2, 2, 256)? as u32;
         if (pool_size as usize) < writers + 1 {
@@ -257,10 +345,18 @@ impl Config {
             ));
         }
         let channel_capacity = number("CDC_AUDIT_CHANNEL_CAPACITY", 4, 1, 1024)? as usize;
-        let shutdown_timeout =
-            Duration::from_millis(number("CDC_AUDIT_SHUTDOWN_TIMEOUT_MS", 30_000, 100, 600_000)?);
-        let rebalance_timeout =
-            Duration::from_millis(number("CDC_AUDIT_REBALANCE_TIMEOUT_MS", 10_000, 0, 300_000)?);
+        let shutdown_timeout = Duration::from_millis(number(
+            "CDC_AUDIT_SHUTDOWN_TIMEOUT_MS",
+            30_000,
+            100,
+            600_000,
+        )?);
+        let rebalance_timeout = Duration::from_millis(number(
+            "CDC_AUDIT_REBALANCE_TIMEOUT_MS",
+            10_000,
+            0,
+            300_000,
+        )?);
         let migrate = match get("CDC_AUDIT_MIGRATE").map(|v| v.to_ascii_lowercase()) {
             None => true,
             Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => true,
@@ -270,14 +366,20 @@ impl Config {
 
         let mut kafka = BTreeMap::new();
         for (key, value) in raw.range(KAFKA_PREFIX.to_string()..) {
-            let Some(suffix) = key.strip_prefix(KAFKA_PREFIX) else { break };
+            let Some(suffix) = key.strip_prefix(KAFKA_PREFIX) else {
+                break;
+            };
             let property = suffix.to_ascii_lowercase().replace('_', ".");
             if property.is_empty() {
-                return Err(ConfigError::Unknown { setting: key.clone() });
+                return Err(ConfigError::Unknown {
+                    setting: key.clone(),
+                });
             }
             if let Some((_, why)) = OWNED_KAFKA_PROPERTIES.iter().find(|(p, _)| *p == property) {
                 return Err(ConfigError::Conflict {
-                    message: format!("{key}={value:?} sets {property}, which cannot be overridden: {why}"),
+                    message: format!(
+                        "{key}={value:?} sets {property}, which cannot be overridden: {why}"
+                    ),
                 });
             }
             kafka.insert(property, value.clone());
@@ -313,25 +415,47 @@ impl Config {
     /// The effective settings as `NAME=value` lines, secrets masked.
     pub fn describe(&self) -> Vec<(String, String)> {
         let mut out = vec![
-            ("CDC_AUDIT_BOOTSTRAP_SERVERS".to_string(), self.bootstrap_servers.clone()),
+            (
+                "CDC_AUDIT_BOOTSTRAP_SERVERS".to_string(),
+                self.bootstrap_servers.clone(),
+            ),
             match &self.topics {
                 Topics::List(list) => ("CDC_AUDIT_TOPICS".to_string(), list.join(",")),
                 Topics::Regex(p) => ("CDC_AUDIT_TOPIC_REGEX".to_string(), p.clone()),
             },
             ("CDC_AUDIT_GROUP_ID".into(), self.group_id.clone()),
-            ("CDC_AUDIT_DATABASE_URL".into(), mask_url(&self.database_url)),
+            (
+                "CDC_AUDIT_DATABASE_URL".into(),
+                mask_url(&self.database_url),
+            ),
             ("CDC_AUDIT_BATCH_SIZE".into(), self.batch_size.to_string()),
-            ("CDC_AUDIT_BATCH_LINGER_MS".into(), self.batch_linger.as_millis().to_string()),
+            (
+                "CDC_AUDIT_BATCH_LINGER_MS".into(),
+                self.batch_linger.as_millis().to_string(),
+            ),
             ("CDC_AUDIT_WRITERS".into(), self.writers.to_string()),
             ("CDC_AUDIT_POOL_SIZE".into(), self.pool_size.to_string()),
-            ("CDC_AUDIT_CHANNEL_CAPACITY".into(), self.channel_capacity.to_string()),
-            ("CDC_AUDIT_SHUTDOWN_TIMEOUT_MS".into(), self.shutdown_timeout.as_millis().to_string()),
-            ("CDC_AUDIT_REBALANCE_TIMEOUT_MS".into(), self.rebalance_timeout.as_millis().to_string()),
+            (
+                "CDC_AUDIT_CHANNEL_CAPACITY".into(),
+                self.channel_capacity.to_string(),
+            ),
+            (
+                "CDC_AUDIT_SHUTDOWN_TIMEOUT_MS".into(),
+                self.shutdown_timeout.as_millis().to_string(),
+            ),
+            (
+                "CDC_AUDIT_REBALANCE_TIMEOUT_MS".into(),
+                self.rebalance_timeout.as_millis().to_string(),
+            ),
             ("CDC_AUDIT_MIGRATE".into(), self.migrate.to_string()),
         ];
         for (k, v) in &self.kafka {
             let name = format!("{KAFKA_PREFIX}{}", k.to_ascii_uppercase().replace('.', "_"));
-            let shown = if is_secret_property(k) { "****".to_string() } else { v.clone() };
+            let shown = if is_secret_property(k) {
+                "****".to_string()
+            } else {
+                v.clone()
+            };
             out.push((name, shown));
         }
         out
@@ -339,19 +463,30 @@ impl Config {
 }
 
 fn invalid(setting: &str, value: &str, allowed: &str) -> ConfigError {
-    ConfigError::Invalid { setting: setting.into(), value: value.into(), allowed: allowed.into() }
+    ConfigError::Invalid {
+        setting: setting.into(),
+        value: value.into(),
+        allowed: allowed.into(),
+    }
 }
 
 fn valid_topic(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 249
-        && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn is_secret_property(property: &str) -> bool {
-    ["password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "ssl.keystore"]
-        .iter()
-        .any(|s| property.contains(s))
+    [
+        "password",
+        "secret",
+        "sasl.oauthbearer.config",
+        "ssl.key.pem",
+        "ssl.keystore",
+    ]
+    .iter()
+    .any(|s| property.contains(s))
 }
 
 /// Hides the password of a connection string, in URL or key=value form.
@@ -382,7 +517,9 @@ pub fn mask_url(url: &str) -> String {
 }
 
 fn mask_password_param(tail: &str) -> String {
-    let Some((path, query)) = tail.split_once('?') else { return tail.to_string() };
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_string();
+    };
     let query: Vec<String> = query
         .split('&')
         .map(|kv| match kv.split_once('=') {
@@ -428,7 +565,10 @@ mod tests {
     #[test]
     fn kafka_passthrough_maps_names() {
         let c = with(&[("CDC_AUDIT_KAFKA_MAX_POLL_INTERVAL_MS", "6000")]).unwrap();
-        assert_eq!(c.kafka.get("max.poll.interval.ms").map(String::as_str), Some("6000"));
+        assert_eq!(
+            c.kafka.get("max.poll.interval.ms").map(String::as_str),
+            Some("6000")
+        );
     }
 
     #[test]
@@ -447,19 +587,35 @@ mod tests {
     fn secrets_are_masked() {
         let c = with(&[("CDC_AUDIT_KAFKA_SASL_PASSWORD", "hunter2")]).unwrap();
         let text = format!("{:?}", c.describe());
-        assert!(!text.contains("hunter2") && !text.contains(":pw@"), "{text}");
-        assert_eq!(mask_url("host=x password=abc user=u"), "host=x password=**** user=u");
-        assert_eq!(mask_url("postgres://h/db?password=abc"), "postgres://h/db?password=****");
+        assert!(
+            !text.contains("hunter2") && !text.contains(":pw@"),
+            "{text}"
+        );
+        assert_eq!(
+            mask_url("host=x password=abc user=u"),
+            "host=x password=**** user=u"
+        );
+        assert_eq!(
+            mask_url("postgres://h/db?password=abc"),
+            "postgres://h/db?password=****"
+        );
     }
 
     #[test]
     fn env_file_is_read_and_env_wins() {
         let dir = std::env::temp_dir().join(format!("cdc-audit-cfg-{}", std::process::id()));
-        std::fs::write(&dir, "# comment\nCDC_AUDIT_BATCH_SIZE=\"50\"\nCDC_AUDIT_WRITERS=3\nOTHER=x\n").unwrap();
+        std::fs::write(
+            &dir,
+            "# comment\nCDC_AUDIT_BATCH_SIZE=\"50\"\nCDC_AUDIT_WRITERS=3\nOTHER=x\n",
+        )
+        .unwrap();
         let env = vec![("CDC_AUDIT_WRITERS".to_string(), "5".to_string())];
         let raw = gather(env, Some(&dir)).unwrap();
         std::fs::remove_file(&dir).unwrap();
-        assert_eq!(raw.get("CDC_AUDIT_BATCH_SIZE").map(String::as_str), Some("50"));
+        assert_eq!(
+            raw.get("CDC_AUDIT_BATCH_SIZE").map(String::as_str),
+            Some("50")
+        );
         assert_eq!(raw.get("CDC_AUDIT_WRITERS").map(String::as_str), Some("5"));
     }
 }

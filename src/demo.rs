@@ -67,20 +67,70 @@ pub struct Generator {
     pub tombstones: usize,
 }
 
-const FIRST: &[&str] = &["Sally", "George", "Edward", "Anne", "Kenji", "Amara", "Luis", "Ingrid"];
-const LAST: &[&str] = &["Thomas", "Bailey", "Walker", "Kretchmar", "Sato", "Okafor", "García", "Berg"];
-const PRODUCTS: &[&str] = &["scooter", "car battery", "hammer", "rocks", "jacket", "spare tire"];
+const FIRST: &[&str] = &[
+    "Sally", "George", "Edward", "Anne", "Kenji", "Amara", "Luis", "Ingrid",
+];
+const LAST: &[&str] = &[
+    "Thomas",
+    "Bailey",
+    "Walker",
+    "Kretchmar",
+    "Sato",
+    "Okafor",
+    "García",
+    "Berg",
+];
+const PRODUCTS: &[&str] = &[
+    "scooter",
+    "car battery",
+    "hammer",
+    "rocks",
+    "jacket",
+    "spare tire",
+];
 const USERS: &[&str] = &["app", "batch_job", "alice", "bob"];
 
 impl Generator {
     pub fn new(prefix: &str, seed: u64) -> Self {
-        let table = |name, columns| Table { name, columns, rows: BTreeMap::new(), next_id: 1001 };
+        let table = |name, columns| Table {
+            name,
+            columns,
+            rows: BTreeMap::new(),
+            next_id: 1001,
+        };
         Generator {
             prefix: prefix.to_string(),
             tables: vec![
-                table("customers", &[("id", "int32"), ("first_name", "string"), ("last_name", "string"), ("email", "string"), ("updated_by", "string")]),
-                table("orders", &[("id", "int32"), ("customer_id", "int32"), ("product", "string"), ("quantity", "int32"), ("updated_by", "string")]),
-                table("products", &[("id", "int32"), ("name", "string"), ("description", "string"), ("weight", "double"), ("updated_by", "string")]),
+                table(
+                    "customers",
+                    &[
+                        ("id", "int32"),
+                        ("first_name", "string"),
+                        ("last_name", "string"),
+                        ("email", "string"),
+                        ("updated_by", "string"),
+                    ],
+                ),
+                table(
+                    "orders",
+                    &[
+                        ("id", "int32"),
+                        ("customer_id", "int32"),
+                        ("product", "string"),
+                        ("quantity", "int32"),
+                        ("updated_by", "string"),
+                    ],
+                ),
+                table(
+                    "products",
+                    &[
+                        ("id", "int32"),
+                        ("name", "string"),
+                        ("description", "string"),
+                        ("weight", "double"),
+                        ("updated_by", "string"),
+                    ],
+                ),
             ],
             seed: seed | 1,
             lsn: 33_000_000,
@@ -92,7 +142,10 @@ impl Generator {
     }
 
     pub fn topics(&self) -> Vec<String> {
-        self.tables.iter().map(|t| format!("{}.inventory.{}", self.prefix, t.name)).collect()
+        self.tables
+            .iter()
+            .map(|t| format!("{}.inventory.{}", self.prefix, t.name))
+            .collect()
     }
 
     fn rand(&mut self, n: usize) -> usize {
@@ -197,7 +250,9 @@ impl Generator {
         }
         self.tx_left -= 1;
         self.lsn += 200 + self.rand(400) as i64;
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         let table = &self.tables[t];
         let payload = json!({
             "before": before, "after": after,
@@ -214,10 +269,18 @@ impl Generator {
         .to_string();
         let value = json!({"schema": self.schema(table), "payload": payload}).to_string();
         self.changes += 1;
-        let mut out = vec![Record { topic: topic.clone(), key: Some(key.clone()), value: Some(value) }];
+        let mut out = vec![Record {
+            topic: topic.clone(),
+            key: Some(key.clone()),
+            value: Some(value),
+        }];
         if op == "d" {
             self.tombstones += 1;
-            out.push(Record { topic, key: Some(key), value: None });
+            out.push(Record {
+                topic,
+                key: Some(key),
+                value: None,
+            });
         }
         out
     }
@@ -232,7 +295,11 @@ pub fn poison(topic: &str, n: usize) -> Vec<Record> {
         "{\"payload\": {\"before\": null, \"after\": {\"id\": 3}}}",
     ];
     (0..n)
-        .map(|i| Record { topic: topic.to_string(), key: Some(format!("{{\"id\":{i}}}")), value: Some(kinds[i % kinds.len()].to_string()) })
+        .map(|i| Record {
+            topic: topic.to_string(),
+            key: Some(format!("{{\"id\":{i}}}")),
+            value: Some(kinds[i % kinds.len()].to_string()),
+        })
         .collect()
 }
 
@@ -255,7 +322,12 @@ pub fn produce(bootstrap: &str, records: &[Record]) -> Result<(), String> {
         loop {
             match producer.send(record) {
                 Ok(()) => break,
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
                     record = back;
                     producer.poll(Duration::from_millis(50));
                 }
@@ -264,7 +336,9 @@ pub fn produce(bootstrap: &str, records: &[Record]) -> Result<(), String> {
         }
         producer.poll(Duration::ZERO);
     }
-    producer.flush(Duration::from_secs(120)).map_err(|e| format!("flush: {e}"))
+    producer
+        .flush(Duration::from_secs(120))
+        .map_err(|e| format!("flush: {e}"))
 }
 
 /// A connection string for another database on the same server, in URL or key=value form.
@@ -282,7 +356,10 @@ pub fn with_dbname(url: &str, dbname: &str) -> String {
             None => format!("{scheme}://{authority}/{dbname}"),
         };
     }
-    let kept: Vec<&str> = url.split_whitespace().filter(|kv| !kv.starts_with("dbname=")).collect();
+    let kept: Vec<&str> = url
+        .split_whitespace()
+        .filter(|kv| !kv.starts_with("dbname="))
+        .collect();
     format!("{} dbname={dbname}", kept.join(" "))
 }
 
@@ -294,16 +371,24 @@ pub fn server_url() -> String {
 }
 
 fn connect(url: &str) -> Result<postgres::Client, String> {
-    postgres::Client::connect(url, postgres::NoTls)
-        .map_err(|e| format!("cannot connect to PostgreSQL at {}: {e}", crate::config::mask_url(url)))
+    postgres::Client::connect(url, postgres::NoTls).map_err(|e| {
+        format!(
+            "cannot connect to PostgreSQL at {}: {e}",
+            crate::config::mask_url(url)
+        )
+    })
 }
 
 pub fn run(args: &DemoArgs) -> Result<(), String> {
     let server = server_url();
     let mut admin = connect(&server)?;
-    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let dbname = format!("cdc_audit_demo_{stamp}_{}", std::process::id());
-    admin.batch_execute(&format!("CREATE DATABASE {dbname}")).map_err(|e| format!("create database {dbname}: {e}"))?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {dbname}"))
+        .map_err(|e| format!("create database {dbname}: {e}"))?;
     println!("demo database: {dbname} (fresh; nothing else is touched)");
     let result = demo(args, &with_dbname(&server, &dbname));
     if args.keep {
@@ -319,7 +404,9 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
     let bootstrap = cluster.bootstrap_servers();
     let mut generator = Generator::new("demo", 42);
     for topic in generator.topics() {
-        cluster.create_topic(&topic, args.partitions, 1).map_err(|e| format!("create topic {topic}: {e}"))?;
+        cluster
+            .create_topic(&topic, args.partitions, 1)
+            .map_err(|e| format!("create topic {topic}: {e}"))?;
     }
     let mut records = Vec::with_capacity(args.events + args.events / 5);
     while generator.changes < args.events {
@@ -365,7 +452,10 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
             .map_err(|e| e.to_string())?
     };
 
-    println!("running the pipeline: poll -> transform (rayon) -> {} writers (binary COPY) ...", args.writers);
+    println!(
+        "running the pipeline: poll -> transform (rayon) -> {} writers (binary COPY) ...",
+        args.writers
+    );
     let mut probe = None;
     let mut last_print = Instant::now();
     let done = loop {
@@ -378,7 +468,13 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         }
         let committed: i64 = probe
             .as_mut()
-            .and_then(|c| c.query_one("SELECT coalesce(sum(next_offset), 0)::bigint FROM audit_positions", &[]).ok())
+            .and_then(|c| {
+                c.query_one(
+                    "SELECT coalesce(sum(next_offset), 0)::bigint FROM audit_positions",
+                    &[],
+                )
+                .ok()
+            })
             .map_or(0, |r| r.get(0));
         if last_print.elapsed() >= Duration::from_secs(1) || committed as usize >= total {
             last_print = Instant::now();
@@ -398,20 +494,34 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
     };
     let elapsed = started.elapsed();
     control.stop();
-    let exit = service.join().map_err(|_| "the service thread panicked".to_string())??;
+    let exit = service
+        .join()
+        .map_err(|_| "the service thread panicked".to_string())??;
     if !done {
-        return Err(format!("the demo did not finish (service ended with {exit:?})"));
+        return Err(format!(
+            "the demo did not finish (service ended with {exit:?})"
+        ));
     }
     let mut client = connect(url)?;
     summary(&mut client, &stats, generator.changes, total, elapsed)
 }
 
 fn rejection_count(stats: &Stats) -> u64 {
-    RejectKind::ALL.iter().map(|k| stats.rejections.with_label_values(&[k.as_str()]).get()).sum()
+    RejectKind::ALL
+        .iter()
+        .map(|k| stats.rejections.with_label_values(&[k.as_str()]).get())
+        .sum()
 }
 
-fn summary(client: &mut postgres::Client, stats: &Stats, changes: usize, total: usize, elapsed: Duration) -> Result<(), String> {
-    let q = |c: &mut postgres::Client, sql: &str| c.query(sql, &[]).map_err(|e| format!("{sql}: {e}"));
+fn summary(
+    client: &mut postgres::Client,
+    stats: &Stats,
+    changes: usize,
+    total: usize,
+    elapsed: Duration,
+) -> Result<(), String> {
+    let q =
+        |c: &mut postgres::Client, sql: &str| c.query(sql, &[]).map_err(|e| format!("{sql}: {e}"));
     let rows: i64 = q(client, "SELECT count(*) FROM audit_logging")?[0].get(0);
     let rejections: i64 = q(client, "SELECT count(*) FROM audit_rejections")?[0].get(0);
     let secs = elapsed.as_secs_f64();
@@ -420,8 +530,13 @@ fn summary(client: &mut postgres::Client, stats: &Stats, changes: usize, total: 
     println!("  audit rows          {rows}");
     println!("  tombstones skipped  {}", stats.tombstones.get());
     println!("  rejections stored   {rejections}");
-    println!("  elapsed             {secs:.1} s ({:.0} messages/s)", total as f64 / secs);
-    println!("  note: librdkafka's mock broker delivers under 1 MB/s per partition, so this rate is the");
+    println!(
+        "  elapsed             {secs:.1} s ({:.0} messages/s)",
+        total as f64 / secs
+    );
+    println!(
+        "  note: librdkafka's mock broker delivers under 1 MB/s per partition, so this rate is the"
+    );
     println!("        mock's, not cdc-audit's; see benches/ for throughput against a real broker.");
     println!("\nby table and operation");
     for r in q(client, "SELECT source_table, operation_type, count(*) FROM audit_logging GROUP BY 1, 2 ORDER BY 1, 2")? {
@@ -447,7 +562,9 @@ fn summary(client: &mut postgres::Client, stats: &Stats, changes: usize, total: 
     for r in q(client, "SELECT kafka_topic || '[' || kafka_partition || ']@' || kafka_offset, reason, left(error, 80) FROM audit_rejections ORDER BY id")? {
         println!("  {} {}: {}", r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2));
     }
-    if rows as usize != changes || rejections as usize + changes + stats.tombstones.get() as usize != total {
+    if rows as usize != changes
+        || rejections as usize + changes + stats.tombstones.get() as usize != total
+    {
         return Err(format!("expected {changes} audit rows, found {rows}"));
     }
     Ok(())
@@ -459,10 +576,19 @@ mod tests {
 
     #[test]
     fn dbname_is_replaced_in_both_forms() {
-        assert_eq!(with_dbname("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
-        assert_eq!(with_dbname("postgres://u@h/db?sslmode=require", "x"), "postgres://u@h/x?sslmode=require");
+        assert_eq!(
+            with_dbname("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            with_dbname("postgres://u@h/db?sslmode=require", "x"),
+            "postgres://u@h/x?sslmode=require"
+        );
         assert_eq!(with_dbname("postgresql://h", "x"), "postgresql://h/x");
-        assert_eq!(with_dbname("host=h dbname=a user=u", "x"), "host=h user=u dbname=x");
+        assert_eq!(
+            with_dbname("host=h dbname=a user=u", "x"),
+            "host=h user=u dbname=x"
+        );
     }
 
     #[test]
@@ -473,7 +599,10 @@ mod tests {
             let (ra, rb) = (a.next_records(), b.next_records());
             assert_eq!(format!("{ra:?}").len(), format!("{rb:?}").len());
             if ra.len() == 2 {
-                assert!(ra[0].value.as_deref().is_some_and(|v| v.contains("\"op\":\"d\"")));
+                assert!(ra[0]
+                    .value
+                    .as_deref()
+                    .is_some_and(|v| v.contains("\"op\":\"d\"")));
                 assert!(ra[1].value.is_none());
             }
         }

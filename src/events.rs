@@ -27,7 +27,9 @@ pub struct Stats {
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry.register(Box::new(c.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     c
 }
 
@@ -36,44 +38,98 @@ impl Stats {
     pub fn new() -> Stats {
         let registry = Registry::new();
         let rejections = IntCounterVec::new(
-            Opts::new("cdc_audit_rejections_total", "Messages stored as rejections, by reason"),
+            Opts::new(
+                "cdc_audit_rejections_total",
+                "Messages stored as rejections, by reason",
+            ),
             &["reason"],
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        registry.register(Box::new(rejections.clone())).unwrap_or_else(|e| panic!("{e}"));
+        registry
+            .register(Box::new(rejections.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
         for kind in RejectKind::ALL {
             rejections.with_label_values(&[kind.as_str()]);
         }
         let rebalances = IntCounterVec::new(
-            Opts::new("cdc_audit_rebalances_total", "Partition assignments and revocations"),
+            Opts::new(
+                "cdc_audit_rebalances_total",
+                "Partition assignments and revocations",
+            ),
             &["kind"],
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        registry.register(Box::new(rebalances.clone())).unwrap_or_else(|e| panic!("{e}"));
+        registry
+            .register(Box::new(rebalances.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
         let batch_size = Histogram::with_opts(
-            HistogramOpts::new("cdc_audit_batch_messages", "Messages per committed batch")
-                .buckets(vec![1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 50000.0]),
+            HistogramOpts::new("cdc_audit_batch_messages", "Messages per committed batch").buckets(
+                vec![
+                    1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 50000.0,
+                ],
+            ),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        registry.register(Box::new(batch_size.clone())).unwrap_or_else(|e| panic!("{e}"));
+        registry
+            .register(Box::new(batch_size.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
         let write_seconds = Histogram::with_opts(HistogramOpts::new(
             "cdc_audit_batch_write_seconds",
             "Time to write and commit one batch",
         ))
         .unwrap_or_else(|e| panic!("{e}"));
-        registry.register(Box::new(write_seconds.clone())).unwrap_or_else(|e| panic!("{e}"));
-        let paused = IntGauge::new("cdc_audit_consumer_paused", "1 while backpressure pauses consumption")
+        registry
+            .register(Box::new(write_seconds.clone()))
             .unwrap_or_else(|e| panic!("{e}"));
-        registry.register(Box::new(paused.clone())).unwrap_or_else(|e| panic!("{e}"));
+        let paused = IntGauge::new(
+            "cdc_audit_consumer_paused",
+            "1 while backpressure pauses consumption",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        registry
+            .register(Box::new(paused.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
         Stats {
-            messages_consumed: counter(&registry, "cdc_audit_messages_consumed_total", "Kafka messages handed to the pipeline"),
-            rows_written: counter(&registry, "cdc_audit_rows_written_total", "Audit rows committed to PostgreSQL"),
-            tombstones: counter(&registry, "cdc_audit_tombstones_total", "Tombstones (null values) skipped"),
-            batches_committed: counter(&registry, "cdc_audit_batches_committed_total", "Batches committed with their positions"),
-            duplicates_skipped: counter(&registry, "cdc_audit_duplicate_messages_skipped_total", "Messages already written, skipped by the position fence"),
-            batches_dropped: counter(&registry, "cdc_audit_batches_dropped_total", "Batches dropped unwritten after revoke, rewind or shutdown, to be read again"),
-            rewinds: counter(&registry, "cdc_audit_rewinds_total", "Seeks back to the stored position after a gap"),
-            write_retries: counter(&registry, "cdc_audit_write_retries_total", "Batch writes retried after a retriable database error"),
+            messages_consumed: counter(
+                &registry,
+                "cdc_audit_messages_consumed_total",
+                "Kafka messages handed to the pipeline",
+            ),
+            rows_written: counter(
+                &registry,
+                "cdc_audit_rows_written_total",
+                "Audit rows committed to PostgreSQL",
+            ),
+            tombstones: counter(
+                &registry,
+                "cdc_audit_tombstones_total",
+                "Tombstones (null values) skipped",
+            ),
+            batches_committed: counter(
+                &registry,
+                "cdc_audit_batches_committed_total",
+                "Batches committed with their positions",
+            ),
+            duplicates_skipped: counter(
+                &registry,
+                "cdc_audit_duplicate_messages_skipped_total",
+                "Messages already written, skipped by the position fence",
+            ),
+            batches_dropped: counter(
+                &registry,
+                "cdc_audit_batches_dropped_total",
+                "Batches dropped unwritten after revoke, rewind or shutdown, to be read again",
+            ),
+            rewinds: counter(
+                &registry,
+                "cdc_audit_rewinds_total",
+                "Seeks back to the stored position after a gap",
+            ),
+            write_retries: counter(
+                &registry,
+                "cdc_audit_write_retries_total",
+                "Batch writes retried after a retriable database error",
+            ),
             rejections,
             rebalances,
             batch_size,
@@ -88,7 +144,15 @@ impl Stats {
     }
 
     /// A batch committed: `rows` audit rows, `skipped` messages below the stored position.
-    pub fn batch_committed(&self, id: u64, tp: &Tp, range: (i64, i64), rows: usize, skipped: usize, took: Duration) {
+    pub fn batch_committed(
+        &self,
+        id: u64,
+        tp: &Tp,
+        range: (i64, i64),
+        rows: usize,
+        skipped: usize,
+        took: Duration,
+    ) {
         self.batches_committed.inc();
         self.rows_written.inc_by(rows as u64);
         self.duplicates_skipped.inc_by(skipped as u64);
@@ -106,7 +170,10 @@ impl Stats {
 
     pub fn rebalance(&self, kind: &'static str, tps: &[Tp]) {
         self.rebalances.with_label_values(&[kind]).inc();
-        let list: Vec<String> = tps.iter().map(|tp| format!("{}[{}]", tp.topic, tp.partition)).collect();
+        let list: Vec<String> = tps
+            .iter()
+            .map(|tp| format!("{}[{}]", tp.topic, tp.partition))
+            .collect();
         log::info!("partitions {kind}: {}", list.join(", "));
     }
 }

@@ -11,10 +11,19 @@ use cdc_audit::pipeline::{Control, Exit};
 use cdc_audit::{demo, events::Stats, migrate, service, sink};
 
 #[derive(Parser)]
-#[command(name = "cdc-audit", version, about = "Debezium change events from Kafka into an exactly-once PostgreSQL audit trail")]
+#[command(
+    name = "cdc-audit",
+    version,
+    about = "Debezium change events from Kafka into an exactly-once PostgreSQL audit trail"
+)]
 struct Cli {
     /// Read settings from this env-file (KEY=VALUE lines); the environment wins over it.
-    #[arg(long, global = true, env = "CDC_AUDIT_CONFIG_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "CDC_AUDIT_CONFIG_FILE",
+        value_name = "FILE"
+    )]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -37,7 +46,10 @@ enum Command {
 fn settings_help() -> String {
     let mut out = String::from("Settings (environment variables):\n");
     for s in SETTINGS {
-        let default = s.default.map(|d| format!(" [default: {d}]")).unwrap_or_default();
+        let default = s
+            .default
+            .map(|d| format!(" [default: {d}]"))
+            .unwrap_or_default();
         out.push_str(&format!("  {:<32} {}{default}\n", s.name, s.help));
     }
     out.push_str("  CDC_AUDIT_KAFKA_<PROPERTY>       any librdkafka property, e.g. CDC_AUDIT_KAFKA_MAX_POLL_INTERVAL_MS=6000\n");
@@ -56,9 +68,16 @@ fn main() -> ExitCode {
         Command::Run => load(&cli).and_then(run),
         Command::Migrate => load(&cli).and_then(|c| {
             let pool = sink::pool(&c.database_url, 1)?;
-            let mut conn = pool.get().map_err(|e| format!("cannot connect to the database: {e}"))?;
-            let applied = migrate::migrate(&mut conn).map_err(|e| format!("migration failed: {e}"))?;
-            println!("{} migrations applied ({} known)", applied.len(), migrate::MIGRATIONS.len());
+            let mut conn = pool
+                .get()
+                .map_err(|e| format!("cannot connect to the database: {e}"))?;
+            let applied =
+                migrate::migrate(&mut conn).map_err(|e| format!("migration failed: {e}"))?;
+            println!(
+                "{} migrations applied ({} known)",
+                applied.len(),
+                migrate::MIGRATIONS.len()
+            );
             Ok(ExitCode::SUCCESS)
         }),
         Command::CheckConfig => load(&cli).map(|c| {

@@ -2,8 +2,11 @@
 //! An advisory lock lets several instances start at once.
 
 /// The migrations compiled into the binary: (version, name, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "0001_audit_log.sql", include_str!("../schema/0001_audit_log.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "0001_audit_log.sql",
+    include_str!("../schema/0001_audit_log.sql"),
+)];
 
 /// Arbitrary but fixed key of the advisory lock that serialises migrations.
 const LOCK_KEY: i64 = 0x6364_6361_7564_6974; // "cdcaudit"
@@ -29,14 +32,20 @@ fn apply(client: &mut postgres::Client) -> Result<Vec<&'static str>, postgres::E
     let mut applied = Vec::new();
     for (version, name, sql) in MIGRATIONS {
         let done = client
-            .query_opt("SELECT 1 FROM cdc_audit_migrations WHERE version = $1", &[version])?
+            .query_opt(
+                "SELECT 1 FROM cdc_audit_migrations WHERE version = $1",
+                &[version],
+            )?
             .is_some();
         if done {
             continue;
         }
         let mut tx = client.transaction()?;
         tx.batch_execute(sql)?;
-        tx.execute("INSERT INTO cdc_audit_migrations (version, name) VALUES ($1, $2)", &[version, name])?;
+        tx.execute(
+            "INSERT INTO cdc_audit_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )?;
         tx.commit()?;
         log::info!("applied migration {name}");
         applied.push(*name);

@@ -27,7 +27,8 @@ impl<'a> Tuple<'a> {
 
     fn len(&mut self, len: usize) {
         // Field lengths are i32; a field over 1 GiB is refused by PostgreSQL anyway.
-        self.buf.extend_from_slice(&(len.min(i32::MAX as usize) as i32).to_be_bytes());
+        self.buf
+            .extend_from_slice(&(len.min(i32::MAX as usize) as i32).to_be_bytes());
     }
 
     /// A `text` field; NUL characters, which `text` cannot hold, become U+FFFD.
@@ -88,13 +89,16 @@ impl<'a> Tuple<'a> {
 
     /// A one-dimensional `text[]` without NULL elements.
     pub fn text_array(&mut self, values: Option<&[String]>) {
-        let Some(values) = values else { return self.null() };
+        let Some(values) = values else {
+            return self.null();
+        };
         let body: usize = 20 + values.iter().map(|v| 4 + v.len()).sum::<usize>();
         self.len(body);
         self.buf.extend_from_slice(&1i32.to_be_bytes()); // dimensions
         self.buf.extend_from_slice(&0i32.to_be_bytes()); // has nulls
         self.buf.extend_from_slice(&TEXT_OID.to_be_bytes());
-        self.buf.extend_from_slice(&(values.len() as i32).to_be_bytes());
+        self.buf
+            .extend_from_slice(&(values.len() as i32).to_be_bytes());
         self.buf.extend_from_slice(&1i32.to_be_bytes()); // lower bound
         for v in values {
             self.len(v.len());
@@ -116,7 +120,15 @@ mod tests {
         t.int4(7);
         assert_eq!(
             buf,
-            [&[0, 3][..], &[0, 0, 0, 2], b"ab", &[0xff; 4], &[0, 0, 0, 4], &[0, 0, 0, 7]].concat()
+            [
+                &[0, 3][..],
+                &[0, 0, 0, 2],
+                b"ab",
+                &[0xff; 4],
+                &[0, 0, 0, 4],
+                &[0, 0, 0, 7]
+            ]
+            .concat()
         );
     }
 

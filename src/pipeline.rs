@@ -176,16 +176,26 @@ impl Tracker {
     pub fn assigned(&self, tp: &Tp) -> Option<Assigned> {
         let inner = self.lock();
         let state = inner.partitions.get(tp).filter(|s| s.assigned)?;
-        Some(Assigned { epoch: state.epoch, start: state.start })
+        Some(Assigned {
+            epoch: state.epoch,
+            start: state.start,
+        })
     }
 
     /// Counts a batch as in flight; called by the poll thread when it hands the batch on.
     pub fn sent(&self, tp: &Tp) {
-        self.lock().partitions.entry(tp.clone()).or_default().in_flight += 1;
+        self.lock()
+            .partitions
+            .entry(tp.clone())
+            .or_default()
+            .in_flight += 1;
     }
 
     pub fn is_current(&self, tp: &Tp, epoch: u64) -> bool {
-        self.lock().partitions.get(tp).is_some_and(|s| s.assigned && s.epoch == epoch)
+        self.lock()
+            .partitions
+            .get(tp)
+            .is_some_and(|s| s.assigned && s.epoch == epoch)
     }
 
     /// Records how a writer finished with a batch.
@@ -277,7 +287,10 @@ impl TransformStage {
         for batch in self.input {
             let outcomes: Vec<Outcome> = batch.messages.par_iter().map(transform).collect();
             let slot = writer_for(&batch.tp, self.writers.len());
-            if self.writers[slot].send(Transformed { batch, outcomes }).is_err() {
+            if self.writers[slot]
+                .send(Transformed { batch, outcomes })
+                .is_err()
+            {
                 log::error!("writer {slot} is gone; stopping the transform stage");
                 return;
             }
@@ -304,22 +317,48 @@ pub enum Exit {
 
 /// Spawns the stages, runs until `control.shutdown` is set, and drains.
 pub fn run(shared: Shared) -> Result<Exit, SourceError> {
-    let Shared { config, tracker, control, pool, stats } = shared;
+    let Shared {
+        config,
+        tracker,
+        control,
+        pool,
+        stats,
+    } = shared;
     let (batch_tx, batch_rx) = bounded::<Batch>(config.channel_capacity);
     let mut writer_txs = Vec::new();
     let mut handles: Vec<JoinHandle<()>> = Vec::new();
     for id in 0..config.writers {
         let (tx, rx) = bounded::<Transformed>(config.channel_capacity);
         writer_txs.push(tx);
-        let writer = Writer::new(id, rx, pool.clone(), config.group_id.clone(), tracker.clone(), control.clone(), stats.clone());
+        let writer = Writer::new(
+            id,
+            rx,
+            pool.clone(),
+            config.group_id.clone(),
+            tracker.clone(),
+            control.clone(),
+            stats.clone(),
+        );
         handles.push(spawn(&format!("writer-{id}"), move || writer.run())?);
     }
-    let transform = TransformStage { input: batch_rx, writers: writer_txs };
+    let transform = TransformStage {
+        input: batch_rx,
+        writers: writer_txs,
+    };
     handles.push(spawn("transform", move || transform.run())?);
 
-    let source = Source::new(&config, batch_tx, tracker.clone(), control.clone(), pool, stats)?;
+    let source = Source::new(
+        &config,
+        batch_tx,
+        tracker.clone(),
+        control.clone(),
+        pool,
+        stats,
+    )?;
     let source_handle = spawn("source", move || source.run())?;
-    let source_result = source_handle.join().unwrap_or_else(|_| Err(SourceError::Panicked));
+    let source_result = source_handle
+        .join()
+        .unwrap_or_else(|_| Err(SourceError::Panicked));
 
     // The source dropped the batch sender: the transform and the writers finish their queues.
     let deadline = Instant::now() + config.shutdown_timeout;
@@ -333,12 +372,17 @@ pub fn run(shared: Shared) -> Result<Exit, SourceError> {
     }
     let exit = source_result?;
     if exit == Exit::Drained && tracker.in_flight() > 0 {
-        return Ok(Exit::DeadlineExceeded { in_flight: tracker.in_flight() });
+        return Ok(Exit::DeadlineExceeded {
+            in_flight: tracker.in_flight(),
+        });
     }
     Ok(exit)
 }
 
-fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<JoinHandle<T>, SourceError> {
+fn spawn<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>, SourceError> {
     thread::Builder::new()
         .name(name.to_string())
         .spawn(f)
@@ -350,7 +394,10 @@ mod tests {
     use super::*;
 
     fn tp(p: i32) -> Tp {
-        Tp { topic: Arc::from("t"), partition: p }
+        Tp {
+            topic: Arc::from("t"),
+            partition: p,
+        }
     }
 
     #[test]
@@ -362,7 +409,10 @@ mod tests {
         t.revoke(&[tp(0)]);
         assert!(!t.is_current(&tp(0), a.epoch));
         t.assign(&tp(0), Some(10));
-        assert!(!t.is_current(&tp(0), a.epoch), "a new assignment is a new epoch");
+        assert!(
+            !t.is_current(&tp(0), a.epoch),
+            "a new assignment is a new epoch"
+        );
     }
 
     #[test]
@@ -390,7 +440,10 @@ mod tests {
             thread::sleep(Duration::from_millis(50));
             t2.finish(&tp(2), epoch, Finish::Committed { next: 5 });
         });
-        assert_eq!(t.wait_idle(&[tp(2)], Instant::now() + Duration::from_secs(10)), 0);
+        assert_eq!(
+            t.wait_idle(&[tp(2)], Instant::now() + Duration::from_secs(10)),
+            0
+        );
         h.join().unwrap();
         assert_eq!(t.committed_positions(), vec![(tp(2), 5)]);
     }

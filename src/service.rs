@@ -12,10 +12,18 @@ use crate::sink;
 pub fn run(config: Config, control: Arc<Control>, stats: Arc<Stats>) -> Result<Exit, String> {
     let pool = sink::pool(&config.database_url, config.pool_size)?;
     if config.migrate {
-        let mut conn = pool.get().map_err(|e| format!("cannot connect to the database to migrate: {e}"))?;
+        let mut conn = pool
+            .get()
+            .map_err(|e| format!("cannot connect to the database to migrate: {e}"))?;
         migrate::migrate(&mut conn).map_err(|e| format!("migration failed: {e}"))?;
     }
-    let shared = Shared { config, tracker: Arc::new(Tracker::default()), control, pool, stats };
+    let shared = Shared {
+        config,
+        tracker: Arc::new(Tracker::default()),
+        control,
+        pool,
+        stats,
+    };
     pipeline::run(shared).map_err(|e| e.to_string())
 }
 
@@ -26,7 +34,8 @@ pub fn install_signal_handlers(control: &Control) -> Result<(), String> {
         // Registered first, so it sees the flag as the previous signal left it.
         signal_hook::flag::register_conditional_shutdown(signal, 1, control.shutdown.clone())
             .map_err(|e| format!("signal handler: {e}"))?;
-        signal_hook::flag::register(signal, control.shutdown.clone()).map_err(|e| format!("signal handler: {e}"))?;
+        signal_hook::flag::register(signal, control.shutdown.clone())
+            .map_err(|e| format!("signal handler: {e}"))?;
     }
     Ok(())
 }

@@ -40,7 +40,10 @@ pub enum SinkError {
 impl SinkError {
     fn from_io(e: std::io::Error) -> SinkError {
         // The postgres crate wraps its own error in the io::Error of a COPY write.
-        match e.get_ref().and_then(|inner| inner.downcast_ref::<postgres::Error>()) {
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<postgres::Error>())
+        {
             Some(_) => match e.into_inner().map(|b| b.downcast::<postgres::Error>()) {
                 Some(Ok(db)) => SinkError::Db(*db),
                 _ => SinkError::Io(std::io::Error::other("COPY stream failed")),
@@ -94,7 +97,9 @@ pub enum ErrorClass {
 
 /// The one place that decides what a PostgreSQL error means.
 pub fn classify(e: &postgres::Error) -> ErrorClass {
-    let Some(code) = e.code() else { return ErrorClass::Retriable };
+    let Some(code) = e.code() else {
+        return ErrorClass::Retriable;
+    };
     let c = code.code();
     if c.starts_with("08")
         || c.starts_with("53")
@@ -118,7 +123,13 @@ pub fn classify(e: &postgres::Error) -> ErrorClass {
 pub enum Written {
     /// Committed up to `next`: `rows` new audit rows, the kinds of the new rejections,
     /// `tombstones` skipped, and `skipped` messages that were already written.
-    Committed { next: i64, rows: usize, rejected: Vec<RejectKind>, tombstones: usize, skipped: usize },
+    Committed {
+        next: i64,
+        rows: usize,
+        rejected: Vec<RejectKind>,
+        tombstones: usize,
+        skipped: usize,
+    },
     /// The stored position is behind the batch's start: the batch does not connect.
     Gap { stored: i64 },
 }
@@ -155,14 +166,24 @@ pub fn write_batch(
     if stored >= batch.end {
         // Everything here is already written (a redelivery, or an owner that lost the partition).
         let skipped = batch.messages.len();
-        return Ok(Written::Committed { next: stored, rows: 0, rejected: Vec::new(), tombstones: 0, skipped });
+        return Ok(Written::Committed {
+            next: stored,
+            rows: 0,
+            rejected: Vec::new(),
+            tombstones: 0,
+            skipped,
+        });
     }
     if stored < from {
         return Ok(Written::Gap { stored });
     }
 
     // Only messages at or past the stored position are new.
-    let fresh = batch.messages.iter().zip(&t.outcomes).filter(|(m, _)| m.offset >= stored);
+    let fresh = batch
+        .messages
+        .iter()
+        .zip(&t.outcomes)
+        .filter(|(m, _)| m.offset >= stored);
     let skipped = batch.messages.iter().filter(|m| m.offset < stored).count();
     let mut rows: Vec<(&Message, &[u8])> = Vec::new();
     let mut rejections: Vec<(&Message, Rejection)> = Vec::new();
@@ -179,7 +200,13 @@ pub fn write_batch(
         let refused = copy_isolating(&mut tx, &rows)?;
         written -= refused.len();
         for (i, error) in refused {
-            rejections.push((rows[i].0, Rejection { kind: RejectKind::DatabaseRefused, error }));
+            rejections.push((
+                rows[i].0,
+                Rejection {
+                    kind: RejectKind::DatabaseRefused,
+                    error,
+                },
+            ));
         }
         rejections.sort_by_key(|(m, _)| m.offset);
     } else {
@@ -195,15 +222,26 @@ pub fn write_batch(
     )?;
     tx.commit()?;
     let rejected = rejections.iter().map(|(_, r)| r.kind).collect();
-    Ok(Written::Committed { next: batch.end, rows: written, rejected, tombstones, skipped })
+    Ok(Written::Committed {
+        next: batch.end,
+        rows: written,
+        rejected,
+        tombstones,
+        skipped,
+    })
 }
 
-fn copy_rows<'a>(tx: &mut Transaction<'_>, rows: impl Iterator<Item = &'a [u8]>) -> Result<(), SinkError> {
+fn copy_rows<'a>(
+    tx: &mut Transaction<'_>,
+    rows: impl Iterator<Item = &'a [u8]>,
+) -> Result<(), SinkError> {
     let mut rows = rows.peekable();
     if rows.peek().is_none() {
         return Ok(());
     }
-    let mut writer = tx.copy_in(&format!("COPY audit_logging ({AUDIT_COLUMNS}) FROM STDIN (FORMAT binary)"))?;
+    let mut writer = tx.copy_in(&format!(
+        "COPY audit_logging ({AUDIT_COLUMNS}) FROM STDIN (FORMAT binary)"
+    ))?;
     let sent: std::io::Result<()> = (|| {
         writer.write_all(pgcopy::HEADER)?;
         for row in rows {
@@ -220,7 +258,10 @@ fn copy_rows<'a>(tx: &mut Transaction<'_>, rows: impl Iterator<Item = &'a [u8]>)
 
 /// Copies rows under savepoints, halving on data errors, and returns the rows refused
 /// (index into `rows`, error text).
-fn copy_isolating(tx: &mut Transaction<'_>, rows: &[(&Message, &[u8])]) -> Result<Vec<(usize, String)>, SinkError> {
+fn copy_isolating(
+    tx: &mut Transaction<'_>,
+    rows: &[(&Message, &[u8])],
+) -> Result<Vec<(usize, String)>, SinkError> {
     let mut refused = Vec::new();
     let mut stack = vec![(0usize, rows.len())];
     while let Some((lo, hi)) = stack.pop() {
@@ -246,7 +287,11 @@ fn copy_isolating(tx: &mut Transaction<'_>, rows: &[(&Message, &[u8])]) -> Resul
     Ok(refused)
 }
 
-fn insert_rejection(tx: &mut Transaction<'_>, msg: &Message, r: &Rejection) -> Result<(), postgres::Error> {
+fn insert_rejection(
+    tx: &mut Transaction<'_>,
+    msg: &Message,
+    r: &Rejection,
+) -> Result<(), postgres::Error> {
     let timestamp = msg
         .timestamp_ms
         .and_then(|ms| u64::try_from(ms).ok())
@@ -281,7 +326,10 @@ fn headers_json(headers: &[(String, Option<Vec<u8>>)]) -> Option<String> {
         .map(|(k, v)| {
             let value = v.as_ref().map(|bytes| match std::str::from_utf8(bytes) {
                 Ok(s) => s.replace('\0', "\u{FFFD}"),
-                Err(_) => format!("\\x{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+                Err(_) => format!(
+                    "\\x{}",
+                    bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                ),
             });
             serde_json::json!([k.replace('\0', "\u{FFFD}"), value])
         })
@@ -297,7 +345,10 @@ struct Backoff {
 
 impl Backoff {
     fn new() -> Self {
-        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
         Backoff { attempt: 0, seed }
     }
 
@@ -333,7 +384,15 @@ impl Writer {
         control: Arc<Control>,
         stats: Arc<Stats>,
     ) -> Self {
-        Writer { id, input, pool, group, tracker, control, stats }
+        Writer {
+            id,
+            input,
+            pool,
+            group,
+            tracker,
+            control,
+            stats,
+        }
     }
 
     pub fn run(self) {
@@ -352,25 +411,50 @@ impl Writer {
         loop {
             if !self.tracker.is_current(&b.tp, b.epoch) || self.control.abandoned() {
                 self.stats.batches_dropped.inc();
-                log::debug!("batch {} {}[{}] dropped: its epoch ended", b.id, b.tp.topic, b.tp.partition);
+                log::debug!(
+                    "batch {} {}[{}] dropped: its epoch ended",
+                    b.id,
+                    b.tp.topic,
+                    b.tp.partition
+                );
                 return Finish::Dropped;
             }
             let started = Instant::now();
             let result = match self.pool.get() {
                 Ok(mut conn) => write_batch(&mut conn, &self.group, t, isolate)
                     .map_err(|e| (e.class(), e.to_string())),
-                Err(e) => Err((ErrorClass::Retriable, format!("no database connection: {e}"))),
+                Err(e) => Err((
+                    ErrorClass::Retriable,
+                    format!("no database connection: {e}"),
+                )),
             };
             match result {
-                Ok(Written::Committed { next, rows, rejected, tombstones, skipped }) => {
+                Ok(Written::Committed {
+                    next,
+                    rows,
+                    rejected,
+                    tombstones,
+                    skipped,
+                }) => {
                     let range = (b.start.unwrap_or(b.end), b.end);
-                    self.stats.batch_committed(b.id, &b.tp, range, rows, skipped, started.elapsed());
+                    self.stats.batch_committed(
+                        b.id,
+                        &b.tp,
+                        range,
+                        rows,
+                        skipped,
+                        started.elapsed(),
+                    );
                     self.stats.tombstones.inc_by(tombstones as u64);
                     for kind in &rejected {
                         self.stats.rejected(*kind);
                     }
                     if !rejected.is_empty() {
-                        log::warn!("batch {}: {} messages stored as rejections", b.id, rejected.len());
+                        log::warn!(
+                            "batch {}: {} messages stored as rejections",
+                            b.id,
+                            rejected.len()
+                        );
                     }
                     return Finish::Committed { next };
                 }
@@ -383,16 +467,29 @@ impl Writer {
                     return Finish::Rewind { stored };
                 }
                 Err((ErrorClass::Data, e)) if !isolate => {
-                    log::warn!("batch {}: a row was refused ({e}); splitting the batch to isolate it", b.id);
+                    log::warn!(
+                        "batch {}: a row was refused ({e}); splitting the batch to isolate it",
+                        b.id
+                    );
                     isolate = true;
                 }
                 Err((class, e)) => {
                     let wait = backoff.next();
                     self.stats.write_retries.inc();
                     if class == ErrorClass::Fatal {
-                        log::error!("batch {} {}[{}]: {e}; a person must fix this; retrying in {wait:?}", b.id, b.tp.topic, b.tp.partition);
+                        log::error!(
+                            "batch {} {}[{}]: {e}; a person must fix this; retrying in {wait:?}",
+                            b.id,
+                            b.tp.topic,
+                            b.tp.partition
+                        );
                     } else {
-                        log::warn!("batch {} {}[{}]: {e}; retrying in {wait:?}", b.id, b.tp.topic, b.tp.partition);
+                        log::warn!(
+                            "batch {} {}[{}]: {e}; retrying in {wait:?}",
+                            b.id,
+                            b.tp.topic,
+                            b.tp.partition
+                        );
                     }
                     self.sleep(wait);
                 }
@@ -416,7 +513,10 @@ mod tests {
     fn backoff_grows_and_is_capped() {
         let mut b = Backoff::new();
         let first = b.next();
-        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(200), "{first:?}");
+        assert!(
+            first >= Duration::from_millis(100) && first <= Duration::from_millis(200),
+            "{first:?}"
+        );
         for _ in 0..20 {
             assert!(b.next() <= Duration::from_secs(30));
         }

@@ -59,7 +59,10 @@ impl ClientContext for AuditContext {}
 fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
     tpl.elements()
         .iter()
-        .map(|e| Tp { topic: Arc::from(e.topic()), partition: e.partition() })
+        .map(|e| Tp {
+            topic: Arc::from(e.topic()),
+            partition: e.partition(),
+        })
         .collect()
 }
 
@@ -70,7 +73,9 @@ impl AuditContext {
         let mut conn = match self.pool.get() {
             Ok(c) => c,
             Err(e) => {
-                log::warn!("cannot read stored positions ({e}); starting from Kafka's committed offsets");
+                log::warn!(
+                    "cannot read stored positions ({e}); starting from Kafka's committed offsets"
+                );
                 return None;
             }
         };
@@ -83,11 +88,21 @@ impl AuditContext {
         match rows {
             Ok(rows) => Some(
                 rows.iter()
-                    .map(|r| (Tp { topic: Arc::from(r.get::<_, &str>(0)), partition: r.get(1) }, r.get(2)))
+                    .map(|r| {
+                        (
+                            Tp {
+                                topic: Arc::from(r.get::<_, &str>(0)),
+                                partition: r.get(1),
+                            },
+                            r.get(2),
+                        )
+                    })
                     .collect(),
             ),
             Err(e) => {
-                log::warn!("cannot read stored positions ({e}); starting from Kafka's committed offsets");
+                log::warn!(
+                    "cannot read stored positions ({e}); starting from Kafka's committed offsets"
+                );
                 None
             }
         }
@@ -95,8 +110,16 @@ impl AuditContext {
 }
 
 impl ConsumerContext for AuditContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let tps = tps_of(tpl);
@@ -104,13 +127,25 @@ impl ConsumerContext for AuditContext {
                 for tp in &tps {
                     let start = stored.as_ref().and_then(|s| s.get(tp).copied());
                     if let Some(offset) = start {
-                        if let Err(e) = tpl.set_partition_offset(&tp.topic, tp.partition, Offset::Offset(offset)) {
-                            log::error!("cannot set the start of {}[{}]: {e}", tp.topic, tp.partition);
+                        if let Err(e) = tpl.set_partition_offset(
+                            &tp.topic,
+                            tp.partition,
+                            Offset::Offset(offset),
+                        ) {
+                            log::error!(
+                                "cannot set the start of {}[{}]: {e}",
+                                tp.topic,
+                                tp.partition
+                            );
                         }
                     }
                     self.tracker.assign(tp, start);
                 }
-                let result = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
                 if let Err(e) = result {
                     log::error!("assign failed: {e}");
                 }
@@ -121,7 +156,9 @@ impl ConsumerContext for AuditContext {
                 // Queued batches of these partitions become stale; wait for those being written.
                 self.tracker.revoke(&tps);
                 if !self.control.abandoned() {
-                    let busy = self.tracker.wait_idle(&tps, Instant::now() + self.rebalance_timeout);
+                    let busy = self
+                        .tracker
+                        .wait_idle(&tps, Instant::now() + self.rebalance_timeout);
                     if busy > 0 {
                         log::warn!(
                             "{busy} batches of revoked partitions still being written after {:?}; \
@@ -130,7 +167,11 @@ impl ConsumerContext for AuditContext {
                         );
                     }
                 }
-                let result = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
                 if let Err(e) = result {
                     log::error!("unassign failed: {e}");
                 }
@@ -186,7 +227,8 @@ pub fn client_config(config: &Config) -> ClientConfig {
     for (k, v) in &config.kafka {
         c.set(k, v);
     }
-    c.set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
+    c.set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
     c
 }
 
@@ -207,11 +249,16 @@ impl Source {
             rebalance_timeout: config.rebalance_timeout,
             stats: stats.clone(),
         };
-        let consumer: BaseConsumer<AuditContext> = client_config(config).create_with_context(context)?;
+        let consumer: BaseConsumer<AuditContext> =
+            client_config(config).create_with_context(context)?;
         let subscription = config.topics.subscription();
         let topics: Vec<&str> = subscription.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        log::info!("subscribed to {} as group {}", topics.join(", "), config.group_id);
+        log::info!(
+            "subscribed to {} as group {}",
+            topics.join(", "),
+            config.group_id
+        );
         Ok(Source {
             consumer,
             output: Some(output),
@@ -237,7 +284,11 @@ impl Source {
             self.sync();
             self.flush_expired();
             self.send_ready();
-            let timeout = if self.ready.is_empty() { Duration::from_millis(50) } else { Duration::from_millis(10) };
+            let timeout = if self.ready.is_empty() {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_millis(10)
+            };
             match self.consumer.poll(timeout) {
                 None => {}
                 Some(Ok(m)) => {
@@ -266,14 +317,23 @@ impl Source {
                 cursor.seek = Some(stored);
             }
         }
-        let assignment = self.consumer.assignment().map(|tpl| tps_of(&tpl)).unwrap_or_default();
+        let assignment = self
+            .consumer
+            .assignment()
+            .map(|tpl| tps_of(&tpl))
+            .unwrap_or_default();
         self.cursors.retain(|tp, _| assignment.contains(tp));
         for tp in assignment {
             let Some(now) = self.tracker.assigned(&tp) else {
                 self.cursors.remove(&tp);
                 continue;
             };
-            let cursor = self.cursors.entry(tp).or_insert(Cursor { epoch: 0, next: None, pending: None, seek: None });
+            let cursor = self.cursors.entry(tp).or_insert(Cursor {
+                epoch: 0,
+                next: None,
+                pending: None,
+                seek: None,
+            });
             if cursor.epoch != now.epoch {
                 cursor.epoch = now.epoch;
                 cursor.next = now.start;
@@ -281,13 +341,26 @@ impl Source {
             }
         }
         let cursors = &self.cursors;
-        self.ready.retain(|b| cursors.get(&b.tp).is_some_and(|c| c.epoch == b.epoch));
-        let seeks: Vec<(Tp, i64)> =
-            self.cursors.iter().filter_map(|(tp, c)| c.seek.map(|s| (tp.clone(), s))).collect();
+        self.ready
+            .retain(|b| cursors.get(&b.tp).is_some_and(|c| c.epoch == b.epoch));
+        let seeks: Vec<(Tp, i64)> = self
+            .cursors
+            .iter()
+            .filter_map(|(tp, c)| c.seek.map(|s| (tp.clone(), s)))
+            .collect();
         for (tp, offset) in seeks {
-            match self.consumer.seek(&tp.topic, tp.partition, Offset::Offset(offset), Duration::from_secs(5)) {
+            match self.consumer.seek(
+                &tp.topic,
+                tp.partition,
+                Offset::Offset(offset),
+                Duration::from_secs(5),
+            ) {
                 Ok(()) => {
-                    log::info!("{}[{}]: reading again from stored position {offset}", tp.topic, tp.partition);
+                    log::info!(
+                        "{}[{}]: reading again from stored position {offset}",
+                        tp.topic,
+                        tp.partition
+                    );
                     if let Some(c) = self.cursors.get_mut(&tp) {
                         c.seek = None;
                     }
@@ -308,9 +381,16 @@ impl Source {
         if self.tracker.version() != self.seen_version {
             self.sync();
         }
-        let tp = Tp { topic: msg.topic.clone(), partition: msg.partition };
+        let tp = Tp {
+            topic: msg.topic.clone(),
+            partition: msg.partition,
+        };
         let Some(cursor) = self.cursors.get_mut(&tp) else {
-            log::debug!("message of unassigned {}[{}] ignored", tp.topic, tp.partition);
+            log::debug!(
+                "message of unassigned {}[{}] ignored",
+                tp.topic,
+                tp.partition
+            );
             return;
         };
         if cursor.seek.is_some() || cursor.next.is_some_and(|next| msg.offset < next) {
@@ -342,7 +422,11 @@ impl Source {
 
     fn flush_expired(&mut self) {
         for cursor in self.cursors.values_mut() {
-            if cursor.pending.as_ref().is_some_and(|b| b.created.elapsed() >= self.linger) {
+            if cursor
+                .pending
+                .as_ref()
+                .is_some_and(|b| b.created.elapsed() >= self.linger)
+            {
                 if let Some(b) = cursor.pending.take() {
                     self.ready.push_back(b);
                 }
@@ -354,7 +438,9 @@ impl Source {
     fn send_ready(&mut self) {
         let Some(output) = &self.output else { return };
         while !self.ready.is_empty() && !output.is_full() {
-            let Some(batch) = self.ready.pop_front() else { break };
+            let Some(batch) = self.ready.pop_front() else {
+                break;
+            };
             self.tracker.sent(&batch.tp);
             if output.send(batch).is_err() {
                 log::error!("the transform stage is gone");
@@ -372,11 +458,22 @@ impl Source {
             Ok(a) => a,
             Err(e) => return log::warn!("assignment: {e}"),
         };
-        let result = if pause { self.consumer.pause(&assignment) } else { self.consumer.resume(&assignment) };
+        let result = if pause {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
         match result {
             Ok(()) => {
                 if pause != self.paused {
-                    log::debug!("consumption {}", if pause { "paused: pipeline full" } else { "resumed" });
+                    log::debug!(
+                        "consumption {}",
+                        if pause {
+                            "paused: pipeline full"
+                        } else {
+                            "resumed"
+                        }
+                    );
                 }
                 self.paused = pause;
                 self.stats.paused.set(pause as i64);
@@ -407,7 +504,11 @@ impl Source {
         let deadline = Instant::now() + self.shutdown_timeout;
         self.pause(true);
         self.sync();
-        let mut pending: Vec<Batch> = self.cursors.values_mut().filter_map(|c| c.pending.take()).collect();
+        let mut pending: Vec<Batch> = self
+            .cursors
+            .values_mut()
+            .filter_map(|c| c.pending.take())
+            .collect();
         pending.sort_by_key(|b| b.id);
         self.ready.extend(pending);
         log::info!(
@@ -427,7 +528,9 @@ impl Source {
         }
         let left = self.tracker.in_flight() + self.ready.len();
         if left > 0 {
-            self.control.abandon.store(true, std::sync::atomic::Ordering::Release);
+            self.control
+                .abandon
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         self.commit_to_kafka(CommitMode::Sync);
         self.consumer.unsubscribe();
@@ -441,7 +544,10 @@ impl Source {
 }
 
 /// Copies what the pipeline needs out of librdkafka's buffer; topic names are interned.
-fn copy_message(topics: &mut HashMap<String, Arc<str>>, m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
+fn copy_message(
+    topics: &mut HashMap<String, Arc<str>>,
+    m: &rdkafka::message::BorrowedMessage<'_>,
+) -> Message {
     let topic = match topics.get(m.topic()) {
         Some(t) => t.clone(),
         None => {
@@ -452,7 +558,11 @@ fn copy_message(topics: &mut HashMap<String, Arc<str>>, m: &rdkafka::message::Bo
     };
     let headers = m
         .headers()
-        .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+        .map(|hs| {
+            hs.iter()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
         .unwrap_or_default();
     Message {
         topic,

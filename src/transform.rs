@@ -82,7 +82,10 @@ impl fmt::Display for RejectKind {
 }
 
 fn reject(kind: RejectKind, error: impl Into<String>) -> Outcome {
-    Outcome::Rejected(Rejection { kind, error: error.into() })
+    Outcome::Rejected(Rejection {
+        kind,
+        error: error.into(),
+    })
 }
 
 /// A JSON value kept as its text; `null` stays `Some("null")` so presence can be told from absence.
@@ -197,13 +200,21 @@ fn scalar_text(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
 /// An integer sent as a number or as a string of digits.
 fn integer(raw: Option<&RawValue>) -> Option<i64> {
     let text = scalar_text(raw)?;
-    text.parse::<i64>()
-        .ok()
-        .or_else(|| text.parse::<f64>().ok().filter(|f| f.is_finite()).map(|f| f as i64))
+    text.parse::<i64>().ok().or_else(|| {
+        text.parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(|f| f as i64)
+    })
 }
 
 /// The most precise of the `ts_ns`/`ts_us`/`ts_ms`/`ts_sec` fields, in Unix microseconds.
-fn micros(ns: Option<&RawValue>, us: Option<&RawValue>, ms: Option<&RawValue>, sec: Option<&RawValue>) -> Option<i64> {
+fn micros(
+    ns: Option<&RawValue>,
+    us: Option<&RawValue>,
+    ms: Option<&RawValue>,
+    sec: Option<&RawValue>,
+) -> Option<i64> {
     integer(ns)
         .map(|v| v / 1_000)
         .or_else(|| integer(us))
@@ -221,9 +232,9 @@ fn jsonb_safe(json: &str) -> Cow<'_, str> {
     while let Some(i) = rest.find('\\') {
         out.push_str(&rest[..i]);
         let escape = &rest[i..];
-        if escape.starts_with("\\u0000") {
+        if let Some(after) = escape.strip_prefix("\\u0000") {
             out.push_str("\\\\u0000");
-            rest = &escape[6..];
+            rest = after;
         } else {
             // Copy the backslash and the character it escapes, so `\\u0000` stays as it was.
             let len = escape[1..].chars().next().map_or(1, |c| 1 + c.len_utf8());
@@ -320,10 +331,18 @@ fn position(s: &Source<'_>) -> Option<String> {
 /// The primary key from the message key, unwrapping the JSON converter's envelope.
 fn primary_key(key: Option<&[u8]>) -> Result<Option<Cow<'_, str>>, Outcome> {
     let Some(key) = key else { return Ok(None) };
-    let raw: &RawValue = serde_json::from_slice(key)
-        .map_err(|e| reject(RejectKind::InvalidKey, format!("message key is not JSON: {e}")))?;
+    let raw: &RawValue = serde_json::from_slice(key).map_err(|e| {
+        reject(
+            RejectKind::InvalidKey,
+            format!("message key is not JSON: {e}"),
+        )
+    })?;
     let raw = match serde_json::from_str::<Event<'_>>(raw.get()) {
-        Ok(Event { schema: Some(_), payload: Some(payload), .. }) if is_object(raw.get().as_bytes()) => payload,
+        Ok(Event {
+            schema: Some(_),
+            payload: Some(payload),
+            ..
+        }) if is_object(raw.get().as_bytes()) => payload,
         _ => raw,
     };
     Ok(present(Some(raw)).map(|r| jsonb_safe(r.get())))
@@ -331,10 +350,15 @@ fn primary_key(key: Option<&[u8]>) -> Result<Option<Cow<'_, str>>, Outcome> {
 
 /// Turns one Kafka message into an audit row, a skip, or a rejection with its reason.
 pub fn transform(msg: &Message) -> Outcome {
-    let Some(value) = msg.payload.as_deref() else { return Outcome::Skipped };
+    let Some(value) = msg.payload.as_deref() else {
+        return Outcome::Skipped;
+    };
     if !is_object(value) {
         return match serde_json::from_slice::<serde::de::IgnoredAny>(value) {
-            Ok(_) => reject(RejectKind::NotAChangeEvent, "value is JSON but not an object"),
+            Ok(_) => reject(
+                RejectKind::NotAChangeEvent,
+                "value is JSON but not an object",
+            ),
             Err(e) => reject(RejectKind::NotJson, format!("value is not JSON: {e}")),
         };
     }
@@ -351,24 +375,38 @@ pub fn transform(msg: &Message) -> Outcome {
             }
             match serde_json::from_str::<Event<'_>>(payload.get()) {
                 Ok(e) if is_object(payload.get().as_bytes()) => e,
-                Ok(_) => return reject(RejectKind::NotAChangeEvent, "\"payload\" is not an object"),
+                Ok(_) => {
+                    return reject(RejectKind::NotAChangeEvent, "\"payload\" is not an object")
+                }
                 Err(e) => return reject(RejectKind::NotAChangeEvent, format!("payload: {e}")),
             }
         }
         _ => top,
     };
     let Some(op_raw) = present(event.op) else {
-        return reject(RejectKind::NotAChangeEvent, "no \"op\" field: not a Debezium change event");
+        return reject(
+            RejectKind::NotAChangeEvent,
+            "no \"op\" field: not a Debezium change event",
+        );
     };
     let Some(op) = scalar_text(Some(op_raw)).filter(|_| op_raw.get().starts_with('"')) else {
-        return reject(RejectKind::InvalidField, format!("\"op\" must be a string, found {}", op_raw.get()));
+        return reject(
+            RejectKind::InvalidField,
+            format!("\"op\" must be a string, found {}", op_raw.get()),
+        );
     };
     let Some(operation) = operation(&op) else {
-        return reject(RejectKind::UnknownOperation, format!("unknown operation {:?}", op.as_ref()));
+        return reject(
+            RejectKind::UnknownOperation,
+            format!("unknown operation {:?}", op.as_ref()),
+        );
     };
     let source: Source<'_> = match present(event.source) {
         Some(raw) if !is_object(raw.get().as_bytes()) => {
-            return reject(RejectKind::InvalidField, format!("\"source\" must be an object, found {}", raw.get()))
+            return reject(
+                RejectKind::InvalidField,
+                format!("\"source\" must be an object, found {}", raw.get()),
+            )
         }
         Some(raw) => match serde_json::from_str(raw.get()) {
             Ok(s) => s,
@@ -381,7 +419,11 @@ pub fn transform(msg: &Message) -> Outcome {
         Err(rejected) => return rejected,
     };
     let before = present(event.before);
-    let after = present(event.after).or(if op == "m" { present(event.message) } else { None });
+    let after = present(event.after).or(if op == "m" {
+        present(event.message)
+    } else {
+        None
+    });
     let changed = match (op.as_ref(), before, after) {
         ("u", Some(b), Some(a)) => changed_columns(b, a),
         _ => None,
@@ -400,7 +442,12 @@ pub fn transform(msg: &Message) -> Outcome {
     t.text(scalar_text(source.schema).as_deref());
     t.text(Some(table.as_deref().unwrap_or(&msg.topic)));
     t.text(Some(operation));
-    t.timestamptz(micros(source.ts_ns, source.ts_us, source.ts_ms, source.ts_sec));
+    t.timestamptz(micros(
+        source.ts_ns,
+        source.ts_us,
+        source.ts_ms,
+        source.ts_sec,
+    ));
     t.timestamptz(micros(event.ts_ns, event.ts_us, event.ts_ms, None));
     t.jsonb(before.map(|r| jsonb_safe(r.get())).as_deref());
     t.jsonb(after.map(|r| jsonb_safe(r.get())).as_deref());
@@ -411,7 +458,11 @@ pub fn transform(msg: &Message) -> Outcome {
     t.text(position(&source).as_deref());
     t.text(scalar_text(source.connector).as_deref());
     t.bool(Some(snapshot_flag(source.snapshot).unwrap_or(op == "r")));
-    t.jsonb(present(event.source).map(|r| jsonb_safe(r.get())).as_deref());
+    t.jsonb(
+        present(event.source)
+            .map(|r| jsonb_safe(r.get()))
+            .as_deref(),
+    );
     t.text(Some(&msg.topic));
     t.int4(msg.partition);
     t.int8(msg.offset);
@@ -439,7 +490,10 @@ mod tests {
     fn rejected(value: &[u8]) -> RejectKind {
         match transform(&msg(None, Some(value))) {
             Outcome::Rejected(r) => r.kind,
-            other => panic!("expected a rejection for {:?}, got {other:?}", String::from_utf8_lossy(value)),
+            other => panic!(
+                "expected a rejection for {:?}, got {other:?}",
+                String::from_utf8_lossy(value)
+            ),
         }
     }
 
@@ -448,17 +502,40 @@ mod tests {
         assert_eq!(rejected(b"{\"op\":\"c\""), RejectKind::NotJson);
         assert_eq!(rejected(b"\xff\xfe"), RejectKind::NotJson);
         assert_eq!(rejected(b"[1,2]"), RejectKind::NotAChangeEvent);
-        assert_eq!(rejected(b"[null, null, \"c\"]"), RejectKind::NotAChangeEvent, "not read by position");
-        assert_eq!(rejected(b"{\"payload\":[null,null,\"c\"]}"), RejectKind::NotAChangeEvent);
-        assert_eq!(rejected(b"{\"op\":\"c\",\"source\":[1]}"), RejectKind::InvalidField);
+        assert_eq!(
+            rejected(b"[null, null, \"c\"]"),
+            RejectKind::NotAChangeEvent,
+            "not read by position"
+        );
+        assert_eq!(
+            rejected(b"{\"payload\":[null,null,\"c\"]}"),
+            RejectKind::NotAChangeEvent
+        );
+        assert_eq!(
+            rejected(b"{\"op\":\"c\",\"source\":[1]}"),
+            RejectKind::InvalidField
+        );
         assert_eq!(rejected(b"\"text\""), RejectKind::NotAChangeEvent);
         assert_eq!(rejected(b"{\"after\":{}}"), RejectKind::NotAChangeEvent);
-        assert_eq!(rejected(b"{\"op\":\"x\",\"after\":{}}"), RejectKind::UnknownOperation);
-        assert_eq!(rejected(b"{\"op\":1,\"after\":{}}"), RejectKind::InvalidField);
-        let nested = format!("{{\"op\":\"c\",\"after\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(
+            rejected(b"{\"op\":\"x\",\"after\":{}}"),
+            RejectKind::UnknownOperation
+        );
+        assert_eq!(
+            rejected(b"{\"op\":1,\"after\":{}}"),
+            RejectKind::InvalidField
+        );
+        let nested = format!(
+            "{{\"op\":\"c\",\"after\":{}{}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
         // Deep but valid JSON inside an image is data: PostgreSQL judges it (and the writer
         // isolates and rejects the row if it refuses it).
-        assert!(matches!(transform(&msg(None, Some(nested.as_bytes()))), Outcome::Row(_)));
+        assert!(matches!(
+            transform(&msg(None, Some(nested.as_bytes()))),
+            Outcome::Row(_)
+        ));
         match transform(&msg(Some("not json"), Some(b"{\"op\":\"c\",\"after\":{}}"))) {
             Outcome::Rejected(r) => assert_eq!(r.kind, RejectKind::InvalidKey),
             other => panic!("{other:?}"),
@@ -467,7 +544,10 @@ mod tests {
 
     #[test]
     fn tombstones_are_skipped() {
-        assert!(matches!(transform(&msg(Some("{\"id\":1}"), None)), Outcome::Skipped));
+        assert!(matches!(
+            transform(&msg(Some("{\"id\":1}"), None)),
+            Outcome::Skipped
+        ));
         assert!(matches!(
             transform(&msg(None, Some(b"{\"schema\":null,\"payload\":null}"))),
             Outcome::Skipped
@@ -481,7 +561,10 @@ mod tests {
             r#"{"id":1,"b":"y","c":"__debezium_unavailable_value","a":3}"#,
         )
         .unwrap();
-        assert_eq!(changed_columns(b, a), Some(vec!["b".to_string(), "a".to_string()]));
+        assert_eq!(
+            changed_columns(b, a),
+            Some(vec!["b".to_string(), "a".to_string()])
+        );
     }
 
     #[test]

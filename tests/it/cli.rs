@@ -16,17 +16,28 @@ fn cdc_audit(args: &[&str], env: &[(&str, &str)]) -> Output {
 const VALID: &[(&str, &str)] = &[
     ("CDC_AUDIT_BOOTSTRAP_SERVERS", "localhost:9092"),
     ("CDC_AUDIT_TOPICS", "dbserver1.inventory.customers"),
-    ("CDC_AUDIT_DATABASE_URL", "postgres://audit:s3cret@localhost/audit"),
+    (
+        "CDC_AUDIT_DATABASE_URL",
+        "postgres://audit:s3cret@localhost/audit",
+    ),
 ];
 
 /// Runs `check-config` with VALID plus `changes` (an empty value removes the setting) and
 /// asserts that it fails with a message containing every one of `expect`.
 fn refused(changes: &[(&str, &str)], expect: &[&str]) {
-    let mut env: Vec<(&str, &str)> = VALID.iter().filter(|(k, _)| !changes.iter().any(|(c, _)| c == k)).copied().collect();
+    let mut env: Vec<(&str, &str)> = VALID
+        .iter()
+        .filter(|(k, _)| !changes.iter().any(|(c, _)| c == k))
+        .copied()
+        .collect();
     env.extend(changes.iter().filter(|(_, v)| !v.is_empty()));
     let out = cdc_audit(&["check-config"], &env);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "check-config should fail; stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "check-config should fail; stderr: {stderr}"
+    );
     for e in expect {
         assert!(stderr.contains(e), "stderr should mention {e:?}: {stderr}");
     }
@@ -35,79 +46,147 @@ fn refused(changes: &[(&str, &str)], expect: &[&str]) {
 
 #[test]
 fn valid_settings_are_printed_with_the_password_masked() {
-    let env = [VALID, &[("CDC_AUDIT_KAFKA_SASL_PASSWORD", "kafkapw"), ("CDC_AUDIT_KAFKA_MAX_POLL_INTERVAL_MS", "6000")]].concat();
+    let env = [
+        VALID,
+        &[
+            ("CDC_AUDIT_KAFKA_SASL_PASSWORD", "kafkapw"),
+            ("CDC_AUDIT_KAFKA_MAX_POLL_INTERVAL_MS", "6000"),
+        ],
+    ]
+    .concat();
     let out = cdc_audit(&["check-config"], &env);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("CDC_AUDIT_DATABASE_URL=postgres://audit:****@localhost/audit"), "{stdout}");
-    assert!(stdout.contains("CDC_AUDIT_KAFKA_MAX_POLL_INTERVAL_MS=6000"), "{stdout}");
-    assert!(!stdout.contains("s3cret") && !stdout.contains("kafkapw"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("CDC_AUDIT_DATABASE_URL=postgres://audit:****@localhost/audit"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("CDC_AUDIT_KAFKA_MAX_POLL_INTERVAL_MS=6000"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("s3cret") && !stdout.contains("kafkapw"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn missing_bootstrap_servers_is_named() {
-    refused(&[("CDC_AUDIT_BOOTSTRAP_SERVERS", "")], &["CDC_AUDIT_BOOTSTRAP_SERVERS is not set"]);
+    refused(
+        &[("CDC_AUDIT_BOOTSTRAP_SERVERS", "")],
+        &["CDC_AUDIT_BOOTSTRAP_SERVERS is not set"],
+    );
 }
 
 #[test]
 fn malformed_bootstrap_servers_are_refused() {
-    refused(&[("CDC_AUDIT_BOOTSTRAP_SERVERS", "kafka")], &["CDC_AUDIT_BOOTSTRAP_SERVERS=\"kafka\"", "host:port"]);
+    refused(
+        &[("CDC_AUDIT_BOOTSTRAP_SERVERS", "kafka")],
+        &["CDC_AUDIT_BOOTSTRAP_SERVERS=\"kafka\"", "host:port"],
+    );
 }
 
 #[test]
 fn missing_topics_names_both_ways_to_set_them() {
-    refused(&[("CDC_AUDIT_TOPICS", "")], &["CDC_AUDIT_TOPICS", "CDC_AUDIT_TOPIC_REGEX"]);
+    refused(
+        &[("CDC_AUDIT_TOPICS", "")],
+        &["CDC_AUDIT_TOPICS", "CDC_AUDIT_TOPIC_REGEX"],
+    );
 }
 
 #[test]
 fn topics_and_topic_regex_together_conflict() {
-    refused(&[("CDC_AUDIT_TOPIC_REGEX", "^db\\..*")], &["CDC_AUDIT_TOPICS and CDC_AUDIT_TOPIC_REGEX are both set"]);
+    refused(
+        &[("CDC_AUDIT_TOPIC_REGEX", "^db\\..*")],
+        &["CDC_AUDIT_TOPICS and CDC_AUDIT_TOPIC_REGEX are both set"],
+    );
 }
 
 #[test]
 fn invalid_topic_name_is_refused() {
-    refused(&[("CDC_AUDIT_TOPICS", "a,b c")], &["CDC_AUDIT_TOPICS=\"a,b c\"", "\"b c\""]);
+    refused(
+        &[("CDC_AUDIT_TOPICS", "a,b c")],
+        &["CDC_AUDIT_TOPICS=\"a,b c\"", "\"b c\""],
+    );
 }
 
 #[test]
 fn missing_database_url_mentions_the_fallback() {
-    refused(&[("CDC_AUDIT_DATABASE_URL", "")], &["CDC_AUDIT_DATABASE_URL is not set", "DATABASE_URL"]);
+    refused(
+        &[("CDC_AUDIT_DATABASE_URL", "")],
+        &["CDC_AUDIT_DATABASE_URL is not set", "DATABASE_URL"],
+    );
 }
 
 #[test]
 fn unparsable_database_url_is_refused_without_its_password() {
-    refused(&[("CDC_AUDIT_DATABASE_URL", "postgres://audit:s3cret@localhost:notaport/db")], &["CDC_AUDIT_DATABASE_URL="]);
+    refused(
+        &[(
+            "CDC_AUDIT_DATABASE_URL",
+            "postgres://audit:s3cret@localhost:notaport/db",
+        )],
+        &["CDC_AUDIT_DATABASE_URL="],
+    );
 }
 
 #[test]
 fn number_out_of_range_states_the_range() {
-    refused(&[("CDC_AUDIT_BATCH_SIZE", "0")], &["CDC_AUDIT_BATCH_SIZE=\"0\"", "from 1 to 100000"]);
-    refused(&[("CDC_AUDIT_WRITERS", "many")], &["CDC_AUDIT_WRITERS=\"many\"", "from 1 to 64"]);
+    refused(
+        &[("CDC_AUDIT_BATCH_SIZE", "0")],
+        &["CDC_AUDIT_BATCH_SIZE=\"0\"", "from 1 to 100000"],
+    );
+    refused(
+        &[("CDC_AUDIT_WRITERS", "many")],
+        &["CDC_AUDIT_WRITERS=\"many\"", "from 1 to 64"],
+    );
 }
 
 #[test]
 fn pool_smaller_than_writers_is_refused() {
-    refused(&[("CDC_AUDIT_WRITERS", "4"), ("CDC_AUDIT_POOL_SIZE", "3")], &["CDC_AUDIT_POOL_SIZE=\"3\"", "at least CDC_AUDIT_WRITERS + 1 = 5"]);
+    refused(
+        &[("CDC_AUDIT_WRITERS", "4"), ("CDC_AUDIT_POOL_SIZE", "3")],
+        &[
+            "CDC_AUDIT_POOL_SIZE=\"3\"",
+            "at least CDC_AUDIT_WRITERS + 1 = 5",
+        ],
+    );
 }
 
 #[test]
 fn misspelt_setting_is_refused() {
-    refused(&[("CDC_AUDIT_BATCH_SIZ", "10")], &["CDC_AUDIT_BATCH_SIZ is not a setting"]);
+    refused(
+        &[("CDC_AUDIT_BATCH_SIZ", "10")],
+        &["CDC_AUDIT_BATCH_SIZ is not a setting"],
+    );
 }
 
 #[test]
 fn bad_boolean_is_refused() {
-    refused(&[("CDC_AUDIT_MIGRATE", "maybe")], &["CDC_AUDIT_MIGRATE=\"maybe\"", "true or false"]);
+    refused(
+        &[("CDC_AUDIT_MIGRATE", "maybe")],
+        &["CDC_AUDIT_MIGRATE=\"maybe\"", "true or false"],
+    );
 }
 
 #[test]
 fn auto_commit_cannot_be_turned_on() {
-    refused(&[("CDC_AUDIT_KAFKA_ENABLE_AUTO_COMMIT", "true")], &["CDC_AUDIT_KAFKA_ENABLE_AUTO_COMMIT", "enable.auto.commit"]);
+    refused(
+        &[("CDC_AUDIT_KAFKA_ENABLE_AUTO_COMMIT", "true")],
+        &["CDC_AUDIT_KAFKA_ENABLE_AUTO_COMMIT", "enable.auto.commit"],
+    );
 }
 
 #[test]
 fn unknown_librdkafka_property_is_refused_by_librdkafka() {
-    refused(&[("CDC_AUDIT_KAFKA_FETCH_MAX_BYTEZ", "1")], &["fetch.max.bytez"]);
+    refused(
+        &[("CDC_AUDIT_KAFKA_FETCH_MAX_BYTEZ", "1")],
+        &["fetch.max.bytez"],
+    );
 }
 
 #[test]
@@ -128,9 +207,17 @@ fn config_file_is_read_and_bad_lines_are_named() {
 #[test]
 fn migrate_applies_once_and_is_idempotent() {
     let db = TestDb::new("migrate");
-    let env = [("CDC_AUDIT_BOOTSTRAP_SERVERS", "localhost:9092"), ("CDC_AUDIT_TOPICS", "t"), ("DATABASE_URL", db.url.as_str())];
+    let env = [
+        ("CDC_AUDIT_BOOTSTRAP_SERVERS", "localhost:9092"),
+        ("CDC_AUDIT_TOPICS", "t"),
+        ("DATABASE_URL", db.url.as_str()),
+    ];
     let first = cdc_audit(&["migrate"], &env);
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     assert!(String::from_utf8_lossy(&first.stdout).starts_with("1 migrations applied"));
     let second = cdc_audit(&["migrate"], &env);
     assert!(String::from_utf8_lossy(&second.stdout).starts_with("0 migrations applied"));

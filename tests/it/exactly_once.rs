@@ -10,10 +10,18 @@ use cdc_audit::pipeline::{Batch, Message, Tp, Transformed};
 use cdc_audit::sink::{write_batch, Written};
 use cdc_audit::transform::transform;
 
-use crate::util::{assert_exactly_once, generate, produce_over, wait_until, Kafka, Service, TestDb};
+use crate::util::{
+    assert_exactly_once, generate, produce_over, wait_until, Kafka, Service, TestDb,
+};
 
 fn jitter(max_ms: u64) -> Duration {
-    Duration::from_millis(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() as u64 % max_ms)
+    Duration::from_millis(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64
+            % max_ms,
+    )
 }
 
 #[test]
@@ -28,15 +36,22 @@ fn sigkill_and_restart_repeatedly_loses_and_duplicates_nothing() {
         let before = db.committed("g");
         let service = Service::spawn(&kafka, &db, "g", &[]);
         // Kill it once it is committing, at a random moment mid-stream.
-        wait_until(Duration::from_secs(90), "progress after restart", || db.committed("g") > before);
+        wait_until(Duration::from_secs(90), "progress after restart", || {
+            db.committed("g") > before
+        });
         thread::sleep(jitter(800));
         service.sigkill();
         kills += 1;
     }
     producer.join().unwrap();
-    assert!(db.committed("g") < total, "the kills should land mid-stream");
+    assert!(
+        db.committed("g") < total,
+        "the kills should land mid-stream"
+    );
     let service = Service::spawn(&kafka, &db, "g", &[]);
-    wait_until(Duration::from_secs(180), "every message committed", || db.committed("g") == total);
+    wait_until(Duration::from_secs(180), "every message committed", || {
+        db.committed("g") == total
+    });
     service.sigterm();
     let (code, log) = service.wait(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{log}");
@@ -54,9 +69,15 @@ fn instances_leaving_and_dying_during_a_rebalance_keep_exactly_once() {
     let a = Service::spawn(&kafka, &db, "g", &[]);
     let b = Service::spawn(&kafka, &db, "g", &[]);
     let assigned = |s: &Service| s.log_text().matches("partitions assigned").count();
-    wait_until(Duration::from_secs(90), "both instances assigned", || assigned(&a) >= 1 && assigned(&b) >= 1);
+    wait_until(Duration::from_secs(90), "both instances assigned", || {
+        assigned(&a) >= 1 && assigned(&b) >= 1
+    });
     let progress = db.committed("g");
-    wait_until(Duration::from_secs(60), "progress with two instances", || db.committed("g") > progress);
+    wait_until(
+        Duration::from_secs(60),
+        "progress with two instances",
+        || db.committed("g") > progress,
+    );
 
     // B leaves politely: it drains, commits and leaves the group.
     b.sigterm();
@@ -68,13 +89,21 @@ fn instances_leaving_and_dying_during_a_rebalance_keep_exactly_once() {
     let c = Service::spawn(&kafka, &db, "g", &[]);
     wait_until(Duration::from_secs(90), "C assigned", || assigned(&c) >= 1);
     let progress = db.committed("g");
-    wait_until(Duration::from_secs(60), "progress with C", || db.committed("g") > progress);
+    wait_until(Duration::from_secs(60), "progress with C", || {
+        db.committed("g") > progress
+    });
     thread::sleep(jitter(500));
     c.sigkill();
 
     producer.join().unwrap();
-    wait_until(Duration::from_secs(180), "A finishes everything", || db.committed("g") == total);
-    assert!(assigned(&a) >= 3, "A was reassigned as B left and C came and went:\n{}", a.log_text());
+    wait_until(Duration::from_secs(180), "A finishes everything", || {
+        db.committed("g") == total
+    });
+    assert!(
+        assigned(&a) >= 3,
+        "A was reassigned as B left and C came and went:\n{}",
+        a.log_text()
+    );
     a.sigterm();
     let (code, log) = a.wait(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{log}");
@@ -92,16 +121,28 @@ fn sigterm_commits_what_was_read_and_exits_zero() {
         &kafka,
         &db,
         "g",
-        &[("CDC_AUDIT_BATCH_SIZE", "100000"), ("CDC_AUDIT_BATCH_LINGER_MS", "60000")],
+        &[
+            ("CDC_AUDIT_BATCH_SIZE", "100000"),
+            ("CDC_AUDIT_BATCH_LINGER_MS", "60000"),
+        ],
     );
-    wait_until(Duration::from_secs(90), "assignment", || service.log_text().contains("partitions assigned"));
+    wait_until(Duration::from_secs(90), "assignment", || {
+        service.log_text().contains("partitions assigned")
+    });
     thread::sleep(Duration::from_secs(3));
-    assert_eq!(db.committed("g"), 0, "nothing is written before the linger expires");
+    assert_eq!(
+        db.committed("g"),
+        0,
+        "nothing is written before the linger expires"
+    );
     let started = Instant::now();
     service.sigterm();
     let (code, log) = service.wait(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{log}");
-    assert!(started.elapsed() < Duration::from_secs(30), "within the shutdown deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "within the shutdown deadline"
+    );
     let drained: i64 = log
         .lines()
         .find_map(|l| l.split("draining: ").nth(1))
@@ -109,12 +150,18 @@ fn sigterm_commits_what_was_read_and_exits_zero() {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no drain line in:\n{log}"));
     assert!(drained > 0, "{log}");
-    assert_eq!(db.committed("g"), drained, "everything read was committed before exit");
+    assert_eq!(
+        db.committed("g"),
+        drained,
+        "everything read was committed before exit"
+    );
     assert!(log.contains("shut down cleanly"), "{log}");
 
     // What was not read yet is read by the next run; the whole is exactly once.
     let service = Service::spawn(&kafka, &db, "g", &[]);
-    wait_until(Duration::from_secs(120), "the rest", || db.committed("g") == records.len() as i64);
+    wait_until(Duration::from_secs(120), "the rest", || {
+        db.committed("g") == records.len() as i64
+    });
     service.sigterm();
     assert_eq!(service.wait(Duration::from_secs(60)).0, Some(0));
     assert_exactly_once(&db, &records);
@@ -138,7 +185,10 @@ fn batch(records: &[Record], start: Option<i64>, offsets: std::ops::Range<i64>) 
     let outcomes = messages.iter().map(transform).collect();
     let batch = Batch {
         id: 0,
-        tp: Tp { topic, partition: 0 },
+        tp: Tp {
+            topic,
+            partition: 0,
+        },
         epoch: 0,
         start,
         end: offsets.end,
@@ -150,7 +200,12 @@ fn batch(records: &[Record], start: Option<i64>, offsets: std::ops::Range<i64>) 
 
 fn rows(w: Written) -> (i64, usize, usize) {
     match w {
-        Written::Committed { next, rows, skipped, .. } => (next, rows, skipped),
+        Written::Committed {
+            next,
+            rows,
+            skipped,
+            ..
+        } => (next, rows, skipped),
         Written::Gap { stored } => panic!("unexpected gap at {stored}"),
     }
 }
@@ -160,7 +215,10 @@ fn redelivered_and_stale_batches_are_fenced_by_the_stored_position() {
     let db = TestDb::new("fence");
     db.migrate();
     // Change events only (no tombstones), so every offset is one row.
-    let records: Vec<Record> = generate("fence", 8, 400).into_iter().filter(|r| r.value.is_some()).collect();
+    let records: Vec<Record> = generate("fence", 8, 400)
+        .into_iter()
+        .filter(|r| r.value.is_some())
+        .collect();
     let mut c = db.client();
     let mut write = |t: &Transformed| write_batch(&mut c, "g", t, false).unwrap();
 
@@ -170,10 +228,16 @@ fn redelivered_and_stale_batches_are_fenced_by_the_stored_position() {
     // Overlapping: only the new part is written.
     assert_eq!(rows(write(&batch(&records, Some(5), 5..15))), (15, 5, 5));
     // A batch that does not connect to the stored position is refused: a gap would be a loss.
-    assert_eq!(write(&batch(&records, Some(20), 20..25)), Written::Gap { stored: 15 });
+    assert_eq!(
+        write(&batch(&records, Some(20), 20..25)),
+        Written::Gap { stored: 15 }
+    );
     // Started from Kafka's committed offset (start unknown): fenced against the first offset.
     assert_eq!(rows(write(&batch(&records, None, 15..20))), (20, 5, 0));
-    assert_eq!(write(&batch(&records, None, 22..25)), Written::Gap { stored: 20 });
+    assert_eq!(
+        write(&batch(&records, None, 22..25)),
+        Written::Gap { stored: 20 }
+    );
     // A stale owner's batch from long ago writes nothing.
     assert_eq!(rows(write(&batch(&records, None, 3..8))), (20, 0, 5));
     assert_eq!(db.count("audit_logging"), 20);
@@ -193,6 +257,10 @@ fn redelivered_and_stale_batches_are_fenced_by_the_stored_position() {
     results.sort();
     assert_eq!(results, [(60, 0, 40), (60, 40, 0)]);
     assert_exactly_once(&db, &records[..60]);
-    let stored: i64 = db.client().query_one("SELECT next_offset FROM audit_positions", &[]).unwrap().get(0);
+    let stored: i64 = db
+        .client()
+        .query_one("SELECT next_offset FROM audit_positions", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(stored, 60);
 }

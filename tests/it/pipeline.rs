@@ -5,7 +5,7 @@ use std::time::Duration;
 use cdc_audit::demo::{poison, Record};
 use cdc_audit::pipeline::Exit;
 
-use crate::util::{assert_exactly_once, config, generate, InProcess, Kafka, TestDb, wait_until};
+use crate::util::{assert_exactly_once, config, generate, wait_until, InProcess, Kafka, TestDb};
 
 #[test]
 fn events_across_tables_and_partitions_become_exactly_one_row_each() {
@@ -14,7 +14,9 @@ fn events_across_tables_and_partitions_become_exactly_one_row_each() {
     let records = generate("e2e", 11, 2_000);
     kafka.produce(&records);
     let service = InProcess::start(config(&kafka, &db, "g"));
-    wait_until(Duration::from_secs(120), "every message committed", || db.committed("g") == records.len() as i64);
+    wait_until(Duration::from_secs(120), "every message committed", || {
+        db.committed("g") == records.len() as i64
+    });
     assert_eq!(service.stop(), Exit::Drained);
     assert_exactly_once(&db, &records);
     assert_eq!(db.count("audit_rejections"), 0);
@@ -42,10 +44,16 @@ fn malformed_messages_are_stored_as_rejections_and_the_pipeline_moves_on() {
     let mut records = generate("poison", 5, 300);
     let bad = poison(&kafka.topics[1], 4);
     records.splice(100..100, bad.clone());
-    records.push(Record { topic: kafka.topics[2].clone(), key: Some("not json".into()), value: Some("{\"op\":\"c\",\"after\":{}}".into()) });
+    records.push(Record {
+        topic: kafka.topics[2].clone(),
+        key: Some("not json".into()),
+        value: Some("{\"op\":\"c\",\"after\":{}}".into()),
+    });
     kafka.produce(&records);
     let service = InProcess::start(config(&kafka, &db, "g"));
-    wait_until(Duration::from_secs(120), "every message committed", || db.committed("g") == records.len() as i64);
+    wait_until(Duration::from_secs(120), "every message committed", || {
+        db.committed("g") == records.len() as i64
+    });
     service.stop();
     assert_exactly_once(&db, &records);
     let mut c = db.client();
@@ -53,11 +61,22 @@ fn malformed_messages_are_stored_as_rejections_and_the_pipeline_moves_on() {
         .query("SELECT reason, kafka_value, kafka_key, kafka_topic FROM audit_rejections ORDER BY reason", &[])
         .unwrap();
     let reasons: Vec<String> = rejections.iter().map(|r| r.get(0)).collect();
-    assert_eq!(reasons, ["invalid_key", "not_a_change_event", "not_a_change_event", "not_json", "unknown_operation"]);
+    assert_eq!(
+        reasons,
+        [
+            "invalid_key",
+            "not_a_change_event",
+            "not_a_change_event",
+            "not_json",
+            "unknown_operation"
+        ]
+    );
     // The raw bytes are kept, so nothing is lost.
     for r in &rejections {
         let value: Vec<u8> = r.get(1);
-        assert!(records.iter().any(|p| p.value.as_deref().map(str::as_bytes) == Some(&value[..])));
+        assert!(records
+            .iter()
+            .any(|p| p.value.as_deref().map(str::as_bytes) == Some(&value[..])));
     }
 }
 
@@ -69,19 +88,38 @@ fn a_row_postgresql_refuses_is_isolated_and_rejected_and_the_rest_committed() {
     // Valid JSON that jsonb refuses: a lone UTF-16 surrogate escape.
     let i = records
         .iter()
-        .position(|r| r.value.as_deref().is_some_and(|v| v.contains("\"first_name\":\"")))
+        .position(|r| {
+            r.value
+                .as_deref()
+                .is_some_and(|v| v.contains("\"first_name\":\""))
+        })
         .unwrap();
-    let refused = records[i].value.as_ref().unwrap().replacen("\"first_name\":\"", "\"first_name\":\"\\ud800", 1);
+    let refused = records[i].value.as_ref().unwrap().replacen(
+        "\"first_name\":\"",
+        "\"first_name\":\"\\ud800",
+        1,
+    );
     records[i].value = Some(refused.clone());
     kafka.produce(&records);
     let service = InProcess::start(config(&kafka, &db, "g"));
-    wait_until(Duration::from_secs(120), "every message committed", || db.committed("g") == records.len() as i64);
+    wait_until(Duration::from_secs(120), "every message committed", || {
+        db.committed("g") == records.len() as i64
+    });
     service.stop();
     let mut c = db.client();
-    let r = c.query_one("SELECT reason, kafka_value, error FROM audit_rejections", &[]).unwrap();
+    let r = c
+        .query_one(
+            "SELECT reason, kafka_value, error FROM audit_rejections",
+            &[],
+        )
+        .unwrap();
     assert_eq!(r.get::<_, String>(0), "database_refused");
     assert_eq!(r.get::<_, Vec<u8>>(1), refused.as_bytes());
-    assert!(r.get::<_, String>(2).contains("SQLSTATE"), "{}", r.get::<_, String>(2));
+    assert!(
+        r.get::<_, String>(2).contains("SQLSTATE"),
+        "{}",
+        r.get::<_, String>(2)
+    );
     let mut expected = records.clone();
     expected.remove(i);
     assert_exactly_once(&db, &expected);
@@ -97,12 +135,15 @@ fn a_full_pipeline_pauses_consumption_and_resumes_without_loss() {
     // Hold the audit table locked: writers block, the channels fill, the poll thread must pause.
     let mut blocker = db.client();
     let mut tx = blocker.transaction().unwrap();
-    tx.batch_execute("LOCK TABLE audit_logging IN ACCESS EXCLUSIVE MODE").unwrap();
+    tx.batch_execute("LOCK TABLE audit_logging IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
     let mut cfg = config(&kafka, &db, "g");
     cfg.batch_size = 20;
     cfg.channel_capacity = 1;
     let service = InProcess::start(cfg);
-    wait_until(Duration::from_secs(60), "consumption paused", || service.stats.paused.get() == 1);
+    wait_until(Duration::from_secs(60), "consumption paused", || {
+        service.stats.paused.get() == 1
+    });
     let consumed_while_blocked = service.stats.messages_consumed.get();
     std::thread::sleep(Duration::from_millis(500));
     assert!(
@@ -111,7 +152,9 @@ fn a_full_pipeline_pauses_consumption_and_resumes_without_loss() {
     );
     assert_eq!(db.committed("g"), 0);
     tx.rollback().unwrap();
-    wait_until(Duration::from_secs(120), "every message committed", || db.committed("g") == records.len() as i64);
+    wait_until(Duration::from_secs(120), "every message committed", || {
+        db.committed("g") == records.len() as i64
+    });
     assert_eq!(service.stats.paused.get(), 0, "consumption resumed");
     service.stop();
     assert_exactly_once(&db, &records);

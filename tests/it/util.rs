@@ -31,16 +31,25 @@ impl TestDb {
     pub fn new(test: &str) -> TestDb {
         static N: AtomicUsize = AtomicUsize::new(0);
         let server = demo::server_url();
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
         let name = format!(
             "cdc_audit_t_{}_{}_{}_{nanos}",
-            test.chars().filter(char::is_ascii_alphanumeric).take(20).collect::<String>(),
+            test.chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(20)
+                .collect::<String>(),
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
         )
         .to_lowercase();
-        let mut admin = postgres::Client::connect(&server, postgres::NoTls).expect("PostgreSQL is reachable");
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        let mut admin =
+            postgres::Client::connect(&server, postgres::NoTls).expect("PostgreSQL is reachable");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
         let url = demo::with_dbname(&server, &name);
         TestDb { name, url, server }
     }
@@ -73,14 +82,20 @@ impl TestDb {
     }
 
     pub fn count(&self, table: &str) -> i64 {
-        self.client().query_one(&format!("SELECT count(*) FROM {table}"), &[]).unwrap().get(0)
+        self.client()
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .unwrap()
+            .get(0)
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Ok(mut admin) = postgres::Client::connect(&self.server, postgres::NoTls) {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }
@@ -100,7 +115,11 @@ impl Kafka {
         for t in &topics {
             cluster.create_topic(t, PARTITIONS, 1).unwrap();
         }
-        Kafka { cluster, bootstrap, topics }
+        Kafka {
+            cluster,
+            bootstrap,
+            topics,
+        }
     }
 
     pub fn produce(&self, records: &[Record]) {
@@ -116,7 +135,10 @@ pub struct Produced {
 
 impl Produced {
     pub fn changes(&self) -> usize {
-        self.records.iter().filter(|r| r.value.as_deref().is_some_and(|v| v.contains("\"op\""))).count()
+        self.records
+            .iter()
+            .filter(|r| r.value.as_deref().is_some_and(|v| v.contains("\"op\"")))
+            .count()
     }
     pub fn total(&self) -> usize {
         self.records.len()
@@ -134,7 +156,12 @@ pub fn generate(prefix: &str, seed: u64, n: usize) -> Vec<Record> {
 }
 
 /// Produces `records` in `chunks` pieces spread over `over`, from a background thread.
-pub fn produce_over(kafka: &Kafka, records: Vec<Record>, chunks: usize, over: Duration) -> JoinHandle<()> {
+pub fn produce_over(
+    kafka: &Kafka,
+    records: Vec<Record>,
+    chunks: usize,
+    over: Duration,
+) -> JoinHandle<()> {
     let bootstrap = kafka.bootstrap.clone();
     thread::spawn(move || {
         let size = records.len().div_ceil(chunks.max(1));
@@ -159,7 +186,10 @@ pub fn config(kafka: &Kafka, db: &TestDb, group: &str) -> Config {
         shutdown_timeout: Duration::from_secs(30),
         rebalance_timeout: Duration::from_secs(10),
         migrate: true,
-        kafka: fast_group_settings().into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        kafka: fast_group_settings()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     }
 }
 
@@ -185,7 +215,11 @@ impl InProcess {
         let stats = Arc::new(Stats::new());
         let (c, s) = (control.clone(), stats.clone());
         let handle = thread::spawn(move || cdc_audit::service::run(config, c, s));
-        InProcess { control, stats, handle }
+        InProcess {
+            control,
+            stats,
+            handle,
+        }
     }
 
     pub fn stop(self) -> Exit {
@@ -220,7 +254,10 @@ impl Service {
             .env("CDC_AUDIT_BATCH_SIZE", "100")
             .env("CDC_AUDIT_BATCH_LINGER_MS", "50");
         for (k, v) in fast_group_settings() {
-            cmd.env(format!("CDC_AUDIT_KAFKA_{}", k.to_uppercase().replace('.', "_")), v);
+            cmd.env(
+                format!("CDC_AUDIT_KAFKA_{}", k.to_uppercase().replace('.', "_")),
+                v,
+            );
         }
         for (k, v) in extra {
             cmd.env(k, v);
@@ -236,7 +273,10 @@ impl Service {
     }
 
     pub fn sigterm(&self) {
-        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
@@ -249,7 +289,10 @@ impl Service {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("service did not exit within {limit:?}; log:\n{}", self.log_text());
+                panic!(
+                    "service did not exit within {limit:?}; log:\n{}",
+                    self.log_text()
+                );
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -271,7 +314,10 @@ impl Drop for Service {
 pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         thread::sleep(Duration::from_millis(100));
     }
 }
@@ -282,9 +328,20 @@ pub fn assert_exactly_once(db: &TestDb, produced: &[Record]) {
     let mut expected: HashMap<String, Value> = HashMap::new();
     for r in produced {
         // Generated change events carry a unique LSN; tombstones and poison have none.
-        let Some(v) = r.value.as_deref().and_then(|v| serde_json::from_str::<Value>(v).ok()) else { continue };
-        let Some(lsn) = v["payload"]["source"].get("lsn").map(Value::to_string) else { continue };
-        assert!(expected.insert(lsn, v).is_none(), "generator LSNs are unique");
+        let Some(v) = r
+            .value
+            .as_deref()
+            .and_then(|v| serde_json::from_str::<Value>(v).ok())
+        else {
+            continue;
+        };
+        let Some(lsn) = v["payload"]["source"].get("lsn").map(Value::to_string) else {
+            continue;
+        };
+        assert!(
+            expected.insert(lsn, v).is_none(),
+            "generator LSNs are unique"
+        );
     }
     let mut c = db.client();
     let rows = c
@@ -300,7 +357,9 @@ pub fn assert_exactly_once(db: &TestDb, produced: &[Record]) {
     for row in &rows {
         let lsn: String = row.get(0);
         *seen.entry(lsn.clone()).or_default() += 1;
-        let event = expected.get(&lsn).unwrap_or_else(|| panic!("row with unknown lsn {lsn}"));
+        let event = expected
+            .get(&lsn)
+            .unwrap_or_else(|| panic!("row with unknown lsn {lsn}"));
         let p = &event["payload"];
         let op = match p["op"].as_str().unwrap() {
             "c" => "INSERT",
@@ -308,28 +367,62 @@ pub fn assert_exactly_once(db: &TestDb, produced: &[Record]) {
             _ => "DELETE",
         };
         assert_eq!(row.get::<_, String>(1), op);
-        let json = |i: usize| row.get::<_, Option<String>>(i).map(|s| serde_json::from_str::<Value>(&s).unwrap());
-        assert_eq!(json(2).unwrap_or(Value::Null), p["before"], "old_data of {lsn}");
-        assert_eq!(json(3).unwrap_or(Value::Null), p["after"], "new_data of {lsn}");
-        let id = p["after"]["id"].as_i64().or(p["before"]["id"].as_i64()).unwrap();
+        let json = |i: usize| {
+            row.get::<_, Option<String>>(i)
+                .map(|s| serde_json::from_str::<Value>(&s).unwrap())
+        };
+        assert_eq!(
+            json(2).unwrap_or(Value::Null),
+            p["before"],
+            "old_data of {lsn}"
+        );
+        assert_eq!(
+            json(3).unwrap_or(Value::Null),
+            p["after"],
+            "new_data of {lsn}"
+        );
+        let id = p["after"]["id"]
+            .as_i64()
+            .or(p["before"]["id"].as_i64())
+            .unwrap();
         assert_eq!(json(4), Some(serde_json::json!({ "id": id })));
-        assert_eq!(row.get::<_, String>(5), p["source"]["table"].as_str().unwrap());
-        assert_eq!(row.get::<_, Option<String>>(9).as_deref(), p["transaction"]["id"].as_str());
+        assert_eq!(
+            row.get::<_, String>(5),
+            p["source"]["table"].as_str().unwrap()
+        );
+        assert_eq!(
+            row.get::<_, Option<String>>(9).as_deref(),
+            p["transaction"]["id"].as_str()
+        );
         if op == "UPDATE" {
             let mut changed: Vec<String> = row.get(10);
             changed.sort();
-            let (b, a) = (p["before"].as_object().unwrap(), p["after"].as_object().unwrap());
-            let want: Vec<String> = a.iter().filter(|(k, v)| b.get(*k) != Some(v)).map(|(k, _)| k.clone()).collect();
+            let (b, a) = (
+                p["before"].as_object().unwrap(),
+                p["after"].as_object().unwrap(),
+            );
+            let want: Vec<String> = a
+                .iter()
+                .filter(|(k, v)| b.get(*k) != Some(v))
+                .map(|(k, _)| k.clone())
+                .collect();
             assert_eq!(changed, want, "changed_columns of {lsn}");
         }
         let key = (row.get::<_, String>(6), row.get::<_, i32>(7));
         let offset: i64 = row.get(8);
         if let Some(prev) = last_offset.insert(key.clone(), offset) {
-            assert!(offset > prev, "{key:?}: offset {offset} inserted after {prev}");
+            assert!(
+                offset > prev,
+                "{key:?}: offset {offset} inserted after {prev}"
+            );
         }
     }
     let duplicates: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(duplicates.is_empty(), "{} events written more than once: {duplicates:?}", duplicates.len());
+    assert!(
+        duplicates.is_empty(),
+        "{} events written more than once: {duplicates:?}",
+        duplicates.len()
+    );
     let missing = expected.keys().filter(|k| !seen.contains_key(*k)).count();
     assert_eq!(missing, 0, "{missing} of {} events missing", expected.len());
     assert_eq!(rows.len(), expected.len());
