@@ -1,0 +1,19 @@
+# Build: the Rust toolchain plus what librdkafka's bundled build needs.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src src
+COPY schema schema
+COPY benches benches
+RUN cargo build --release --locked --bin cdc-audit
+
+# Run: a small Debian with only the runtime libraries, as a non-root user.
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates zlib1g \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --no-create-home --uid 10001 cdc-audit
+COPY --from=build /src/target/release/cdc-audit /usr/local/bin/cdc-audit
+USER cdc-audit
+ENTRYPOINT ["/usr/local/bin/cdc-audit"]
+CMD ["run"]

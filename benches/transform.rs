@@ -1,0 +1,57 @@
+//! Transform throughput: generated Debezium events (JSON converter envelope with schema, about
+//! 2.5 KB each) through `transform`, on one core and on rayon. Prints figures; asserts nothing.
+//!
+//!     cargo bench --bench transform [-- EVENTS]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cdc_audit::demo::Generator;
+use cdc_audit::pipeline::Message;
+use cdc_audit::transform::{transform, Outcome};
+use rayon::prelude::*;
+
+fn main() {
+    let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(200_000);
+    let mut generator = Generator::new("bench", 1);
+    let topic: Arc<str> = Arc::from("bench.inventory.customers");
+    let mut messages = Vec::with_capacity(n);
+    while messages.len() < n {
+        for r in generator.next_records() {
+            if let Some(value) = r.value {
+                messages.push(Message {
+                    topic: topic.clone(),
+                    partition: 0,
+                    offset: messages.len() as i64,
+                    timestamp_ms: Some(0),
+                    key: r.key.map(String::into_bytes),
+                    payload: Some(value.into_bytes()),
+                    headers: Vec::new(),
+                });
+            }
+        }
+    }
+    let bytes: usize = messages.iter().map(|m| m.payload.as_ref().map_or(0, Vec::len)).sum();
+    println!("{n} events, {:.0} bytes each on average", bytes as f64 / n as f64);
+
+    let report = |label: &str, secs: f64, rows: usize| {
+        println!(
+            "{label:<22} {:>10.0} events/s {:>8.1} MB/s  ({rows} rows in {secs:.2} s)",
+            n as f64 / secs,
+            bytes as f64 / secs / 1e6
+        );
+    };
+    let rows = |outcomes: &[Outcome]| outcomes.iter().filter(|o| matches!(o, Outcome::Row(_))).count();
+
+    let started = Instant::now();
+    let outcomes: Vec<Outcome> = messages.iter().map(transform).collect();
+    report("one core", started.elapsed().as_secs_f64(), rows(&outcomes));
+
+    let started = Instant::now();
+    let outcomes: Vec<Outcome> = messages.par_iter().map(transform).collect();
+    report(
+        &format!("rayon ({} threads)", rayon::current_num_threads()),
+        started.elapsed().as_secs_f64(),
+        rows(&outcomes),
+    );
+}
