@@ -12,7 +12,10 @@ use cdc_audit::transform::{transform, Outcome};
 use rayon::prelude::*;
 
 fn main() {
-    let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(200_000);
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(200_000);
     let mut generator = Generator::new("bench", 1);
     let topic: Arc<str> = Arc::from("bench.inventory.customers");
     let mut messages = Vec::with_capacity(n);
@@ -31,8 +34,14 @@ fn main() {
             }
         }
     }
-    let bytes: usize = messages.iter().map(|m| m.payload.as_ref().map_or(0, Vec::len)).sum();
-    println!("{n} events, {:.0} bytes each on average", bytes as f64 / n as f64);
+    let bytes: usize = messages
+        .iter()
+        .map(|m| m.payload.as_ref().map_or(0, Vec::len))
+        .sum();
+    println!(
+        "{n} events, {:.0} bytes each on average",
+        bytes as f64 / n as f64
+    );
 
     let report = |label: &str, secs: f64, rows: usize| {
         println!(
@@ -41,7 +50,12 @@ fn main() {
             bytes as f64 / secs / 1e6
         );
     };
-    let rows = |outcomes: &[Outcome]| outcomes.iter().filter(|o| matches!(o, Outcome::Row(_))).count();
+    let rows = |outcomes: &[Outcome]| {
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Row(_)))
+            .count()
+    };
 
     let started = Instant::now();
     let outcomes: Vec<Outcome> = messages.iter().map(transform).collect();
