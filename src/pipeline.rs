@@ -191,6 +191,13 @@ impl Tracker {
             .in_flight += 1;
     }
 
+    /// Takes back [`Tracker::sent`] for a batch the channel did not accept.
+    pub fn unsent(&self, tp: &Tp) {
+        if let Some(state) = self.lock().partitions.get_mut(tp) {
+            state.in_flight = state.in_flight.saturating_sub(1);
+        }
+    }
+
     pub fn is_current(&self, tp: &Tp, epoch: u64) -> bool {
         self.lock()
             .partitions

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Sender, TrySendError};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message as _};
@@ -24,6 +24,8 @@ pub enum SourceError {
     Kafka(KafkaError),
     Spawn(String),
     Panicked,
+    /// A downstream stage ended while the source was still running.
+    StageDied,
 }
 
 impl fmt::Display for SourceError {
@@ -32,6 +34,9 @@ impl fmt::Display for SourceError {
             SourceError::Kafka(e) => write!(f, "Kafka consumer: {e}"),
             SourceError::Spawn(e) => write!(f, "could not start a thread: {e}"),
             SourceError::Panicked => f.write_str("the poll thread panicked"),
+            SourceError::StageDied => f.write_str(
+                "the transform or a writer thread died; exiting so the service restarts",
+            ),
         }
     }
 }
@@ -281,6 +286,9 @@ impl Source {
 
     pub fn run(mut self) -> Result<Exit, SourceError> {
         while !self.control.shutting_down() {
+            if self.output.is_none() {
+                return Err(SourceError::StageDied);
+            }
             self.sync();
             self.flush_expired();
             self.send_ready();
@@ -437,14 +445,21 @@ impl Source {
     /// Hands ready batches on while there is room; pauses consumption when there is none.
     fn send_ready(&mut self) {
         let Some(output) = &self.output else { return };
-        while !self.ready.is_empty() && !output.is_full() {
-            let Some(batch) = self.ready.pop_front() else {
-                break;
-            };
-            self.tracker.sent(&batch.tp);
-            if output.send(batch).is_err() {
-                log::error!("the transform stage is gone");
-                break;
+        while let Some(batch) = self.ready.pop_front() {
+            // Counted before it is sent: a writer may finish it before try_send returns.
+            let tp = batch.tp.clone();
+            self.tracker.sent(&tp);
+            match output.try_send(batch) {
+                Ok(()) => {}
+                Err(TrySendError::Full(batch)) => {
+                    self.tracker.unsent(&tp);
+                    self.ready.push_front(batch);
+                    break;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.output = None;
+                    return;
+                }
             }
         }
         let want_pause = !self.ready.is_empty();
