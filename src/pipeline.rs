@@ -208,8 +208,8 @@ impl Tracker {
     /// Records how a writer finished with a batch.
     pub fn finish(&self, tp: &Tp, epoch: u64, how: Finish) {
         let mut inner = self.lock();
-        let mut rewind = None;
-        if let Some(state) = inner.partitions.get_mut(tp) {
+        let TrackerInner { partitions, rewinds, next_epoch } = &mut *inner;
+        if let Some(state) = partitions.get_mut(tp) {
             state.in_flight = state.in_flight.saturating_sub(1);
             match how {
                 Finish::Committed { next } => {
@@ -217,19 +217,13 @@ impl Tracker {
                 }
                 Finish::Rewind { stored } if state.assigned && state.epoch == epoch => {
                     // Everything read after this batch is stale too: a new epoch from `stored`.
-                    inner.next_epoch += 1;
-                    let new_epoch = inner.next_epoch;
-                    if let Some(state) = inner.partitions.get_mut(tp) {
-                        state.epoch = new_epoch;
-                        state.start = Some(stored);
-                    }
-                    rewind = Some(stored);
+                    *next_epoch += 1;
+                    state.epoch = *next_epoch;
+                    state.start = Some(stored);
+                    rewinds.push((tp.clone(), stored));
                 }
                 Finish::Rewind { .. } | Finish::Dropped => {}
             }
-        }
-        if let Some(stored) = rewind {
-            inner.rewinds.push((tp.clone(), stored));
         }
         drop(inner);
         self.bump();
