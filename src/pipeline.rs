@@ -208,7 +208,11 @@ impl Tracker {
     /// Records how a writer finished with a batch.
     pub fn finish(&self, tp: &Tp, epoch: u64, how: Finish) {
         let mut inner = self.lock();
-        let TrackerInner { partitions, rewinds, next_epoch } = &mut *inner;
+        let TrackerInner {
+            partitions,
+            rewinds,
+            next_epoch,
+        } = &mut *inner;
         if let Some(state) = partitions.get_mut(tp) {
             state.in_flight = state.in_flight.saturating_sub(1);
             match how {

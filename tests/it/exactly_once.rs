@@ -10,8 +10,10 @@ use cdc_audit::pipeline::{Batch, Message, Tp, Transformed};
 use cdc_audit::sink::{write_batch, Written};
 use cdc_audit::transform::transform;
 
+use crate::proxy::{self, Proxy};
 use crate::util::{
-    assert_exactly_once, generate, produce_over, wait_until, Kafka, Service, TestDb,
+    assert_exactly_once, config, generate, produce_over, wait_until, InProcess, Kafka, Service,
+    TestDb,
 };
 
 fn jitter(max_ms: u64) -> Duration {
@@ -263,4 +265,83 @@ fn redelivered_and_stale_batches_are_fenced_by_the_stored_position() {
         .unwrap()
         .get(0);
     assert_eq!(stored, 60);
+}
+
+/// Sets the group's committed offsets in Kafka to 0 for every partition, as a group member
+/// (the mock cluster accepts commits from members only).
+fn reset_kafka_offsets(kafka: &Kafka, group: &str) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let mut config = rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    for (k, v) in crate::util::fast_group_settings() {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create().unwrap();
+    let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).unwrap();
+    let partitions = kafka.topics.len() * crate::util::PARTITIONS as usize;
+    wait_until(
+        Duration::from_secs(60),
+        "the reset consumer's assignment",
+        || {
+            consumer.poll(Duration::from_millis(100));
+            consumer.assignment().unwrap().count() == partitions
+        },
+    );
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in &kafka.topics {
+        for p in 0..crate::util::PARTITIONS {
+            tpl.add_partition_offset(t, p, rdkafka::Offset::Offset(0))
+                .unwrap();
+        }
+    }
+    consumer.commit(&tpl, CommitMode::Sync).unwrap();
+    let committed = consumer.committed(Duration::from_secs(10)).unwrap();
+    assert!(committed
+        .elements()
+        .iter()
+        .all(|e| e.offset() == rdkafka::Offset::Offset(0)));
+}
+
+#[test]
+fn offsets_read_again_through_kafka_are_not_written_twice() {
+    let db = TestDb::new("redelivery");
+    let kafka = Kafka::new("redelivery");
+    let mut first = generate("redelivery", 13, 1_300);
+    let more = first.split_off(1_000);
+    kafka.produce(&first);
+    let service = InProcess::start(config(&kafka, &db, "g"));
+    wait_until(Duration::from_secs(120), "first run", || {
+        db.committed("g") == first.len() as i64
+    });
+    service.stop();
+
+    // Kafka now says "start from 0", and PostgreSQL cannot be asked when the partitions are
+    // assigned: the consumer falls back to Kafka's offsets and reads everything again.
+    reset_kafka_offsets(&kafka, "g");
+    let proxy = Proxy::start(proxy::target(&db.url));
+    let mut cfg = config(&kafka, &db, "g");
+    cfg.database_url = proxy.url(&db.url);
+    cfg.migrate = false;
+    proxy.cut();
+    let service = InProcess::start(cfg);
+    wait_until(Duration::from_secs(60), "the backlog re-read", || {
+        service.stats.messages_consumed.get() >= first.len() as u64
+    });
+    proxy.restore();
+    kafka.produce(&more);
+    let total = (first.len() + more.len()) as i64;
+    wait_until(Duration::from_secs(120), "the new events", || {
+        db.committed("g") == total
+    });
+    assert_eq!(
+        service.stats.duplicates_skipped.get(),
+        first.len() as u64,
+        "every re-read offset was fenced"
+    );
+    service.stop();
+    assert_exactly_once(&db, &[first, more].concat());
 }

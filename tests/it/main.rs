@@ -4,4 +4,5 @@
 mod cli;
 mod exactly_once;
 mod pipeline;
+mod proxy;
 mod util;

@@ -211,6 +211,10 @@ pub struct InProcess {
 
 impl InProcess {
     pub fn start(config: Config) -> InProcess {
+        // The service's log goes to the test's captured output: shown when the test fails.
+        let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+            .is_test(true)
+            .try_init();
         let control = Arc::new(Control::default());
         let stats = Arc::new(Stats::new());
         let (c, s) = (control.clone(), stats.clone());
