@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use cdc_audit::demo::Generator;
 use cdc_audit::pipeline::Message;
+use cdc_audit::transform::rules::Rules;
 use cdc_audit::transform::{transform, Outcome};
 use rayon::prelude::*;
 
@@ -58,11 +59,12 @@ fn main() {
     };
 
     let started = Instant::now();
-    let outcomes: Vec<Outcome> = messages.iter().map(transform).collect();
+    let rules = Rules::default();
+    let outcomes: Vec<Outcome> = messages.iter().map(|m| transform(m, &rules)).collect();
     report("one core", started.elapsed().as_secs_f64(), rows(&outcomes));
 
     let started = Instant::now();
-    let outcomes: Vec<Outcome> = messages.par_iter().map(transform).collect();
+    let outcomes: Vec<Outcome> = messages.par_iter().map(|m| transform(m, &rules)).collect();
     report(
         &format!("rayon ({} threads)", rayon::current_num_threads()),
         started.elapsed().as_secs_f64(),

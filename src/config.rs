@@ -6,6 +6,8 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::transform::rules::{Action, Glob, Rules};
+
 /// Prefix of every setting; `CDC_AUDIT_KAFKA_<PROPERTY>` passes a librdkafka property through.
 pub const PREFIX: &str = "CDC_AUDIT_";
 const KAFKA_PREFIX: &str = "CDC_AUDIT_KAFKA_";
@@ -83,6 +85,31 @@ pub const SETTINGS: &[Setting] = &[
         name: "CDC_AUDIT_MIGRATE",
         default: Some("true"),
         help: "apply schema/ migrations at start of `run` (true or false)",
+    },
+    Setting {
+        name: "CDC_AUDIT_INCLUDE_TABLES",
+        default: None,
+        help: "audit only these tables: comma-separated patterns of db.schema.table (* and ?)",
+    },
+    Setting {
+        name: "CDC_AUDIT_EXCLUDE_TABLES",
+        default: None,
+        help: "do not audit these tables: comma-separated patterns of db.schema.table",
+    },
+    Setting {
+        name: "CDC_AUDIT_COLUMN_RULES",
+        default: None,
+        help: "per column: <table pattern>.<column>=drop|redact|hash, comma-separated",
+    },
+    Setting {
+        name: "CDC_AUDIT_HASH_KEY",
+        default: None,
+        help: "secret key of the `hash` column rule (HMAC-SHA256), at least 16 bytes",
+    },
+    Setting {
+        name: "CDC_AUDIT_CHANGE_USER_COLUMN",
+        default: None,
+        help: "row column whose value is stored as change_user, e.g. updated_by",
     },
 ];
 
@@ -171,6 +198,8 @@ pub struct Config {
     pub migrate: bool,
     /// librdkafka properties from `CDC_AUDIT_KAFKA_*`, lower-cased with `_` turned into `.`.
     pub kafka: BTreeMap<String, String>,
+    /// Which tables and columns are audited, and how.
+    pub rules: Rules,
 }
 
 /// Properties the service sets itself; passing them through would break exactly-once or be ambiguous.
@@ -395,6 +424,8 @@ impl Config {
             });
         }
 
+        let rules = rules(&get)?;
+
         Ok(Config {
             bootstrap_servers,
             topics,
@@ -409,6 +440,7 @@ impl Config {
             rebalance_timeout,
             migrate,
             kafka,
+            rules,
         })
     }
 
@@ -449,6 +481,38 @@ impl Config {
             ),
             ("CDC_AUDIT_MIGRATE".into(), self.migrate.to_string()),
         ];
+        let r = &self.rules;
+        let globs = |g: &[Glob]| g.iter().map(Glob::as_str).collect::<Vec<_>>().join(",");
+        let optional = [
+            ("CDC_AUDIT_INCLUDE_TABLES", globs(&r.include)),
+            ("CDC_AUDIT_EXCLUDE_TABLES", globs(&r.exclude)),
+            (
+                "CDC_AUDIT_COLUMN_RULES",
+                r.columns
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
+                "CDC_AUDIT_HASH_KEY",
+                if r.hash_key.is_some() {
+                    "****".into()
+                } else {
+                    String::new()
+                },
+            ),
+            (
+                "CDC_AUDIT_CHANGE_USER_COLUMN",
+                r.change_user_column.clone().unwrap_or_default(),
+            ),
+        ];
+        out.extend(
+            optional
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.to_string(), v)),
+        );
         for (k, v) in &self.kafka {
             let name = format!("{KAFKA_PREFIX}{}", k.to_ascii_uppercase().replace('.', "_"));
             let shown = if is_secret_property(k) {
@@ -460,6 +524,49 @@ impl Config {
         }
         out
     }
+}
+
+fn rules<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<Rules, ConfigError> {
+    let globs = |name: &str| -> Result<Vec<Glob>, ConfigError> {
+        let Some(v) = get(name) else {
+            return Ok(Vec::new());
+        };
+        let patterns: Vec<&str> = v.split(',').map(str::trim).collect();
+        if patterns
+            .iter()
+            .any(|p| p.is_empty() || p.contains(char::is_whitespace))
+        {
+            return Err(invalid(name, v, "comma-separated patterns of db.schema.table, such as inventory.public.* (no spaces)"));
+        }
+        Ok(patterns.into_iter().map(Glob::new).collect())
+    };
+    let columns = match get("CDC_AUDIT_COLUMN_RULES") {
+        None => Vec::new(),
+        Some(v) => {
+            Rules::parse_column_rules(v).map_err(|e| invalid("CDC_AUDIT_COLUMN_RULES", v, &e))?
+        }
+    };
+    let hash_key = get("CDC_AUDIT_HASH_KEY").map(|k| k.as_bytes().to_vec());
+    if hash_key.as_ref().is_some_and(|k| k.len() < 16) {
+        return Err(invalid(
+            "CDC_AUDIT_HASH_KEY",
+            "****",
+            "a secret of at least 16 bytes",
+        ));
+    }
+    if hash_key.is_none() && columns.iter().any(|r| r.action == Action::Hash) {
+        return Err(ConfigError::Missing {
+            setting: "CDC_AUDIT_HASH_KEY".into(),
+            allowed: "CDC_AUDIT_COLUMN_RULES has a `hash` rule, which needs a secret key of at least 16 bytes".into(),
+        });
+    }
+    Ok(Rules {
+        include: globs("CDC_AUDIT_INCLUDE_TABLES")?,
+        exclude: globs("CDC_AUDIT_EXCLUDE_TABLES")?,
+        columns,
+        change_user_column: get("CDC_AUDIT_CHANGE_USER_COLUMN").map(str::to_string),
+        hash_key,
+    })
 }
 
 fn invalid(setting: &str, value: &str, allowed: &str) -> ConfigError {

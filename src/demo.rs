@@ -440,6 +440,7 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         rebalance_timeout: Duration::from_secs(10),
         migrate: true,
         kafka: BTreeMap::new(),
+        rules: Default::default(),
     };
     let control = Arc::new(Control::default());
     let stats = Arc::new(Stats::new());
@@ -528,7 +529,10 @@ fn summary(
     println!("\nsummary");
     println!("  messages consumed   {total} ({changes} change events, the rest tombstones and malformed)");
     println!("  audit rows          {rows}");
-    println!("  tombstones skipped  {}", stats.tombstones.get());
+    println!(
+        "  tombstones skipped  {}",
+        stats.skipped.with_label_values(&["tombstone"]).get()
+    );
     println!("  rejections stored   {rejections}");
     println!(
         "  elapsed             {secs:.1} s ({:.0} messages/s)",
@@ -563,7 +567,10 @@ fn summary(
         println!("  {} {}: {}", r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2));
     }
     if rows as usize != changes
-        || rejections as usize + changes + stats.tombstones.get() as usize != total
+        || rejections as usize
+            + changes
+            + stats.skipped.with_label_values(&["tombstone"]).get() as usize
+            != total
     {
         return Err(format!("expected {changes} audit rows, found {rows}"));
     }

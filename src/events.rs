@@ -6,14 +6,15 @@ use std::time::Duration;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::pipeline::Tp;
-use crate::transform::RejectKind;
+use crate::transform::{RejectKind, Skip};
 
 pub struct Stats {
     pub registry: Registry,
     pub messages_consumed: IntCounter,
     pub rows_written: IntCounter,
     pub rejections: IntCounterVec,
-    pub tombstones: IntCounter,
+    pub skipped: IntCounterVec,
+    pub transaction_events: IntCounter,
     pub batches_committed: IntCounter,
     pub duplicates_skipped: IntCounter,
     pub batches_dropped: IntCounter,
@@ -62,6 +63,20 @@ impl Stats {
         registry
             .register(Box::new(rebalances.clone()))
             .unwrap_or_else(|e| panic!("{e}"));
+        let skipped = IntCounterVec::new(
+            Opts::new(
+                "cdc_audit_messages_skipped_total",
+                "Messages with nothing to store, by reason",
+            ),
+            &["reason"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        registry
+            .register(Box::new(skipped.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        for reason in ["tombstone", "heartbeat", "filtered"] {
+            skipped.with_label_values(&[reason]);
+        }
         let batch_size = Histogram::with_opts(
             HistogramOpts::new("cdc_audit_batch_messages", "Messages per committed batch").buckets(
                 vec![
@@ -100,10 +115,10 @@ impl Stats {
                 "cdc_audit_rows_written_total",
                 "Audit rows committed to PostgreSQL",
             ),
-            tombstones: counter(
+            transaction_events: counter(
                 &registry,
-                "cdc_audit_tombstones_total",
-                "Tombstones (null values) skipped",
+                "cdc_audit_transaction_events_total",
+                "BEGIN/END events of the transaction metadata topic stored",
             ),
             batches_committed: counter(
                 &registry,
@@ -131,12 +146,22 @@ impl Stats {
                 "Batch writes retried after a retriable database error",
             ),
             rejections,
+            skipped,
             rebalances,
             batch_size,
             write_seconds,
             paused,
             registry,
         }
+    }
+
+    pub fn skipped(&self, skip: Skip) {
+        let reason = match skip {
+            Skip::Tombstone => "tombstone",
+            Skip::Heartbeat => "heartbeat",
+            Skip::Filtered => "filtered",
+        };
+        self.skipped.with_label_values(&[reason]).inc();
     }
 
     pub fn rejected(&self, kind: RejectKind) {

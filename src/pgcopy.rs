@@ -69,6 +69,13 @@ impl<'a> Tuple<'a> {
         self.buf.extend_from_slice(&value.to_be_bytes());
     }
 
+    pub fn int8_opt(&mut self, value: Option<i64>) {
+        match value {
+            None => self.null(),
+            Some(v) => self.int8(v),
+        }
+    }
+
     pub fn bool(&mut self, value: Option<bool>) {
         match value {
             None => self.null(),

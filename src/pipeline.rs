@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use crate::config::Config;
 use crate::sink::{Pool, Writer};
 use crate::source::{Source, SourceError};
+use crate::transform::rules::Rules;
 use crate::transform::{transform, Outcome};
 
 /// A Kafka message copied out of librdkafka's buffer, so it can cross threads.
@@ -284,13 +285,19 @@ pub struct Shared {
 /// messages in parallel on rayon, then routes it to the writer that owns its partition.
 struct TransformStage {
     input: Receiver<Batch>,
+    rules: Arc<Rules>,
     writers: Vec<Sender<Transformed>>,
 }
 
 impl TransformStage {
     fn run(self) {
         for batch in self.input {
-            let outcomes: Vec<Outcome> = batch.messages.par_iter().map(transform).collect();
+            let rules = &*self.rules;
+            let outcomes: Vec<Outcome> = batch
+                .messages
+                .par_iter()
+                .map(|m| transform(m, rules))
+                .collect();
             let slot = writer_for(&batch.tp, self.writers.len());
             if self.writers[slot]
                 .send(Transformed { batch, outcomes })
@@ -348,6 +355,7 @@ pub fn run(shared: Shared) -> Result<Exit, SourceError> {
     }
     let transform = TransformStage {
         input: batch_rx,
+        rules: Arc::new(config.rules.clone()),
         writers: writer_txs,
     };
     handles.push(spawn("transform", move || transform.run())?);

@@ -13,7 +13,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use crate::events::Stats;
 use crate::pgcopy;
 use crate::pipeline::{Control, Finish, Message, Tracker, Transformed};
-use crate::transform::{Outcome, RejectKind, Rejection, AUDIT_COLUMNS};
+use crate::transform::{Outcome, RejectKind, Rejection, Skip, AUDIT_COLUMNS, TRANSACTION_COLUMNS};
 
 pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
@@ -121,18 +121,27 @@ pub fn classify(e: &postgres::Error) -> ErrorClass {
 /// How a batch's transaction ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Written {
-    /// Committed up to `next`: `rows` new audit rows, the kinds of the new rejections,
-    /// `tombstones` skipped, and `skipped` messages that were already written.
+    /// Committed up to `next`: `rows` new audit rows, `transactions` transaction events, the
+    /// kinds of the new rejections and skips, and `skipped` messages that were already written.
     Committed {
         next: i64,
         rows: usize,
+        transactions: usize,
         rejected: Vec<RejectKind>,
-        tombstones: usize,
+        skips: Vec<Skip>,
         skipped: usize,
     },
     /// The stored position is behind the batch's start: the batch does not connect.
     Gap { stored: i64 },
 }
+
+/// A COPY target: the table and its column list.
+type Target = (&'static str, &'static str);
+const AUDIT: Target = ("audit_logging", AUDIT_COLUMNS);
+const TRANSACTIONS: Target = ("audit_transactions", TRANSACTION_COLUMNS);
+
+/// Encoded rows for one target, with the message each came from.
+type Rows<'a> = Vec<(&'a Message, &'a [u8])>;
 
 /// Writes one batch in one transaction, fenced by the stored position of its partition.
 /// With `isolate`, rows PostgreSQL refuses are found by splitting and stored as rejections.
@@ -165,13 +174,13 @@ pub fn write_batch(
     };
     if stored >= batch.end {
         // Everything here is already written (a redelivery, or an owner that lost the partition).
-        let skipped = batch.messages.len();
         return Ok(Written::Committed {
             next: stored,
             rows: 0,
+            transactions: 0,
             rejected: Vec::new(),
-            tombstones: 0,
-            skipped,
+            skips: Vec::new(),
+            skipped: batch.messages.len(),
         });
     }
     if stored < from {
@@ -179,39 +188,37 @@ pub fn write_batch(
     }
 
     // Only messages at or past the stored position are new.
-    let fresh = batch
-        .messages
-        .iter()
-        .zip(&t.outcomes)
-        .filter(|(m, _)| m.offset >= stored);
     let skipped = batch.messages.iter().filter(|m| m.offset < stored).count();
-    let mut rows: Vec<(&Message, &[u8])> = Vec::new();
+    let (mut rows, mut transactions): (Rows<'_>, Rows<'_>) = (Vec::new(), Vec::new());
     let mut rejections: Vec<(&Message, Rejection)> = Vec::new();
-    let mut tombstones = 0;
-    for (msg, outcome) in fresh {
+    let mut skips = Vec::new();
+    for (msg, outcome) in batch.messages.iter().zip(&t.outcomes).skip(skipped) {
         match outcome {
             Outcome::Row(bytes) => rows.push((msg, bytes)),
+            Outcome::Transaction(bytes) => transactions.push((msg, bytes)),
             Outcome::Rejected(r) => rejections.push((msg, r.clone())),
-            Outcome::Skipped => tombstones += 1,
+            Outcome::Skipped(skip) => skips.push(*skip),
         }
     }
-    let mut written = rows.len();
-    if isolate {
-        let refused = copy_isolating(&mut tx, &rows)?;
-        written -= refused.len();
-        for (i, error) in refused {
+    for (target, list) in [(AUDIT, &mut rows), (TRANSACTIONS, &mut transactions)] {
+        if !isolate {
+            copy_rows(&mut tx, target, list.iter().map(|(_, b)| *b))?;
+            continue;
+        }
+        let refused = copy_isolating(&mut tx, target, list)?;
+        for &(i, ref error) in refused.iter().rev() {
+            let (msg, _) = list.remove(i);
+            let kind = RejectKind::DatabaseRefused;
             rejections.push((
-                rows[i].0,
+                msg,
                 Rejection {
-                    kind: RejectKind::DatabaseRefused,
-                    error,
+                    kind,
+                    error: error.clone(),
                 },
             ));
         }
-        rejections.sort_by_key(|(m, _)| m.offset);
-    } else {
-        copy_rows(&mut tx, rows.iter().map(|(_, b)| *b))?;
     }
+    rejections.sort_by_key(|(m, _)| m.offset);
     for (msg, rejection) in &rejections {
         insert_rejection(&mut tx, msg, rejection)?;
     }
@@ -221,18 +228,19 @@ pub fn write_batch(
         &[&group, &topic, &partition, &batch.end],
     )?;
     tx.commit()?;
-    let rejected = rejections.iter().map(|(_, r)| r.kind).collect();
     Ok(Written::Committed {
         next: batch.end,
-        rows: written,
-        rejected,
-        tombstones,
+        rows: rows.len(),
+        transactions: transactions.len(),
+        rejected: rejections.iter().map(|(_, r)| r.kind).collect(),
+        skips,
         skipped,
     })
 }
 
 fn copy_rows<'a>(
     tx: &mut Transaction<'_>,
+    (table, columns): Target,
     rows: impl Iterator<Item = &'a [u8]>,
 ) -> Result<(), SinkError> {
     let mut rows = rows.peekable();
@@ -240,7 +248,7 @@ fn copy_rows<'a>(
         return Ok(());
     }
     let mut writer = tx.copy_in(&format!(
-        "COPY audit_logging ({AUDIT_COLUMNS}) FROM STDIN (FORMAT binary)"
+        "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
     ))?;
     let sent: std::io::Result<()> = (|| {
         writer.write_all(pgcopy::HEADER)?;
@@ -257,9 +265,10 @@ fn copy_rows<'a>(
 }
 
 /// Copies rows under savepoints, halving on data errors, and returns the rows refused
-/// (index into `rows`, error text).
+/// (index into `rows`, ascending, and the error text).
 fn copy_isolating(
     tx: &mut Transaction<'_>,
+    target: Target,
     rows: &[(&Message, &[u8])],
 ) -> Result<Vec<(usize, String)>, SinkError> {
     let mut refused = Vec::new();
@@ -269,7 +278,7 @@ fn copy_isolating(
             continue;
         }
         let mut sp = tx.savepoint("isolate")?;
-        match copy_rows(&mut sp, rows[lo..hi].iter().map(|(_, b)| *b)) {
+        match copy_rows(&mut sp, target, rows[lo..hi].iter().map(|(_, b)| *b)) {
             Ok(()) => sp.commit()?,
             Err(e) if e.class() == ErrorClass::Data => {
                 sp.rollback()?;
@@ -432,8 +441,9 @@ impl Writer {
                 Ok(Written::Committed {
                     next,
                     rows,
+                    transactions,
                     rejected,
-                    tombstones,
+                    skips,
                     skipped,
                 }) => {
                     let range = (b.start.unwrap_or(b.end), b.end);
@@ -445,7 +455,10 @@ impl Writer {
                         skipped,
                         started.elapsed(),
                     );
-                    self.stats.tombstones.inc_by(tombstones as u64);
+                    self.stats.transaction_events.inc_by(transactions as u64);
+                    for skip in skips {
+                        self.stats.skipped(skip);
+                    }
                     for kind in &rejected {
                         self.stats.rejected(*kind);
                     }

@@ -184,7 +184,8 @@ fn batch(records: &[Record], start: Option<i64>, offsets: std::ops::Range<i64>) 
             headers: Vec::new(),
         })
         .collect();
-    let outcomes = messages.iter().map(transform).collect();
+    let rules = cdc_audit::transform::rules::Rules::default();
+    let outcomes = messages.iter().map(|m| transform(m, &rules)).collect();
     let batch = Batch {
         id: 0,
         tp: Tp {

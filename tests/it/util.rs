@@ -186,6 +186,7 @@ pub fn config(kafka: &Kafka, db: &TestDb, group: &str) -> Config {
         shutdown_timeout: Duration::from_secs(30),
         rebalance_timeout: Duration::from_secs(10),
         migrate: true,
+        rules: Default::default(),
         kafka: fast_group_settings()
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

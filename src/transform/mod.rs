@@ -1,0 +1,971 @@
+//! Debezium message -> audit row, as a pure function: no I/O, no shared state, run on rayon.
+//! Each message is parsed once into borrowed raw members; row images go into the COPY buffer as
+//! the text Debezium sent unless the schema, MongoDB's Extended JSON, the TOAST placeholder or a
+//! column rule asks for a change.
+
+pub mod decode;
+pub mod json;
+pub mod mongo;
+pub mod rules;
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde_json::value::RawValue;
+
+use crate::pgcopy::Tuple;
+use crate::pipeline::Message;
+use decode::StructSchema;
+use json::{is_object, jsonb_safe, scalar_text, Members, ObjectWriter};
+use rules::{Action, Rules, TableRules};
+
+/// Columns of `audit_logging` filled by COPY, in the order [`AuditRecord::encode`] writes them.
+pub const AUDIT_COLUMNS: &str = "source_database, source_schema, source_table, operation_type, \
+    change_timestamp, captured_at, old_data, new_data, primary_key, changed_columns, \
+    unavailable_columns, change_user, transaction_id, transaction_order, transaction_collection_order, \
+    lsn, connector, is_snapshot, source_metadata, change_detail, kafka_topic, kafka_partition, \
+    kafka_offset, kafka_timestamp";
+const AUDIT_FIELDS: i16 = 24;
+
+/// Columns of `audit_transactions` filled by COPY.
+pub const TRANSACTION_COLUMNS: &str = "transaction_id, status, event_count, data_collections, \
+    event_time, kafka_topic, kafka_partition, kafka_offset";
+const TRANSACTION_FIELDS: i16 = 8;
+
+/// The placeholder Debezium sends for an unchanged TOASTed (or otherwise unavailable) column.
+const UNAVAILABLE: &str = "__debezium_unavailable_value";
+
+/// What became of one message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// One `audit_logging` row, encoded as a binary COPY tuple.
+    Row(Vec<u8>),
+    /// One `audit_transactions` row (a BEGIN or END of the transaction metadata topic).
+    Transaction(Vec<u8>),
+    /// Nothing to store; its offset still counts as consumed.
+    Skipped(Skip),
+    Rejected(Rejection),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// A null value, Debezium's marker for log compaction after a delete.
+    Tombstone,
+    /// A Debezium heartbeat (`__debezium-heartbeat.*`): liveness, not a change.
+    Heartbeat,
+    /// A table left out by `CDC_AUDIT_INCLUDE_TABLES` / `CDC_AUDIT_EXCLUDE_TABLES`.
+    Filtered,
+}
+
+/// Why a message could not become an audit row; stored with its raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub kind: RejectKind,
+    pub error: String,
+}
+
+/// The fixed set of rejection reasons (a bounded metric label and a column value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectKind {
+    /// Not UTF-8 JSON at all.
+    NotJson,
+    /// JSON, but not a change event this version understands.
+    NotAChangeEvent,
+    /// A change event with an operation code outside Debezium's set.
+    UnknownOperation,
+    /// A field of the right name but the wrong type or value.
+    InvalidField,
+    /// The message key is present but not JSON.
+    InvalidKey,
+    /// PostgreSQL refused the row (found by splitting the batch).
+    DatabaseRefused,
+}
+
+impl RejectKind {
+    pub const ALL: [RejectKind; 6] = [
+        RejectKind::NotJson,
+        RejectKind::NotAChangeEvent,
+        RejectKind::UnknownOperation,
+        RejectKind::InvalidField,
+        RejectKind::InvalidKey,
+        RejectKind::DatabaseRefused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::NotJson => "not_json",
+            RejectKind::NotAChangeEvent => "not_a_change_event",
+            RejectKind::UnknownOperation => "unknown_operation",
+            RejectKind::InvalidField => "invalid_field",
+            RejectKind::InvalidKey => "invalid_key",
+            RejectKind::DatabaseRefused => "database_refused",
+        }
+    }
+}
+
+impl fmt::Display for RejectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn reject(kind: RejectKind, error: impl Into<String>) -> Rejection {
+    Rejection {
+        kind,
+        error: error.into(),
+    }
+}
+
+/// One audit row before encoding. Images are JSON text.
+#[derive(Debug, Default)]
+pub struct AuditRecord<'a> {
+    pub source_database: Option<Cow<'a, str>>,
+    pub source_schema: Option<Cow<'a, str>>,
+    pub source_table: Option<Cow<'a, str>>,
+    pub operation: &'static str,
+    /// Source commit time, Unix microseconds.
+    pub change_timestamp: Option<i64>,
+    /// Debezium capture time, Unix microseconds.
+    pub captured_at: Option<i64>,
+    pub old_data: Option<Cow<'a, str>>,
+    pub new_data: Option<Cow<'a, str>>,
+    pub primary_key: Option<Cow<'a, str>>,
+    /// `None` when unknown (no before image).
+    pub changed_columns: Option<Vec<String>>,
+    pub unavailable_columns: Vec<String>,
+    pub change_user: Option<String>,
+    pub transaction_id: Option<String>,
+    pub transaction_order: Option<i64>,
+    pub transaction_collection_order: Option<i64>,
+    pub lsn: Option<String>,
+    pub connector: Option<Cow<'a, str>>,
+    pub is_snapshot: bool,
+    pub source_metadata: Option<&'a str>,
+    /// Operation details that are not row images: MongoDB's update description, patch and
+    /// filter; a schema change's DDL and table changes.
+    pub change_detail: Option<String>,
+}
+
+/// A BEGIN or END event of the transaction metadata topic.
+#[derive(Debug)]
+pub struct TransactionRecord<'a> {
+    pub id: Cow<'a, str>,
+    pub status: Cow<'a, str>,
+    pub event_count: Option<i64>,
+    pub data_collections: Option<&'a str>,
+    pub event_time: Option<i64>,
+}
+
+/// What a message means, before encoding.
+#[derive(Debug)]
+pub enum Interpreted<'a> {
+    Change(Box<AuditRecord<'a>>),
+    Transaction(TransactionRecord<'a>),
+    Skip(Skip),
+}
+
+/// Turns one Kafka message into an audit row, a transaction row, a skip, or a rejection.
+pub fn transform(msg: &Message, rules: &Rules) -> Outcome {
+    match interpret(msg, rules) {
+        Ok(Interpreted::Change(record)) => Outcome::Row(record.encode(msg)),
+        Ok(Interpreted::Transaction(t)) => Outcome::Transaction(t.encode(msg)),
+        Ok(Interpreted::Skip(skip)) => Outcome::Skipped(skip),
+        Err(rejection) => Outcome::Rejected(rejection),
+    }
+}
+
+/// Reads a message as Debezium wrote it.
+pub fn interpret<'a>(msg: &'a Message, rules: &Rules) -> Result<Interpreted<'a>, Rejection> {
+    let Some(value) = msg.payload.as_deref() else {
+        return Ok(Interpreted::Skip(Skip::Tombstone));
+    };
+    if msg.topic.starts_with("__debezium-heartbeat") {
+        return Ok(Interpreted::Skip(Skip::Heartbeat));
+    }
+    let text = std::str::from_utf8(value)
+        .map_err(|e| reject(RejectKind::NotJson, format!("value is not UTF-8: {e}")))?;
+    if !is_object(value) {
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => reject(
+                RejectKind::NotAChangeEvent,
+                "value is JSON but not an object",
+            ),
+            Err(e) => reject(RejectKind::NotJson, format!("value is not JSON: {e}")),
+        });
+    }
+    let top: Members<'a> = serde_json::from_str(text).map_err(|e| {
+        let kind = if e.is_data() {
+            RejectKind::NotAChangeEvent
+        } else {
+            RejectKind::NotJson
+        };
+        reject(kind, format!("value is not JSON: {e}"))
+    })?;
+    // The JSON converter's envelope: {"schema": ..., "payload": ...}.
+    let (schema, event) =
+        if top.has("payload") && !top.has("op") && !top.has("after") && !top.has("before") {
+            match top.get("payload") {
+                // How the converter renders a tombstone: {"schema": null, "payload": null}.
+                None => return Ok(Interpreted::Skip(Skip::Tombstone)),
+                Some(p) => {
+                    let event = Members::parse(p.get()).ok_or_else(|| {
+                        reject(RejectKind::NotAChangeEvent, "\"payload\" is not an object")
+                    })?;
+                    (top.get("schema"), event)
+                }
+            }
+        } else {
+            (None, top)
+        };
+
+    if let Some(op) = event.get("op") {
+        return change(msg, schema, &event, op, rules);
+    }
+    if event.has("status") && event.has("id") {
+        return transaction(&event);
+    }
+    if event.has("ddl") || event.has("tableChanges") {
+        return schema_change(&event, rules);
+    }
+    if event.0.len() == 1 && event.has("ts_ms") {
+        return Ok(Interpreted::Skip(Skip::Heartbeat));
+    }
+    Err(reject(
+        RejectKind::NotAChangeEvent,
+        "no \"op\": not a Debezium change, transaction or schema-change event",
+    ))
+}
+
+fn operation(op: &str) -> Option<&'static str> {
+    Some(match op {
+        "c" => "INSERT",
+        "u" => "UPDATE",
+        "d" => "DELETE",
+        "r" => "READ",
+        "t" => "TRUNCATE",
+        "m" => "MESSAGE",
+        _ => return None,
+    })
+}
+
+/// Where a change happened: `db.schema.table`, empty parts left out (MySQL and MongoDB have
+/// no schema).
+fn qualified(parts: &[Option<&str>]) -> String {
+    parts
+        .iter()
+        .flatten()
+        .filter(|p| !p.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The source block, or an empty one; an error if it is there but not an object.
+fn source_of<'a>(event: &Members<'a>) -> Result<(Members<'a>, Option<&'a str>), Rejection> {
+    match event.get("source") {
+        None => Ok((Members(Vec::new()), None)),
+        Some(raw) => Members::parse(raw.get())
+            .map(|m| (m, Some(raw.get())))
+            .ok_or_else(|| {
+                reject(
+                    RejectKind::InvalidField,
+                    format!("\"source\" must be an object, found {}", raw.get()),
+                )
+            }),
+    }
+}
+
+/// Unix microseconds from the most precise of the timestamp fields. Values sent in a larger
+/// unit than their name says (Debezium's docs show nanoseconds in `ts_us` and `ts_ms`) are
+/// scaled back into a plausible range.
+fn micros(m: &Members<'_>) -> Option<i64> {
+    let candidates = [
+        ("ts_ns", -3),
+        ("ts_us", 0),
+        ("ts_usec", 0),
+        ("ts_ms", 3),
+        ("ts_sec", 6),
+    ];
+    let (value, exp) = candidates
+        .iter()
+        .find_map(|(k, e)| m.int(k).map(|v| (v, *e)))?;
+    let mut us = i128::from(value);
+    if exp < 0 {
+        us /= 1000;
+    } else {
+        us *= 10i128.pow(exp as u32);
+    }
+    // Later than the year 3000 in microseconds: it was sent in a smaller unit.
+    while us.abs() > 32_503_680_000_000_000 {
+        us /= 1000;
+    }
+    i64::try_from(us).ok()
+}
+
+fn snapshot_flag(source: &Members<'_>) -> bool {
+    source
+        .text("snapshot")
+        .is_some_and(|s| !matches!(s.as_ref(), "false" | "FALSE" | ""))
+}
+
+/// The source position: LSN (PostgreSQL), binlog file:pos (MySQL), commit LSN (SQL Server),
+/// SCN (Oracle), `ord` (MongoDB).
+fn position(s: &Members<'_>) -> Option<String> {
+    if let Some(lsn) = s.text("lsn") {
+        return Some(lsn.into_owned());
+    }
+    if let (Some(file), Some(pos)) = (s.text("file"), s.text("pos")) {
+        return Some(format!("{file}:{pos}"));
+    }
+    ["commit_lsn", "change_lsn", "commit_scn", "scn", "ord"]
+        .iter()
+        .find_map(|k| s.text(k))
+        .map(Cow::into_owned)
+}
+
+/// A row image after decoding, placeholder removal and column rules.
+struct Image<'a> {
+    text: Cow<'a, str>,
+}
+
+/// Rewrites an object image member by member, only if something asks for it.
+fn rewrite<'a>(
+    text: Cow<'a, str>,
+    schema: Option<&StructSchema>,
+    rules: &TableRules<'_>,
+    unavailable: &mut Vec<String>,
+) -> Image<'a> {
+    let has_placeholder = text.contains(UNAVAILABLE);
+    if schema.is_none_or(StructSchema::is_empty) && rules.is_empty() && !has_placeholder {
+        return Image { text };
+    }
+    let Some(members) = Members::parse(&text) else {
+        return Image { text };
+    };
+    let mut out = ObjectWriter::with_capacity(text.len() + 16);
+    for (name, value) in &members.0 {
+        if has_placeholder && scalar_text(Some(value)).as_deref() == Some(UNAVAILABLE) {
+            if !unavailable.iter().any(|u| u == name) {
+                unavailable.push(name.to_string());
+            }
+            continue;
+        }
+        let decoded = schema
+            .and_then(|s| s.get(name))
+            .and_then(|l| decode::decode(value, l));
+        let json = decoded.as_deref().unwrap_or(value.get());
+        match rules.action(name) {
+            None => out.member(name, json),
+            Some(action) => {
+                if let Some(masked) = rules.apply(action, json) {
+                    out.member(name, &masked);
+                }
+            }
+        }
+    }
+    Image {
+        text: Cow::Owned(out.finish()),
+    }
+}
+
+/// An image as sent, or (MongoDB) a string of Extended JSON resolved into an object.
+fn image_text<'a>(raw: &'a RawValue) -> Cow<'a, str> {
+    if raw.get().starts_with('"') {
+        if let Some(resolved) = scalar_text(Some(raw)).and_then(|s| mongo::resolve_text(&s)) {
+            return Cow::Owned(resolved);
+        }
+    }
+    Cow::Borrowed(raw.get())
+}
+
+/// Columns whose value differs between two images; `None` when either is not an object.
+fn changed_columns(before: &str, after: &str) -> Option<Vec<String>> {
+    let before = Members::parse(before)?;
+    let after = Members::parse(after)?;
+    let find = |m: &Members<'_>, k: &str| {
+        m.0.iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.get().to_string())
+    };
+    let mut changed = Vec::new();
+    for (name, value) in &after.0 {
+        if scalar_text(Some(value)).as_deref() == Some(UNAVAILABLE)
+            || changed.contains(&name.to_string())
+        {
+            continue;
+        }
+        if find(&before, name).as_deref() != Some(value.get()) {
+            changed.push(name.to_string());
+        }
+    }
+    for (name, _) in &before.0 {
+        if find(&after, name).is_none() && !changed.contains(&name.to_string()) {
+            changed.push(name.to_string());
+        }
+    }
+    Some(changed)
+}
+
+/// MongoDB: the fields an update touched, from `updateDescription` or the oplog `patch`.
+fn mongo_changed(event: &Members<'_>) -> Option<Vec<String>> {
+    let mut changed = Vec::new();
+    if let Some(desc) = event.object("updateDescription") {
+        if let Some(updated) = desc.get("updatedFields") {
+            let text = image_text(updated);
+            changed.extend(Members::parse(&text)?.0.iter().map(|(k, _)| k.to_string()));
+        }
+        if let Some(removed) = desc.get("removedFields") {
+            let names: Vec<String> = serde_json::from_str(removed.get()).ok()?;
+            changed.extend(names);
+        }
+        return Some(changed);
+    }
+    let patch = image_text(event.get("patch")?);
+    for (op, fields) in Members::parse(&patch)?.0 {
+        if op.starts_with('$') {
+            changed.extend(
+                Members::parse(fields.get())?
+                    .0
+                    .iter()
+                    .map(|(k, _)| k.to_string()),
+            );
+        }
+    }
+    Some(changed)
+}
+
+/// MongoDB's operation details, with their Extended JSON strings resolved.
+fn mongo_detail(event: &Members<'_>) -> Option<String> {
+    let mut out = ObjectWriter::with_capacity(256);
+    let mut any = false;
+    if let Some(desc) = event.object("updateDescription") {
+        let mut d = ObjectWriter::with_capacity(128);
+        for (k, v) in &desc.0 {
+            d.member(k, &image_text(v));
+        }
+        out.member("updateDescription", &d.finish());
+        any = true;
+    }
+    for key in ["patch", "filter"] {
+        if let Some(v) = event.get(key) {
+            out.member(key, &image_text(v));
+            any = true;
+        }
+    }
+    any.then(|| out.finish())
+}
+
+/// The primary key from the message key, unwrapping the converter's envelope; MongoDB's `id`
+/// (the document `_id` as Extended JSON) is resolved.
+fn primary_key<'a>(
+    key: Option<&'a [u8]>,
+    mongo: bool,
+    rules: &TableRules<'_>,
+) -> Result<Option<Cow<'a, str>>, Rejection> {
+    let Some(key) = key else { return Ok(None) };
+    let raw: &RawValue = serde_json::from_slice(key).map_err(|e| {
+        reject(
+            RejectKind::InvalidKey,
+            format!("message key is not JSON: {e}"),
+        )
+    })?;
+    let top = Members::parse(raw.get());
+    let (schema, raw) = match &top {
+        Some(m) if m.has("schema") && m.has("payload") => match m.get("payload") {
+            Some(p) => (m.get("schema"), p),
+            None => return Ok(None),
+        },
+        _ => (None, raw),
+    };
+    let Some(raw) = json::present(raw) else {
+        return Ok(None);
+    };
+    let mut text = Cow::Borrowed(raw.get());
+    if mongo {
+        if let Some(mut m) = Members::parse(raw.get()) {
+            if let Some(id) = m.get("id").filter(|v| v.get().starts_with('"')) {
+                let resolved = scalar_text(Some(id)).and_then(|s| mongo::resolve_text(&s));
+                if let Some(resolved) = resolved {
+                    let mut out = ObjectWriter::with_capacity(resolved.len() + 8);
+                    m.0.retain(|(k, _)| k != "id");
+                    out.member("id", &resolved);
+                    for (k, v) in &m.0 {
+                        out.member(k, v.get());
+                    }
+                    text = Cow::Owned(out.finish());
+                }
+            }
+        }
+    }
+    let key_schema = schema.and_then(|s| decode::key_schema(s.get()));
+    let mut unused = Vec::new();
+    Ok(Some(
+        rewrite(text, key_schema.as_ref(), rules, &mut unused).text,
+    ))
+}
+
+fn change<'a>(
+    msg: &'a Message,
+    schema: Option<&'a RawValue>,
+    event: &Members<'a>,
+    op_raw: &'a RawValue,
+    rules: &Rules,
+) -> Result<Interpreted<'a>, Rejection> {
+    let op = scalar_text(Some(op_raw))
+        .filter(|_| op_raw.get().starts_with('"'))
+        .ok_or_else(|| {
+            reject(
+                RejectKind::InvalidField,
+                format!("\"op\" must be a string, found {}", op_raw.get()),
+            )
+        })?;
+    let operation = operation(&op).ok_or_else(|| {
+        reject(
+            RejectKind::UnknownOperation,
+            format!("unknown operation {:?}", op.as_ref()),
+        )
+    })?;
+    let (source, source_raw) = source_of(event)?;
+    let connector = source.text("connector");
+    let (db, schema_name) = (source.text("db"), source.text("schema"));
+    let table = source.text("table").or_else(|| source.text("collection"));
+    let name = qualified(&[db.as_deref(), schema_name.as_deref(), table.as_deref()]);
+    if !name.is_empty() && !rules.audits(&name) {
+        return Ok(Interpreted::Skip(Skip::Filtered));
+    }
+    let table_rules = rules.for_table(&name);
+
+    let before_raw = event.get("before");
+    let after_raw = event.get("after").or(if op == "m" {
+        event.get("message")
+    } else {
+        None
+    });
+    let mongo = connector.as_deref() == Some("mongodb")
+        || before_raw
+            .or(after_raw)
+            .is_some_and(|r| r.get().starts_with('"'));
+    let before = before_raw.map(image_text);
+    let after = after_raw.map(image_text);
+
+    let mut changed = match (&before, &after) {
+        (Some(b), Some(a)) if op == "u" => changed_columns(b, a),
+        (None, _) if op == "u" && mongo => mongo_changed(event),
+        _ => None,
+    };
+    if let Some(changed) = changed.as_mut() {
+        changed.retain(|c| table_rules.action(c) != Some(Action::Drop));
+    }
+    let change_user = rules.change_user_column.as_deref().and_then(|column| {
+        [&after, &before]
+            .into_iter()
+            .flatten()
+            .find_map(|image| Members::parse(image)?.text(column).map(Cow::into_owned))
+            .filter(|u| u != UNAVAILABLE)
+    });
+
+    let (before_schema, after_schema) = match schema.and_then(|s| decode::value_schemas(s.get())) {
+        Some((b, a)) => (Some(b), Some(a)),
+        None => (None, None),
+    };
+    let mut unavailable = Vec::new();
+    let old_data =
+        before.map(|b| rewrite(b, before_schema.as_ref(), &table_rules, &mut unavailable).text);
+    let new_data =
+        after.map(|a| rewrite(a, after_schema.as_ref(), &table_rules, &mut unavailable).text);
+    let primary_key = primary_key(msg.key.as_deref(), mongo, &table_rules)?;
+
+    let transaction = event.object("transaction");
+    let transaction_id = transaction
+        .as_ref()
+        .and_then(|t| t.text("id"))
+        .or_else(|| source.text("txId"))
+        .or_else(|| source.text("gtid"))
+        .map(Cow::into_owned);
+
+    Ok(Interpreted::Change(Box::new(AuditRecord {
+        source_database: db,
+        source_schema: schema_name,
+        source_table: table.or_else(|| Some(Cow::Borrowed(&msg.topic))),
+        operation,
+        change_timestamp: micros(&source),
+        captured_at: micros(event),
+        old_data,
+        new_data,
+        primary_key,
+        changed_columns: changed,
+        unavailable_columns: unavailable,
+        change_user,
+        transaction_id,
+        transaction_order: transaction.as_ref().and_then(|t| t.int("total_order")),
+        transaction_collection_order: transaction
+            .as_ref()
+            .and_then(|t| t.int("data_collection_order")),
+        lsn: position(&source),
+        connector,
+        is_snapshot: snapshot_flag(&source) || op == "r",
+        source_metadata: source_raw,
+        change_detail: if mongo { mongo_detail(event) } else { None },
+    })))
+}
+
+fn transaction<'a>(event: &Members<'a>) -> Result<Interpreted<'a>, Rejection> {
+    let id = event.text("id").ok_or_else(|| {
+        reject(
+            RejectKind::InvalidField,
+            "transaction event without an \"id\"",
+        )
+    })?;
+    let status = event.text("status").ok_or_else(|| {
+        reject(
+            RejectKind::InvalidField,
+            "transaction event without a \"status\"",
+        )
+    })?;
+    Ok(Interpreted::Transaction(TransactionRecord {
+        id,
+        status,
+        event_count: event.int("event_count"),
+        data_collections: event.get("data_collections").map(RawValue::get),
+        event_time: micros(event),
+    }))
+}
+
+/// A schema-change (DDL) event: kept as its own audit record, operation `DDL`.
+fn schema_change<'a>(event: &Members<'a>, rules: &Rules) -> Result<Interpreted<'a>, Rejection> {
+    let (source, source_raw) = source_of(event)?;
+    let db = event
+        .text("databaseName")
+        .filter(|d| !d.is_empty())
+        .or_else(|| source.text("db"));
+    let schema_name = event
+        .text("schemaName")
+        .filter(|s| !s.is_empty())
+        .or_else(|| source.text("schema"));
+    // The first changed table's id, e.g. "inventory"."customers": its last part.
+    let table = source.text("table").filter(|t| !t.is_empty()).or_else(|| {
+        let changes: Vec<&RawValue> =
+            serde_json::from_str(event.get("tableChanges")?.get()).ok()?;
+        let id = Members::parse(changes.first()?.get())?.text("id")?;
+        let last = id.rsplit('.').next()?.trim_matches('"').to_string();
+        Some(Cow::Owned(last))
+    });
+    let name = qualified(&[db.as_deref(), schema_name.as_deref(), table.as_deref()]);
+    if table.is_some() && !rules.audits(&name) {
+        return Ok(Interpreted::Skip(Skip::Filtered));
+    }
+    let mut detail = ObjectWriter::with_capacity(512);
+    for key in ["ddl", "databaseName", "schemaName", "tableChanges"] {
+        if let Some(v) = event.get(key) {
+            detail.member(key, v.get());
+        }
+    }
+    Ok(Interpreted::Change(Box::new(AuditRecord {
+        source_database: db,
+        source_schema: schema_name,
+        source_table: table,
+        operation: "DDL",
+        change_timestamp: micros(&source).or_else(|| micros(event)),
+        captured_at: micros(event),
+        lsn: position(&source),
+        connector: source.text("connector"),
+        is_snapshot: snapshot_flag(&source),
+        source_metadata: source_raw,
+        change_detail: Some(detail.finish()),
+        ..AuditRecord::default()
+    })))
+}
+
+impl AuditRecord<'_> {
+    pub fn encode(&self, msg: &Message) -> Vec<u8> {
+        let json_len = [&self.old_data, &self.new_data]
+            .iter()
+            .filter_map(|d| d.as_ref())
+            .map(|d| d.len())
+            .sum::<usize>();
+        let mut buf = Vec::with_capacity(256 + json_len + self.source_metadata.map_or(0, str::len));
+        let mut t = Tuple::begin(&mut buf, AUDIT_FIELDS);
+        let jsonb = |t: &mut Tuple<'_>, v: Option<&str>| t.jsonb(v.map(jsonb_safe).as_deref());
+        t.text(self.source_database.as_deref());
+        t.text(self.source_schema.as_deref());
+        t.text(self.source_table.as_deref());
+        t.text(Some(self.operation));
+        t.timestamptz(self.change_timestamp);
+        t.timestamptz(self.captured_at);
+        jsonb(&mut t, self.old_data.as_deref());
+        jsonb(&mut t, self.new_data.as_deref());
+        jsonb(&mut t, self.primary_key.as_deref());
+        t.text_array(self.changed_columns.as_deref());
+        t.text_array(
+            Some(&self.unavailable_columns)
+                .filter(|u| !u.is_empty())
+                .map(Vec::as_slice),
+        );
+        t.text(self.change_user.as_deref());
+        t.text(self.transaction_id.as_deref());
+        t.int8_opt(self.transaction_order);
+        t.int8_opt(self.transaction_collection_order);
+        t.text(self.lsn.as_deref());
+        t.text(self.connector.as_deref());
+        t.bool(Some(self.is_snapshot));
+        jsonb(&mut t, self.source_metadata);
+        jsonb(&mut t, self.change_detail.as_deref());
+        t.text(Some(&msg.topic));
+        t.int4(msg.partition);
+        t.int8(msg.offset);
+        t.timestamptz(msg.timestamp_ms.map(|ms| ms.saturating_mul(1_000)));
+        buf
+    }
+}
+
+impl TransactionRecord<'_> {
+    pub fn encode(&self, msg: &Message) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(128 + self.data_collections.map_or(0, str::len));
+        let mut t = Tuple::begin(&mut buf, TRANSACTION_FIELDS);
+        t.text(Some(&self.id));
+        t.text(Some(&self.status));
+        t.int8_opt(self.event_count);
+        t.jsonb(self.data_collections.map(jsonb_safe).as_deref());
+        t.timestamptz(self.event_time);
+        t.text(Some(&msg.topic));
+        t.int4(msg.partition);
+        t.int8(msg.offset);
+        buf
+    }
+}
+
+/// A readable rendering of what a message becomes: the golden tests pin it, and it is what
+/// a person wants to see when asking "what would cdc-audit store for this?".
+pub fn describe(msg: &Message, rules: &Rules) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let parse = |s: Option<&str>| {
+        s.map_or(Value::Null, |s| {
+            serde_json::from_str(&jsonb_safe(s)).unwrap_or(Value::String(s.to_string()))
+        })
+    };
+    let time = |us: Option<i64>| us.map_or(Value::Null, |us| Value::String(decode::iso_micros(us)));
+    match interpret(msg, rules) {
+        Ok(Interpreted::Change(r)) => json!({
+            "audit_logging": {
+                "source_database": r.source_database, "source_schema": r.source_schema,
+                "source_table": r.source_table, "operation_type": r.operation,
+                "change_timestamp": time(r.change_timestamp), "captured_at": time(r.captured_at),
+                "old_data": parse(r.old_data.as_deref()), "new_data": parse(r.new_data.as_deref()),
+                "primary_key": parse(r.primary_key.as_deref()), "changed_columns": r.changed_columns,
+                "unavailable_columns": r.unavailable_columns, "change_user": r.change_user,
+                "transaction_id": r.transaction_id, "transaction_order": r.transaction_order,
+                "transaction_collection_order": r.transaction_collection_order, "lsn": r.lsn,
+                "connector": r.connector, "is_snapshot": r.is_snapshot,
+                "source_metadata": parse(r.source_metadata), "change_detail": parse(r.change_detail.as_deref()),
+            }
+        }),
+        Ok(Interpreted::Transaction(t)) => json!({
+            "audit_transactions": {
+                "transaction_id": t.id, "status": t.status, "event_count": t.event_count,
+                "data_collections": parse(t.data_collections), "event_time": time(t.event_time),
+            }
+        }),
+        Ok(Interpreted::Skip(skip)) => json!({ "skipped": format!("{skip:?}").to_lowercase() }),
+        Err(r) => json!({ "rejected": { "reason": r.kind.as_str(), "error": r.error } }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn msg(key: Option<&str>, value: Option<&[u8]>) -> Message {
+        Message {
+            topic: Arc::from("db.public.t"),
+            partition: 0,
+            offset: 1,
+            timestamp_ms: None,
+            key: key.map(|k| k.as_bytes().to_vec()),
+            payload: value.map(<[u8]>::to_vec),
+            headers: Vec::new(),
+        }
+    }
+
+    fn rejected(value: &[u8]) -> RejectKind {
+        match transform(&msg(None, Some(value)), &Rules::default()) {
+            Outcome::Rejected(r) => r.kind,
+            other => panic!(
+                "expected a rejection for {:?}, got {other:?}",
+                String::from_utf8_lossy(value)
+            ),
+        }
+    }
+
+    fn record(value: &str, rules: &Rules) -> AuditRecord<'static> {
+        let m: &'static Message =
+            Box::leak(Box::new(msg(Some(r#"{"id":1}"#), Some(value.as_bytes()))));
+        match interpret(m, rules) {
+            Ok(Interpreted::Change(r)) => *r,
+            other => panic!("expected a change, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn poison_is_rejected_with_its_reason() {
+        assert_eq!(rejected(b"{\"op\":\"c\""), RejectKind::NotJson);
+        assert_eq!(rejected(b"\xff\xfe"), RejectKind::NotJson);
+        assert_eq!(rejected(b"[1,2]"), RejectKind::NotAChangeEvent);
+        assert_eq!(
+            rejected(b"[null, null, \"c\"]"),
+            RejectKind::NotAChangeEvent,
+            "not read by position"
+        );
+        assert_eq!(
+            rejected(b"{\"payload\":[null,null,\"c\"]}"),
+            RejectKind::NotAChangeEvent
+        );
+        assert_eq!(
+            rejected(b"{\"op\":\"c\",\"source\":[1]}"),
+            RejectKind::InvalidField
+        );
+        assert_eq!(rejected(b"\"text\""), RejectKind::NotAChangeEvent);
+        assert_eq!(rejected(b"{\"after\":{}}"), RejectKind::NotAChangeEvent);
+        assert_eq!(
+            rejected(b"{\"op\":\"x\",\"after\":{}}"),
+            RejectKind::UnknownOperation
+        );
+        assert_eq!(
+            rejected(b"{\"op\":1,\"after\":{}}"),
+            RejectKind::InvalidField
+        );
+        match transform(
+            &msg(Some("not json"), Some(b"{\"op\":\"c\",\"after\":{}}")),
+            &Rules::default(),
+        ) {
+            Outcome::Rejected(r) => assert_eq!(r.kind, RejectKind::InvalidKey),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tombstones_and_heartbeats_are_skipped() {
+        let rules = Rules::default();
+        assert!(matches!(
+            transform(&msg(Some("{\"id\":1}"), None), &rules),
+            Outcome::Skipped(Skip::Tombstone)
+        ));
+        let displayed = msg(None, Some(b"{\"schema\":null,\"payload\":null}"));
+        assert!(matches!(
+            transform(&displayed, &rules),
+            Outcome::Skipped(Skip::Tombstone)
+        ));
+        let mut hb = msg(
+            Some("{\"serverName\":\"db\"}"),
+            Some(b"{\"ts_ms\":1700000000000}"),
+        );
+        assert!(matches!(
+            transform(&hb, &rules),
+            Outcome::Skipped(Skip::Heartbeat)
+        ));
+        hb.topic = Arc::from("__debezium-heartbeat.db");
+        hb.payload = Some(b"{\"schema\":{},\"payload\":{\"ts_ms\":1}}".to_vec());
+        assert!(matches!(
+            transform(&hb, &rules),
+            Outcome::Skipped(Skip::Heartbeat)
+        ));
+    }
+
+    #[test]
+    fn changed_columns_ignore_unavailable_values_and_keep_order() {
+        let b = r#"{"id":1,"b":"x","c":"big","a":2}"#;
+        let a = r#"{"id":1,"b":"y","c":"__debezium_unavailable_value","a":3}"#;
+        assert_eq!(
+            changed_columns(b, a),
+            Some(vec!["b".to_string(), "a".to_string()])
+        );
+    }
+
+    #[test]
+    fn unavailable_values_are_not_stored_as_data() {
+        let r = record(
+            r#"{"op":"u","before":null,"after":{"id":1,"bio":"__debezium_unavailable_value"},"source":{"table":"t"}}"#,
+            &Rules::default(),
+        );
+        assert_eq!(r.new_data.as_deref(), Some(r#"{"id":1}"#));
+        assert_eq!(r.unavailable_columns, ["bio"]);
+        assert_eq!(r.changed_columns, None, "unknown without a before image");
+    }
+
+    #[test]
+    fn column_rules_apply_to_both_images_and_the_key() {
+        let rules = Rules {
+            columns: Rules::parse_column_rules("*.email=hash,*.ssn=redact,*.id=redact,*.pw=drop")
+                .unwrap(),
+            hash_key: Some(b"secret".to_vec()),
+            ..Rules::default()
+        };
+        let r = record(
+            r#"{"op":"u","before":{"id":1,"email":"a@x","ssn":"1","pw":"p"},"after":{"id":1,"email":"b@x","ssn":"1","pw":"q"},"source":{"db":"d","table":"t"}}"#,
+            &rules,
+        );
+        let (old, new) = (r.old_data.unwrap(), r.new_data.unwrap());
+        assert!(
+            !old.contains("a@x") && !new.contains("b@x") && !new.contains("\"pw\""),
+            "{old} {new}"
+        );
+        assert!(new.contains(r#""ssn":"[redacted]""#));
+        assert_eq!(r.primary_key.as_deref(), Some(r#"{"id":"[redacted]"}"#));
+        assert_eq!(
+            r.changed_columns,
+            Some(vec!["email".to_string()]),
+            "dropped columns are not reported"
+        );
+    }
+
+    #[test]
+    fn excluded_tables_are_skipped() {
+        let rules = Rules {
+            exclude: vec![rules::Glob::new("d.*")],
+            ..Rules::default()
+        };
+        let m = msg(
+            None,
+            Some(br#"{"op":"c","after":{"id":1},"source":{"db":"d","table":"t"}}"#),
+        );
+        assert!(matches!(
+            transform(&m, &rules),
+            Outcome::Skipped(Skip::Filtered)
+        ));
+    }
+
+    #[test]
+    fn change_user_comes_from_the_configured_column() {
+        let rules = Rules {
+            change_user_column: Some("updated_by".into()),
+            ..Rules::default()
+        };
+        let r = record(
+            r#"{"op":"d","before":{"id":1,"updated_by":"alice"},"source":{"table":"t"}}"#,
+            &rules,
+        );
+        assert_eq!(r.change_user.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn oversized_timestamp_units_are_scaled_back() {
+        let m = Members::parse(r#"{"ts_us":1638985247805000000}"#).unwrap();
+        assert_eq!(micros(&m), Some(1_638_985_247_805_000));
+        let m = Members::parse(r#"{"ts_sec":1558965508000}"#).unwrap();
+        assert_eq!(micros(&m), Some(1_558_965_508_000_000));
+    }
+
+    #[test]
+    fn deep_but_valid_images_are_left_to_postgresql() {
+        let nested = format!(
+            "{{\"op\":\"c\",\"after\":{}{}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert!(matches!(
+            transform(&msg(None, Some(nested.as_bytes())), &Rules::default()),
+            Outcome::Row(_)
+        ));
+    }
+}
