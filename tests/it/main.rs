@@ -3,6 +3,7 @@
 
 mod cli;
 mod exactly_once;
+mod fixtures;
 mod pipeline;
 mod proxy;
 mod util;
