@@ -275,9 +275,9 @@ fn source_of<'a>(event: &Members<'a>) -> Result<(Members<'a>, Option<&'a str>), 
     }
 }
 
-/// Unix microseconds from the most precise of the timestamp fields. Values sent in a larger
-/// unit than their name says (Debezium's docs show nanoseconds in `ts_us` and `ts_ms`) are
-/// scaled back into a plausible range.
+/// Unix microseconds from the most precise of the timestamp fields. Zero means unknown (MySQL
+/// snapshot events carry `ts_ms: 0`). Values sent in a larger unit than their name says
+/// (Debezium's docs show nanoseconds in `ts_us` and `ts_ms`) are scaled back into a plausible range.
 fn micros(m: &Members<'_>) -> Option<i64> {
     let candidates = [
         ("ts_ns", -3),
@@ -288,7 +288,7 @@ fn micros(m: &Members<'_>) -> Option<i64> {
     ];
     let (value, exp) = candidates
         .iter()
-        .find_map(|(k, e)| m.int(k).map(|v| (v, *e)))?;
+        .find_map(|(k, e)| m.int(k).filter(|v| *v != 0).map(|v| (v, *e)))?;
     let mut us = i128::from(value);
     if exp < 0 {
         us /= 1000;
@@ -528,8 +528,10 @@ fn change<'a>(
     })?;
     let (source, source_raw) = source_of(event)?;
     let connector = source.text("connector");
-    let (db, schema_name) = (source.text("db"), source.text("schema"));
-    let table = source.text("table").or_else(|| source.text("collection"));
+    // PostgreSQL logical messages carry empty schema and table names: absent, not "".
+    let named = |key: &str| source.text(key).filter(|v| !v.is_empty());
+    let (db, schema_name) = (named("db"), named("schema"));
+    let table = named("table").or_else(|| named("collection"));
     let name = qualified(&[db.as_deref(), schema_name.as_deref(), table.as_deref()]);
     if !name.is_empty() && !rules.audits(&name) {
         return Ok(Interpreted::Skip(Skip::Filtered));
@@ -946,6 +948,12 @@ mod tests {
             &rules,
         );
         assert_eq!(r.change_user.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn zero_timestamps_are_unknown() {
+        let m = Members::parse(r#"{"ts_ms":0}"#).unwrap();
+        assert_eq!(micros(&m), None);
     }
 
     #[test]
