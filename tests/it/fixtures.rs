@@ -18,18 +18,18 @@ use serde_json::Value;
 
 use crate::util::{config, wait_until, InProcess, Kafka, TestDb};
 
-struct Fixture {
+pub struct Fixture {
     /// `<connector>/<name>`
-    name: String,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
+    pub name: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
 }
 
 fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn fixtures() -> Vec<Fixture> {
+pub fn fixtures() -> Vec<Fixture> {
     let shared = manifest().join("../shared/fixtures/debezium");
     assert!(
         shared.is_dir(),

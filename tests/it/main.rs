@@ -5,5 +5,6 @@ mod cli;
 mod exactly_once;
 mod fixtures;
 mod pipeline;
+mod properties;
 mod proxy;
 mod util;
