@@ -526,6 +526,11 @@ impl Config {
     }
 }
 
+/// Only the transform's settings (for `cdc-audit inspect`, which needs no broker or database).
+pub fn rules_from_settings(raw: &BTreeMap<String, String>) -> Result<Rules, ConfigError> {
+    rules(&|name: &str| raw.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()))
+}
+
 fn rules<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<Rules, ConfigError> {
     let globs = |name: &str| -> Result<Vec<Glob>, ConfigError> {
         let Some(v) = get(name) else {

@@ -440,7 +440,10 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         rebalance_timeout: Duration::from_secs(10),
         migrate: true,
         kafka: BTreeMap::new(),
-        rules: Default::default(),
+        rules: crate::transform::rules::Rules {
+            change_user_column: Some("updated_by".into()),
+            ..Default::default()
+        },
     };
     let control = Arc::new(Control::default());
     let stats = Arc::new(Stats::new());
@@ -548,18 +551,20 @@ fn summary(
     }
     println!("\nsample audit rows");
     let sample = "SELECT source_table, operation_type, primary_key::text, coalesce(changed_columns::text, ''), \
+                  coalesce(change_user, ''), \
                   coalesce(transaction_id, ''), lsn, kafka_topic || '[' || kafka_partition || ']@' || kafka_offset \
                   FROM audit_logging WHERE operation_type = 'UPDATE' ORDER BY id LIMIT 5";
     for r in q(client, sample)? {
         println!(
-            "  {} {} key={} changed={} tx={} lsn={} at {}",
+            "  {} {} key={} changed={} by={} tx={} lsn={} at {}",
             r.get::<_, String>(0),
             r.get::<_, String>(1),
             r.get::<_, String>(2),
             r.get::<_, String>(3),
             r.get::<_, String>(4),
-            r.get::<_, Option<String>>(5).unwrap_or_default(),
-            r.get::<_, String>(6)
+            r.get::<_, String>(5),
+            r.get::<_, Option<String>>(6).unwrap_or_default(),
+            r.get::<_, String>(7)
         );
     }
     println!("\nrejections");

@@ -1,13 +1,13 @@
 //! The `cdc-audit` binary: parses the command line and wires the library together.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
 use cdc_audit::config::{self, Config, SETTINGS};
-use cdc_audit::pipeline::{Control, Exit};
+use cdc_audit::pipeline::{Control, Exit, Message};
 use cdc_audit::{demo, events::Stats, migrate, service, sink};
 
 #[derive(Parser)]
@@ -38,6 +38,18 @@ enum Command {
     /// Validate the settings and print the effective values, secrets masked; exit 1 on error.
     #[command(after_help = settings_help())]
     CheckConfig,
+    /// Show what the service would store for one message (a Debezium value in a file, and
+    /// optionally its key), under the current CDC_AUDIT_* column and table settings.
+    Inspect {
+        /// The message value (JSON); omit for a tombstone.
+        value: Option<PathBuf>,
+        /// The message key (JSON).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The topic the message came from.
+        #[arg(long, default_value = "inspect")]
+        topic: String,
+    },
     /// Run the real pipeline on an in-process Kafka with generated Debezium traffic, into a fresh
     /// database; needs only a reachable PostgreSQL (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres).
     Demo(demo::DemoArgs),
@@ -86,12 +98,41 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }),
+        Command::Inspect { value, key, topic } => {
+            inspect(&cli, value.as_deref(), key.as_deref(), topic)
+        }
         Command::Demo(args) => demo::run(args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("cdc-audit: {e}");
         ExitCode::FAILURE
     })
+}
+
+fn inspect(
+    cli: &Cli,
+    value: Option<&Path>,
+    key: Option<&Path>,
+    topic: &str,
+) -> Result<ExitCode, String> {
+    let raw = config::gather(std::env::vars(), cli.config.as_deref()).map_err(|e| e.to_string())?;
+    let rules = config::rules_from_settings(&raw).map_err(|e| e.to_string())?;
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let msg = Message {
+        topic: topic.into(),
+        partition: 0,
+        offset: 0,
+        timestamp_ms: None,
+        key: key.map(read).transpose()?,
+        payload: value.map(read).transpose()?,
+        headers: Vec::new(),
+    };
+    let described = cdc_audit::transform::describe(&msg, &rules);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&described).map_err(|e| e.to_string())?
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run(config: Config) -> Result<ExitCode, String> {

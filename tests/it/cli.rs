@@ -224,3 +224,28 @@ fn migrate_applies_once_and_is_idempotent() {
     assert_eq!(db.count("cdc_audit_migrations"), 1);
     assert_eq!(db.count("audit_logging"), 0);
 }
+
+#[test]
+fn inspect_shows_the_row_a_message_becomes_under_the_column_rules() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/debezium/postgresql");
+    let value = fixtures.join("update_schema_elided.json");
+    let env = [("CDC_AUDIT_COLUMN_RULES", "*.email=redact")];
+    let out = cdc_audit(&["inspect", value.to_str().unwrap()], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &shown["audit_logging"];
+    assert_eq!(row["operation_type"], "UPDATE");
+    assert_eq!(row["new_data"]["email"], "[redacted]");
+    assert_eq!(row["new_data"]["first_name"], "Anne Marie");
+    let bad = cdc_audit(
+        &["inspect", value.to_str().unwrap()],
+        &[("CDC_AUDIT_COLUMN_RULES", "*.email=hash")],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("CDC_AUDIT_HASH_KEY"));
+}

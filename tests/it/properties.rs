@@ -35,8 +35,11 @@ fn busy_rules() -> &'static Rules {
     })
 }
 
-fn corpus() -> &'static Vec<(Option<Vec<u8>>, Vec<u8>)> {
-    static CORPUS: OnceLock<Vec<(Option<Vec<u8>>, Vec<u8>)>> = OnceLock::new();
+/// A fixture's key (if any) and value.
+type Event = (Option<Vec<u8>>, Vec<u8>);
+
+fn corpus() -> &'static Vec<Event> {
+    static CORPUS: OnceLock<Vec<Event>> = OnceLock::new();
     CORPUS.get_or_init(|| {
         crate::fixtures::fixtures()
             .into_iter()
