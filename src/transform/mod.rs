@@ -577,6 +577,8 @@ fn change<'a>(
     let new_data =
         after.map(|a| rewrite(a, after_schema.as_ref(), &table_rules, &mut unavailable).text);
     let primary_key = primary_key(msg.key.as_deref(), mongo, &table_rules)?;
+    let mut change_detail = if mongo { mongo_detail(event) } else { None };
+    keep_originals_of_nul(&mut change_detail, &old_data, &new_data);
 
     let transaction = event.object("transaction");
     let transaction_id = transaction
@@ -608,8 +610,38 @@ fn change<'a>(
         connector,
         is_snapshot: snapshot_flag(&source) || op == "r",
         source_metadata: source_raw,
-        change_detail: if mongo { mongo_detail(event) } else { None },
+        change_detail,
     })))
+}
+
+/// jsonb cannot hold `\u0000`, so images store it as the text `\u0000`; the exact original images
+/// then go into `change_detail.original_images` as JSON strings, so nothing is lost.
+fn keep_originals_of_nul(
+    detail: &mut Option<String>,
+    before: &Option<Cow<'_, str>>,
+    after: &Option<Cow<'_, str>>,
+) {
+    let mut originals = ObjectWriter::with_capacity(64);
+    let mut any = false;
+    for (name, image) in [("before", before), ("after", after)] {
+        if let Some(text) = image
+            .as_deref()
+            .filter(|t| matches!(jsonb_safe(t), Cow::Owned(_)))
+        {
+            originals.member(name, &json::quote(text));
+            any = true;
+        }
+    }
+    if !any {
+        return;
+    }
+    let originals = originals.finish();
+    *detail = Some(match detail.take() {
+        Some(d) if d.len() > 2 => {
+            format!("{},\"original_images\":{originals}}}", &d[..d.len() - 1])
+        }
+        _ => format!("{{\"original_images\":{originals}}}"),
+    });
 }
 
 fn transaction<'a>(event: &Members<'a>) -> Result<Interpreted<'a>, Rejection> {

@@ -219,6 +219,21 @@ fn every_fixture_goes_through_kafka_into_postgresql() {
         }
     }
     assert_eq!(db.count("audit_logging"), rows);
+    // PostgreSQL's transaction 571:53195832 announced 2 events; the fixtures hold one of them.
+    let summary = c
+        .query_one(
+            "SELECT expected_events, recorded_events, complete FROM audit_transaction_summary WHERE transaction_id = '571:53195832'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            summary.get::<_, Option<i64>>(0),
+            summary.get::<_, i64>(1),
+            summary.get::<_, bool>(2)
+        ),
+        (Some(2), 1, false)
+    );
     assert_eq!(db.count("audit_transactions"), transactions);
     assert!(
         rows > 50 && transactions >= 6 && skipped >= 3,
