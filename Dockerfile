@@ -15,5 +15,9 @@ RUN apt-get update \
  && useradd --system --no-create-home --uid 10001 cdc-audit
 COPY --from=build /src/target/release/cdc-audit /usr/local/bin/cdc-audit
 USER cdc-audit
+ENV CDC_AUDIT_HTTP_ADDR=0.0.0.0:9187
+EXPOSE 9187
+# The binary asks itself: GET /health/ready, no curl in the image.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["/usr/local/bin/cdc-audit", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/cdc-audit"]
 CMD ["run"]

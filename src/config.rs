@@ -87,6 +87,26 @@ pub const SETTINGS: &[Setting] = &[
         help: "apply schema/ migrations at start of `run` (true or false)",
     },
     Setting {
+        name: "CDC_AUDIT_HTTP_ADDR",
+        default: Some("0.0.0.0:9187"),
+        help: "address of /health/live, /health/ready, /metrics and /status; `off` to disable",
+    },
+    Setting {
+        name: "CDC_AUDIT_READY_MAX_LAG",
+        default: None,
+        help: "not ready while the total consumer lag is over this many messages",
+    },
+    Setting {
+        name: "CDC_AUDIT_STALL_TIMEOUT_MS",
+        default: Some("120000"),
+        help: "a writer inside one database call longer than this is stalled (not ready, no watchdog ping)",
+    },
+    Setting {
+        name: "CDC_AUDIT_LOG_FORMAT",
+        default: Some("text"),
+        help: "text (readable) or json (one object per line, for log shippers); levels via RUST_LOG",
+    },
+    Setting {
         name: "CDC_AUDIT_INCLUDE_TABLES",
         default: None,
         help: "audit only these tables: comma-separated patterns of db.schema.table (* and ?)",
@@ -200,6 +220,25 @@ pub struct Config {
     pub kafka: BTreeMap<String, String>,
     /// Which tables and columns are audited, and how.
     pub rules: Rules,
+    pub http_addr: Option<std::net::SocketAddr>,
+    pub ready_max_lag: Option<i64>,
+    pub stall_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `CDC_AUDIT_LOG_FORMAT`, read on its own: logging starts before the rest is validated.
+pub fn log_format(value: Option<&str>) -> Result<LogFormat, ConfigError> {
+    match value.map(str::trim) {
+        None | Some("") | Some("text") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => Err(invalid("CDC_AUDIT_LOG_FORMAT", other, "text or json")),
+    }
 }
 
 /// Properties the service sets itself; passing them through would break exactly-once or be ambiguous.
@@ -425,6 +464,27 @@ impl Config {
         }
 
         let rules = rules(&get)?;
+        let http_addr = match get("CDC_AUDIT_HTTP_ADDR").unwrap_or("0.0.0.0:9187") {
+            "off" => None,
+            v => Some(v.parse().map_err(|_| {
+                invalid(
+                    "CDC_AUDIT_HTTP_ADDR",
+                    v,
+                    "ip:port, e.g. 0.0.0.0:9187, or off",
+                )
+            })?),
+        };
+        let ready_max_lag = match get("CDC_AUDIT_READY_MAX_LAG") {
+            None => None,
+            Some(_) => Some(number("CDC_AUDIT_READY_MAX_LAG", 0, 0, i64::MAX as u64)? as i64),
+        };
+        let stall_timeout = Duration::from_millis(number(
+            "CDC_AUDIT_STALL_TIMEOUT_MS",
+            120_000,
+            1_000,
+            3_600_000,
+        )?);
+        let log_format = log_format(get("CDC_AUDIT_LOG_FORMAT"))?;
 
         Ok(Config {
             bootstrap_servers,
@@ -441,6 +501,10 @@ impl Config {
             migrate,
             kafka,
             rules,
+            http_addr,
+            ready_max_lag,
+            stall_timeout,
+            log_format,
         })
     }
 
@@ -480,7 +544,27 @@ impl Config {
                 self.rebalance_timeout.as_millis().to_string(),
             ),
             ("CDC_AUDIT_MIGRATE".into(), self.migrate.to_string()),
+            (
+                "CDC_AUDIT_HTTP_ADDR".into(),
+                self.http_addr.map_or("off".into(), |a| a.to_string()),
+            ),
+            (
+                "CDC_AUDIT_STALL_TIMEOUT_MS".into(),
+                self.stall_timeout.as_millis().to_string(),
+            ),
+            (
+                "CDC_AUDIT_LOG_FORMAT".into(),
+                if self.log_format == LogFormat::Json {
+                    "json"
+                } else {
+                    "text"
+                }
+                .into(),
+            ),
         ];
+        if let Some(lag) = self.ready_max_lag {
+            out.push(("CDC_AUDIT_READY_MAX_LAG".into(), lag.to_string()));
+        }
         let r = &self.rules;
         let globs = |g: &[Glob]| g.iter().map(Glob::as_str).collect::<Vec<_>>().join(",");
         let optional = [

@@ -440,6 +440,10 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         rebalance_timeout: Duration::from_secs(10),
         migrate: true,
         kafka: BTreeMap::new(),
+        http_addr: None,
+        ready_max_lag: None,
+        stall_timeout: Duration::from_secs(120),
+        log_format: crate::config::LogFormat::Text,
         rules: crate::transform::rules::Rules {
             change_user_column: Some("updated_by".into()),
             ..Default::default()

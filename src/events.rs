@@ -1,15 +1,90 @@
-//! Telemetry: the service's counters, kept in one Prometheus registry. Each notable event is a
-//! method here that logs once and moves the matching metrics, once per batch, not per message.
+//! Telemetry: the service's metrics in one Prometheus registry, and the health state the HTTP
+//! endpoints and the systemd watchdog read. Each notable event is a method here that logs once
+//! and moves the matching metrics, once per batch, not per message.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::core::Collector;
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use crate::pipeline::Tp;
 use crate::transform::{RejectKind, Skip};
 
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What the health checks read; every field is written by the stage that knows it.
+pub struct Health {
+    pub started: Instant,
+    /// Unix ms of the poll loop's last turn.
+    pub poll_tick_ms: AtomicI64,
+    /// Per writer: Unix ms since which it has been inside one write attempt, 0 when idle.
+    pub writer_busy_since_ms: Vec<AtomicI64>,
+    /// Unix ms of the last committed batch, 0 before the first.
+    pub last_commit_ms: AtomicI64,
+    /// Whether the last write attempt of any writer failed (the database is away or refusing).
+    pub writes_failing: AtomicBool,
+    /// The consumer has been through a rebalance (it is in its group).
+    pub joined: AtomicBool,
+    /// librdkafka reported all brokers down, and nothing has arrived since.
+    pub brokers_down: AtomicBool,
+    /// Stage threads running; lower than expected means one died.
+    pub stages_running: AtomicI64,
+    pub stages_expected: AtomicI64,
+    /// Where the HTTP server listens, once it does.
+    pub http_addr: std::sync::Mutex<Option<std::net::SocketAddr>>,
+}
+
+impl Health {
+    fn new() -> Health {
+        Health {
+            started: Instant::now(),
+            poll_tick_ms: AtomicI64::new(now_ms()),
+            // One slot per possible writer (CDC_AUDIT_WRITERS is at most 64).
+            writer_busy_since_ms: (0..64).map(|_| AtomicI64::new(0)).collect(),
+            last_commit_ms: AtomicI64::new(0),
+            writes_failing: AtomicBool::new(false),
+            joined: AtomicBool::new(false),
+            brokers_down: AtomicBool::new(false),
+            stages_running: AtomicI64::new(0),
+            stages_expected: AtomicI64::new(0),
+            http_addr: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// A writer stuck inside one attempt for longer than `limit`, if any.
+    pub fn stalled_writer(&self, limit: Duration) -> Option<(usize, Duration)> {
+        let now = now_ms();
+        self.writer_busy_since_ms
+            .iter()
+            .enumerate()
+            .find_map(|(i, since)| {
+                let since = since.load(Ordering::Acquire);
+                let busy = Duration::from_millis((now - since).max(0) as u64);
+                (since > 0 && busy > limit).then_some((i, busy))
+            })
+    }
+
+    /// How long ago the poll loop last turned.
+    pub fn poll_age(&self) -> Duration {
+        Duration::from_millis((now_ms() - self.poll_tick_ms.load(Ordering::Acquire)).max(0) as u64)
+    }
+
+    pub fn stages_alive(&self) -> bool {
+        self.stages_running.load(Ordering::Acquire) >= self.stages_expected.load(Ordering::Acquire)
+    }
+}
+
 pub struct Stats {
     pub registry: Registry,
+    pub health: Health,
     pub messages_consumed: IntCounter,
     pub rows_written: IntCounter,
     pub rejections: IntCounterVec,
@@ -23,135 +98,162 @@ pub struct Stats {
     pub write_retries: IntCounter,
     pub batch_size: Histogram,
     pub write_seconds: Histogram,
+    pub end_to_end_seconds: Histogram,
     pub paused: IntGauge,
+    pub consumer_lag: IntGaugeVec,
+    pub pool_connections: IntGaugeVec,
+    pub channel_depth: IntGaugeVec,
+    pub last_commit_seconds: IntGauge,
+    pub ready: IntGauge,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+/// Registers a metric; the names are constants, so failure is a programming error.
+fn register<T: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: Result<T, prometheus::Error>,
+) -> T {
+    let metric = metric.unwrap_or_else(|e| panic!("metric definition: {e}"));
     registry
-        .register(Box::new(c.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    c
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("metric registration: {e}"));
+    metric
 }
 
 impl Stats {
-    /// Builds the registry. Metric names are constants, so a failure here is a programming error.
     pub fn new() -> Stats {
-        let registry = Registry::new();
-        let rejections = IntCounterVec::new(
-            Opts::new(
-                "cdc_audit_rejections_total",
-                "Messages stored as rejections, by reason",
+        let r = Registry::new();
+        let counter = |name: &str, help: &str| register(&r, IntCounter::new(name, help));
+        let labelled = |name: &str, help: &str, label: &str, values: &[&str]| {
+            let c = register(&r, IntCounterVec::new(Opts::new(name, help), &[label]));
+            for v in values {
+                c.with_label_values(&[v]);
+            }
+            c
+        };
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            register(&r, IntGaugeVec::new(Opts::new(name, help), labels))
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            register(
+                &r,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)),
+            )
+        };
+        let info = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("cdc_audit_build_info", "Version of the running cdc-audit"),
+                &["version"],
             ),
-            &["reason"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        registry
-            .register(Box::new(rejections.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        for kind in RejectKind::ALL {
-            rejections.with_label_values(&[kind.as_str()]);
-        }
-        let rebalances = IntCounterVec::new(
-            Opts::new(
-                "cdc_audit_rebalances_total",
-                "Partition assignments and revocations",
-            ),
-            &["kind"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        registry
-            .register(Box::new(rebalances.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let skipped = IntCounterVec::new(
-            Opts::new(
-                "cdc_audit_messages_skipped_total",
-                "Messages with nothing to store, by reason",
-            ),
-            &["reason"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        registry
-            .register(Box::new(skipped.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        for reason in ["tombstone", "heartbeat", "filtered"] {
-            skipped.with_label_values(&[reason]);
-        }
-        let batch_size = Histogram::with_opts(
-            HistogramOpts::new("cdc_audit_batch_messages", "Messages per committed batch").buckets(
-                vec![
-                    1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 50000.0,
-                ],
-            ),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        registry
-            .register(Box::new(batch_size.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let write_seconds = Histogram::with_opts(HistogramOpts::new(
-            "cdc_audit_batch_write_seconds",
-            "Time to write and commit one batch",
-        ))
-        .unwrap_or_else(|e| panic!("{e}"));
-        registry
-            .register(Box::new(write_seconds.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let paused = IntGauge::new(
-            "cdc_audit_consumer_paused",
-            "1 while backpressure pauses consumption",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        registry
-            .register(Box::new(paused.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        );
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let reject_kinds: Vec<&str> = RejectKind::ALL.iter().map(|k| k.as_str()).collect();
+        let seconds = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+        ];
         Stats {
+            health: Health::new(),
             messages_consumed: counter(
-                &registry,
                 "cdc_audit_messages_consumed_total",
                 "Kafka messages handed to the pipeline",
             ),
             rows_written: counter(
-                &registry,
                 "cdc_audit_rows_written_total",
                 "Audit rows committed to PostgreSQL",
             ),
+            rejections: labelled(
+                "cdc_audit_rejections_total",
+                "Messages stored as rejections, by reason",
+                "reason",
+                &reject_kinds,
+            ),
+            skipped: labelled(
+                "cdc_audit_messages_skipped_total",
+                "Messages with nothing to store, by reason",
+                "reason",
+                &["tombstone", "heartbeat", "filtered"],
+            ),
             transaction_events: counter(
-                &registry,
                 "cdc_audit_transaction_events_total",
                 "BEGIN/END events of the transaction metadata topic stored",
             ),
             batches_committed: counter(
-                &registry,
                 "cdc_audit_batches_committed_total",
                 "Batches committed with their positions",
             ),
             duplicates_skipped: counter(
-                &registry,
                 "cdc_audit_duplicate_messages_skipped_total",
                 "Messages already written, skipped by the position fence",
             ),
             batches_dropped: counter(
-                &registry,
                 "cdc_audit_batches_dropped_total",
                 "Batches dropped unwritten after revoke, rewind or shutdown, to be read again",
             ),
             rewinds: counter(
-                &registry,
                 "cdc_audit_rewinds_total",
                 "Seeks back to the stored position after a gap",
             ),
-            write_retries: counter(
-                &registry,
-                "cdc_audit_write_retries_total",
-                "Batch writes retried after a retriable database error",
+            rebalances: labelled(
+                "cdc_audit_rebalances_total",
+                "Partition assignments and revocations",
+                "kind",
+                &["assigned", "revoked"],
             ),
-            rejections,
-            skipped,
-            rebalances,
-            batch_size,
-            write_seconds,
-            paused,
-            registry,
+            write_retries: counter(
+                "cdc_audit_write_retries_total",
+                "Batch writes retried after a database error",
+            ),
+            batch_size: histogram(
+                "cdc_audit_batch_messages",
+                "Messages per committed batch",
+                vec![
+                    1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 50000.0,
+                ],
+            ),
+            write_seconds: histogram(
+                "cdc_audit_batch_write_seconds",
+                "Time to write and commit one batch",
+                seconds.clone(),
+            ),
+            end_to_end_seconds: histogram(
+                "cdc_audit_end_to_end_latency_seconds",
+                "From the source database's commit to the audit row's commit",
+                seconds,
+            ),
+            paused: register(
+                &r,
+                IntGauge::new(
+                    "cdc_audit_consumer_paused",
+                    "1 while backpressure pauses consumption",
+                ),
+            ),
+            consumer_lag: gauges(
+                "cdc_audit_consumer_lag_messages",
+                "Messages in the partition after the stored position",
+                &["topic", "partition"],
+            ),
+            pool_connections: gauges(
+                "cdc_audit_pool_connections",
+                "PostgreSQL pool connections by state",
+                &["state"],
+            ),
+            channel_depth: gauges(
+                "cdc_audit_channel_batches",
+                "Batches queued between stages",
+                &["channel"],
+            ),
+            last_commit_seconds: register(
+                &r,
+                IntGauge::new(
+                    "cdc_audit_last_commit_timestamp_seconds",
+                    "Unix time of the last committed batch",
+                ),
+            ),
+            ready: register(
+                &r,
+                IntGauge::new("cdc_audit_ready", "1 while /health/ready answers 200"),
+            ),
+            registry: r,
         }
     }
 
@@ -183,23 +285,31 @@ impl Stats {
         self.duplicates_skipped.inc_by(skipped as u64);
         self.batch_size.observe((range.1 - range.0) as f64);
         self.write_seconds.observe(took.as_secs_f64());
+        let now = now_ms();
+        self.health.last_commit_ms.store(now, Ordering::Release);
+        self.last_commit_seconds.set(now / 1000);
         log::debug!(
-            "batch {id} {}[{}] offsets {}..{}: {rows} rows committed, {skipped} already written, {:.1} ms",
-            tp.topic,
-            tp.partition,
-            range.0,
-            range.1,
+            batch_id = id, topic = &*tp.topic, partition = tp.partition, offsets = format!("{}..{}", range.0, range.1);
+            "batch committed: {rows} rows, {skipped} already written, {:.1} ms",
             took.as_secs_f64() * 1e3
         );
     }
 
     pub fn rebalance(&self, kind: &'static str, tps: &[Tp]) {
         self.rebalances.with_label_values(&[kind]).inc();
+        self.health.joined.store(true, Ordering::Release);
         let list: Vec<String> = tps
             .iter()
             .map(|tp| format!("{}[{}]", tp.topic, tp.partition))
             .collect();
         log::info!("partitions {kind}: {}", list.join(", "));
+        if kind == "revoked" {
+            for tp in tps {
+                let _ = self
+                    .consumer_lag
+                    .remove_label_values(&[&*tp.topic, &tp.partition.to_string()]);
+            }
+        }
     }
 }
 

@@ -4,10 +4,12 @@
 pub mod config;
 pub mod demo;
 pub mod events;
+pub mod http;
 pub mod migrate;
 pub mod pgcopy;
 pub mod pipeline;
 pub mod service;
 pub mod sink;
 pub mod source;
+pub mod systemd;
 pub mod transform;

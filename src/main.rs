@@ -38,6 +38,13 @@ enum Command {
     /// Validate the settings and print the effective values, secrets masked; exit 1 on error.
     #[command(after_help = settings_help())]
     CheckConfig,
+    /// Ask a running instance whether it is ready (GET /health/ready); exit 0 if it is. For
+    /// container health checks: no curl needed.
+    Healthcheck {
+        /// Defaults to CDC_AUDIT_HTTP_ADDR (0.0.0.0 becomes 127.0.0.1), else 127.0.0.1:9187.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Show what the service would store for one message (a Debezium value in a file, and
     /// optionally its key), under the current CDC_AUDIT_* column and table settings.
     Inspect {
@@ -74,7 +81,7 @@ fn load(cli: &Cli) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    init_logging();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Run => load(&cli).and_then(run),
@@ -98,6 +105,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }),
+        Command::Healthcheck { url } => healthcheck(&cli, url.as_deref()),
         Command::Inspect { value, key, topic } => {
             inspect(&cli, value.as_deref(), key.as_deref(), topic)
         }
@@ -107,6 +115,95 @@ fn main() -> ExitCode {
         eprintln!("cdc-audit: {e}");
         ExitCode::FAILURE
     })
+}
+
+fn healthcheck(cli: &Cli, url: Option<&str>) -> Result<ExitCode, String> {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::time::Duration;
+    let raw = config::gather(std::env::vars(), cli.config.as_deref()).map_err(|e| e.to_string())?;
+    let target = match url {
+        Some(u) => u
+            .trim_start_matches("http://")
+            .trim_end_matches("/health/ready")
+            .to_string(),
+        None => raw
+            .get("CDC_AUDIT_HTTP_ADDR")
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:9187".into())
+            .replace("0.0.0.0", "127.0.0.1")
+            .replace("[::]", "[::1]"),
+    };
+    let addr = target
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("cannot resolve {target}"))?;
+    let timeout = Duration::from_secs(3);
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET /health/ready HTTP/1.0\r\nHost: {target}\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let status = response.split_whitespace().nth(1).unwrap_or("");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    println!("{body}");
+    Ok(if status == "200" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn init_logging() {
+    let env = env_logger::Env::default().default_filter_or("info");
+    let mut builder = env_logger::Builder::from_env(env);
+    if config::log_format(std::env::var("CDC_AUDIT_LOG_FORMAT").ok().as_deref())
+        == Ok(config::LogFormat::Json)
+    {
+        builder.format(|buf, record| {
+            use std::io::Write;
+            let mut line = serde_json::Map::new();
+            let now_us = cdc_audit::events::now_ms() * 1000;
+            line.insert(
+                "time".into(),
+                cdc_audit::transform::decode::iso_micros(now_us).into(),
+            );
+            line.insert("level".into(), record.level().as_str().into());
+            line.insert("target".into(), record.target().into());
+            line.insert("message".into(), record.args().to_string().into());
+            let _ = record.key_values().visit(&mut JsonFields(&mut line));
+            writeln!(buf, "{}", serde_json::Value::Object(line))
+        });
+    }
+    builder.init();
+}
+
+/// Correlation fields of a log record (batch id, topic, partition, offsets) as JSON members.
+struct JsonFields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for JsonFields<'_> {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        let json = match value.to_i64() {
+            Some(n) => n.into(),
+            None => value.to_string().into(),
+        };
+        self.0.insert(key.as_str().to_string(), json);
+        Ok(())
+    }
 }
 
 fn inspect(

@@ -11,6 +11,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use rayon::prelude::*;
 
 use crate::config::Config;
+use crate::events::Stats;
 use crate::sink::{Pool, Writer};
 use crate::source::{Source, SourceError};
 use crate::transform::rules::Rules;
@@ -74,6 +75,8 @@ pub enum Finish {
 struct PartitionState {
     epoch: u64,
     assigned: bool,
+    /// The partition's end (last stable offset) from librdkafka's statistics.
+    end: Option<i64>,
     /// Where the next batch starts, when known (stored position at assignment or rewind).
     start: Option<i64>,
     in_flight: usize,
@@ -95,6 +98,22 @@ pub struct Tracker {
     changed: Condvar,
     /// Bumped whenever an epoch changes, so the poll thread notices without taking the lock.
     version: AtomicU64,
+}
+
+/// An assigned partition as `/status` shows it.
+#[derive(Debug, Clone)]
+pub struct PartitionStatus {
+    pub tp: Tp,
+    /// The stored position, as far as this instance knows it.
+    pub committed: Option<i64>,
+    pub end: Option<i64>,
+    pub in_flight: usize,
+}
+
+impl PartitionStatus {
+    pub fn lag(&self) -> Option<i64> {
+        Some((self.end? - self.committed.unwrap_or(0)).max(0))
+    }
 }
 
 /// What the poll thread needs to know about an assigned partition.
@@ -234,6 +253,41 @@ impl Tracker {
         self.bump();
     }
 
+    /// Records partition ends from librdkafka's statistics, for lag.
+    pub fn set_ends(&self, ends: impl IntoIterator<Item = (Tp, i64)>) {
+        let mut inner = self.lock();
+        for (tp, end) in ends {
+            if let Some(state) = inner.partitions.get_mut(&tp) {
+                state.end = Some(end);
+            }
+        }
+    }
+
+    /// The assigned partitions, for status and metrics.
+    pub fn snapshot(&self) -> Vec<PartitionStatus> {
+        let inner = self.lock();
+        let mut out: Vec<PartitionStatus> = inner
+            .partitions
+            .iter()
+            .filter(|(_, s)| s.assigned)
+            .map(|(tp, s)| PartitionStatus {
+                tp: tp.clone(),
+                committed: s.committed.max(s.start),
+                end: s.end,
+                in_flight: s.in_flight,
+            })
+            .collect();
+        out.sort_by(|a, b| a.tp.cmp(&b.tp));
+        out
+    }
+
+    pub fn total_lag(&self) -> i64 {
+        self.snapshot()
+            .iter()
+            .filter_map(PartitionStatus::lag)
+            .sum()
+    }
+
     /// Seeks requested by writers since the last call.
     pub fn take_rewinds(&self) -> Vec<(Tp, i64)> {
         std::mem::take(&mut self.lock().rewinds)
@@ -278,7 +332,7 @@ pub struct Shared {
     pub tracker: Arc<Tracker>,
     pub control: Arc<Control>,
     pub pool: Pool,
-    pub stats: Arc<crate::events::Stats>,
+    pub stats: Arc<Stats>,
 }
 
 /// The transform stage: one thread that takes batches in order and transforms each one's
@@ -328,7 +382,8 @@ pub enum Exit {
 }
 
 /// Spawns the stages, runs until `control.shutdown` is set, and drains.
-pub fn run(shared: Shared) -> Result<Exit, SourceError> {
+/// `started` runs once the consumer exists and every stage is running.
+pub fn run(shared: Shared, started: impl FnOnce()) -> Result<Exit, SourceError> {
     let Shared {
         config,
         tracker,
@@ -351,14 +406,16 @@ pub fn run(shared: Shared) -> Result<Exit, SourceError> {
             control.clone(),
             stats.clone(),
         );
-        handles.push(spawn(&format!("writer-{id}"), move || writer.run())?);
+        handles.push(spawn_stage(&stats, &format!("writer-{id}"), move || {
+            writer.run()
+        })?);
     }
     let transform = TransformStage {
         input: batch_rx,
         rules: Arc::new(config.rules.clone()),
         writers: writer_txs,
     };
-    handles.push(spawn("transform", move || transform.run())?);
+    handles.push(spawn_stage(&stats, "transform", move || transform.run())?);
 
     let source = Source::new(
         &config,
@@ -366,9 +423,10 @@ pub fn run(shared: Shared) -> Result<Exit, SourceError> {
         tracker.clone(),
         control.clone(),
         pool,
-        stats,
+        stats.clone(),
     )?;
-    let source_handle = spawn("source", move || source.run())?;
+    let source_handle = spawn_stage(&stats, "source", move || source.run())?;
+    started();
     let source_result = source_handle
         .join()
         .unwrap_or_else(|_| Err(SourceError::Panicked));
@@ -390,6 +448,29 @@ pub fn run(shared: Shared) -> Result<Exit, SourceError> {
         });
     }
     Ok(exit)
+}
+
+/// Counts a stage thread as running until it returns or unwinds, for `/health/live`.
+struct Running(Arc<Stats>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.health.stages_running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn spawn_stage<T: Send + 'static>(
+    stats: &Arc<Stats>,
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>, SourceError> {
+    stats.health.stages_expected.fetch_add(1, Ordering::AcqRel);
+    stats.health.stages_running.fetch_add(1, Ordering::AcqRel);
+    let running = Running(stats.clone());
+    spawn(name, move || {
+        let _running = running;
+        f()
+    })
 }
 
 fn spawn<T: Send + 'static>(

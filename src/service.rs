@@ -1,15 +1,21 @@
-//! Starting the service from a validated config: pool, migrations, signal handling, pipeline.
+//! Starting the service from a validated config: pool, migrations, HTTP, systemd notifications,
+//! signal handling, then the pipeline until shutdown.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::thread;
 
 use crate::config::Config;
 use crate::events::Stats;
+use crate::http::{self, HttpState, ReadySettings};
 use crate::migrate;
 use crate::pipeline::{self, Control, Exit, Shared, Tracker};
 use crate::sink;
+use crate::systemd::Notifier;
 
 /// Runs the pipeline until `control.shutdown` is set, then drains.
 pub fn run(config: Config, control: Arc<Control>, stats: Arc<Stats>) -> Result<Exit, String> {
+    let notifier = Arc::new(Notifier::from_env());
     let pool = sink::pool(&config.database_url, config.pool_size)?;
     if config.migrate {
         let mut conn = pool
@@ -17,14 +23,87 @@ pub fn run(config: Config, control: Arc<Control>, stats: Arc<Stats>) -> Result<E
             .map_err(|e| format!("cannot connect to the database to migrate: {e}"))?;
         migrate::migrate(&mut conn).map_err(|e| format!("migration failed: {e}"))?;
     }
+    let tracker = Arc::new(Tracker::default());
+    let http = match config.http_addr {
+        Some(addr) => {
+            let ready = ReadySettings {
+                max_lag: config.ready_max_lag,
+                stall_timeout: config.stall_timeout,
+            };
+            let state = Arc::new(HttpState::new(
+                stats.clone(),
+                tracker.clone(),
+                control.clone(),
+                pool.clone(),
+                ready,
+            ));
+            let (bound, _) = http::spawn(addr, state.clone())?;
+            *stats
+                .health
+                .http_addr
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(bound);
+            Some(state)
+        }
+        None => None,
+    };
+    let stall_timeout = config.stall_timeout;
+    let started = {
+        let (notifier, stats, control) = (notifier.clone(), stats.clone(), control.clone());
+        move || {
+            notifier.notify("READY=1\nSTATUS=connected and migrated; consuming");
+            if let Some(interval) = notifier.watchdog_interval {
+                spawn_watchdog(
+                    notifier.clone(),
+                    stats.clone(),
+                    control.clone(),
+                    interval,
+                    stall_timeout,
+                );
+            }
+        }
+    };
     let shared = Shared {
         config,
-        tracker: Arc::new(Tracker::default()),
-        control,
+        tracker,
+        control: control.clone(),
         pool,
         stats,
     };
-    pipeline::run(shared).map_err(|e| e.to_string())
+    let result = pipeline::run(shared, started);
+    notifier.notify("STOPPING=1");
+    if let Some(state) = http {
+        state.stopped.store(true, Ordering::Release);
+    }
+    result.map_err(|e| e.to_string())
+}
+
+/// Pings systemd's watchdog while the poll loop turns, the stage threads run and no writer is
+/// stuck inside a database call; a wedged service stops pinging and systemd restarts it.
+fn spawn_watchdog(
+    notifier: Arc<Notifier>,
+    stats: Arc<Stats>,
+    control: Arc<Control>,
+    interval: std::time::Duration,
+    stall: std::time::Duration,
+) {
+    let spawned = thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || {
+            while !control.shutting_down() {
+                let h = &stats.health;
+                let poll_ok = h.poll_age() < interval.max(std::time::Duration::from_secs(30));
+                if poll_ok && h.stages_alive() && h.stalled_writer(stall).is_none() {
+                    notifier.notify("WATCHDOG=1");
+                } else {
+                    log::error!("unhealthy: not pinging the systemd watchdog");
+                }
+                thread::sleep(interval);
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the watchdog thread: {e}");
+    }
 }
 
 /// SIGTERM and SIGINT set the shutdown flag; a second signal exits at once.

@@ -2,6 +2,7 @@
 //! and next position in one transaction, after checking the stored position (the fence).
 
 use std::io::Write;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,10 +11,13 @@ use postgres::error::SqlState;
 use postgres::{NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
+use crate::events::now_ms;
 use crate::events::Stats;
 use crate::pgcopy;
 use crate::pipeline::{Control, Finish, Message, Tracker, Transformed};
-use crate::transform::{Outcome, RejectKind, Rejection, Skip, AUDIT_COLUMNS, TRANSACTION_COLUMNS};
+use crate::transform::{
+    Outcome, RejectKind, Rejection, Row, Skip, AUDIT_COLUMNS, TRANSACTION_COLUMNS,
+};
 
 pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
@@ -194,7 +198,7 @@ pub fn write_batch(
     let mut skips = Vec::new();
     for (msg, outcome) in batch.messages.iter().zip(&t.outcomes).skip(skipped) {
         match outcome {
-            Outcome::Row(bytes) => rows.push((msg, bytes)),
+            Outcome::Row(row) => rows.push((msg, &row.bytes)),
             Outcome::Transaction(bytes) => transactions.push((msg, bytes)),
             Outcome::Rejected(r) => rejections.push((msg, r.clone())),
             Outcome::Skipped(skip) => skips.push(*skip),
@@ -405,7 +409,12 @@ impl Writer {
     }
 
     pub fn run(self) {
+        let depth = self
+            .stats
+            .channel_depth
+            .with_label_values(&[&format!("writer-{}", self.id)]);
         for batch in &self.input {
+            depth.set(self.input.len() as i64);
             let how = self.write(&batch);
             self.tracker.finish(&batch.batch.tp, batch.batch.epoch, how);
         }
@@ -429,6 +438,8 @@ impl Writer {
                 return Finish::Dropped;
             }
             let started = Instant::now();
+            let busy = &self.stats.health.writer_busy_since_ms[self.id];
+            busy.store(now_ms(), Ordering::Release);
             let result = match self.pool.get() {
                 Ok(mut conn) => write_batch(&mut conn, &self.group, t, isolate)
                     .map_err(|e| (e.class(), e.to_string())),
@@ -437,6 +448,11 @@ impl Writer {
                     format!("no database connection: {e}"),
                 )),
             };
+            busy.store(0, Ordering::Release);
+            self.stats
+                .health
+                .writes_failing
+                .store(result.is_err(), Ordering::Release);
             match result {
                 Ok(Written::Committed {
                     next,
@@ -456,6 +472,18 @@ impl Writer {
                         started.elapsed(),
                     );
                     self.stats.transaction_events.inc_by(transactions as u64);
+                    let now_us = now_ms() * 1000;
+                    for outcome in t.outcomes.iter().skip(skipped) {
+                        if let Outcome::Row(Row {
+                            source_time_us: Some(at),
+                            ..
+                        }) = outcome
+                        {
+                            self.stats
+                                .end_to_end_seconds
+                                .observe((now_us - at).max(0) as f64 / 1e6);
+                        }
+                    }
                     for skip in skips {
                         self.stats.skipped(skip);
                     }

@@ -15,7 +15,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::events::Stats;
+use crate::events::{now_ms, Stats};
 use crate::pipeline::{Batch, Control, Exit, Message, Tp, Tracker};
 use crate::sink::Pool;
 
@@ -59,7 +59,50 @@ pub struct AuditContext {
     stats: Arc<Stats>,
 }
 
-impl ClientContext for AuditContext {}
+impl ClientContext for AuditContext {
+    /// Partition ends (last stable offsets) for lag, every `statistics.interval.ms`.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if statistics.brokers.values().any(|b| b.state == "UP") {
+            self.stats
+                .health
+                .brokers_down
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+        let ends = statistics.topics.into_iter().flat_map(|(topic, t)| {
+            let topic: Arc<str> = Arc::from(topic);
+            t.partitions
+                .into_values()
+                .filter(|p| p.partition >= 0)
+                .filter_map(move |p| {
+                    let end = if p.ls_offset >= 0 {
+                        p.ls_offset
+                    } else {
+                        p.hi_offset
+                    };
+                    (end >= 0).then(|| {
+                        (
+                            Tp {
+                                topic: topic.clone(),
+                                partition: p.partition,
+                            },
+                            end,
+                        )
+                    })
+                })
+        });
+        self.tracker.set_ends(ends);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            self.stats
+                .health
+                .brokers_down
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        log::warn!("librdkafka: {error}: {reason}");
+    }
+}
 
 fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
     tpl.elements()
@@ -228,7 +271,9 @@ pub fn client_config(config: &Config) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         // Keep librdkafka's prefetch small: memory stays bounded while PostgreSQL is slow.
         .set("queued.max.messages.kbytes", "16384")
-        .set("client.id", "cdc-audit");
+        .set("client.id", "cdc-audit")
+        // Partition ends for lag, read in the statistics callback.
+        .set("statistics.interval.ms", "5000");
     for (k, v) in &config.kafka {
         c.set(k, v);
     }
@@ -285,10 +330,16 @@ impl Source {
     }
 
     pub fn run(mut self) -> Result<Exit, SourceError> {
+        let depth = self.stats.channel_depth.with_label_values(&["transform"]);
         while !self.control.shutting_down() {
-            if self.output.is_none() {
+            let Some(output) = &self.output else {
                 return Err(SourceError::StageDied);
-            }
+            };
+            depth.set(output.len() as i64);
+            self.stats
+                .health
+                .poll_tick_ms
+                .store(now_ms(), std::sync::atomic::Ordering::Release);
             self.sync();
             self.flush_expired();
             self.send_ready();
@@ -300,6 +351,10 @@ impl Source {
             match self.consumer.poll(timeout) {
                 None => {}
                 Some(Ok(m)) => {
+                    self.stats
+                        .health
+                        .brokers_down
+                        .store(false, std::sync::atomic::Ordering::Release);
                     let msg = copy_message(&mut self.topics, &m);
                     drop(m);
                     self.accept(msg);

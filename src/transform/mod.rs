@@ -38,13 +38,21 @@ const UNAVAILABLE: &str = "__debezium_unavailable_value";
 /// What became of one message.
 #[derive(Debug)]
 pub enum Outcome {
-    /// One `audit_logging` row, encoded as a binary COPY tuple.
-    Row(Vec<u8>),
+    /// One `audit_logging` row.
+    Row(Row),
     /// One `audit_transactions` row (a BEGIN or END of the transaction metadata topic).
     Transaction(Vec<u8>),
     /// Nothing to store; its offset still counts as consumed.
     Skipped(Skip),
     Rejected(Rejection),
+}
+
+/// An audit row encoded as a binary COPY tuple, with its source commit time for the
+/// end-to-end latency metric.
+#[derive(Debug)]
+pub struct Row {
+    pub bytes: Vec<u8>,
+    pub source_time_us: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +175,10 @@ pub enum Interpreted<'a> {
 /// Turns one Kafka message into an audit row, a transaction row, a skip, or a rejection.
 pub fn transform(msg: &Message, rules: &Rules) -> Outcome {
     match interpret(msg, rules) {
-        Ok(Interpreted::Change(record)) => Outcome::Row(record.encode(msg)),
+        Ok(Interpreted::Change(record)) => Outcome::Row(Row {
+            bytes: record.encode(msg),
+            source_time_us: record.change_timestamp,
+        }),
         Ok(Interpreted::Transaction(t)) => Outcome::Transaction(t.encode(msg)),
         Ok(Interpreted::Skip(skip)) => Outcome::Skipped(skip),
         Err(rejection) => Outcome::Rejected(rejection),

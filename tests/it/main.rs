@@ -4,6 +4,7 @@
 mod cli;
 mod exactly_once;
 mod fixtures;
+mod ops;
 mod pipeline;
 mod properties;
 mod proxy;

@@ -24,7 +24,9 @@ pub const PARTITIONS: i32 = 4;
 pub struct TestDb {
     pub name: String,
     pub url: String,
-    server: String,
+    pub server: String,
+    /// Only the owner drops the database.
+    pub owned: bool,
 }
 
 impl TestDb {
@@ -51,7 +53,22 @@ impl TestDb {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .unwrap();
         let url = demo::with_dbname(&server, &name);
-        TestDb { name, url, server }
+        TestDb {
+            name,
+            url,
+            server,
+            owned: true,
+        }
+    }
+
+    /// The same database reached through another URL; this handle does not drop it.
+    pub fn alias(&self, url: String) -> TestDb {
+        TestDb {
+            name: self.name.clone(),
+            url,
+            server: self.server.clone(),
+            owned: false,
+        }
     }
 
     pub fn client(&self) -> postgres::Client {
@@ -91,6 +108,9 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         if let Ok(mut admin) = postgres::Client::connect(&self.server, postgres::NoTls) {
             let _ = admin.batch_execute(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -186,6 +206,10 @@ pub fn config(kafka: &Kafka, db: &TestDb, group: &str) -> Config {
         shutdown_timeout: Duration::from_secs(30),
         rebalance_timeout: Duration::from_secs(10),
         migrate: true,
+        http_addr: None,
+        ready_max_lag: None,
+        stall_timeout: Duration::from_secs(120),
+        log_format: cdc_audit::config::LogFormat::Text,
         rules: Default::default(),
         kafka: fast_group_settings()
             .into_iter()

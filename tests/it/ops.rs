@@ -1,0 +1,368 @@
+//! Operating the service: health, metrics and status over HTTP (asked with curl), Prometheus's
+//! promtool on the metrics and the shipped rules, systemd's notification protocol and unit
+//! verifier, JSON logs, and the `healthcheck` subcommand.
+
+use std::net::TcpListener;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::proxy::{self, Proxy};
+use crate::util::{generate, wait_until, Kafka, Service, TestDb};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// (status, body) of a request made with curl.
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn get(port: u16, path: &str) -> (u16, String) {
+    curl(&[&format!("http://127.0.0.1:{port}{path}")])
+}
+
+fn repo(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(path)
+        .to_string_lossy()
+        .to_string()
+}
+
+#[test]
+fn http_endpoints_report_health_metrics_and_status_and_readiness_follows_the_database() {
+    assert!(have("curl"), "curl is needed (.ci/run installs it)");
+    let db = TestDb::new("http");
+    let kafka = Kafka::new("http");
+    let records = generate("http", 3, 400);
+    kafka.produce(&records);
+    let proxy = Proxy::start(proxy::target(&db.url));
+    db.migrate();
+    let proxied = db.alias(proxy.url(&db.url));
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let service = Service::spawn(&kafka, &proxied, "g", &[("CDC_AUDIT_HTTP_ADDR", &addr)]);
+    wait_until(Duration::from_secs(90), "every message committed", || {
+        db.committed("g") == records.len() as i64
+    });
+
+    assert_eq!(get(port, "/health/live").0, 200);
+    let (code, body) = get(port, "/health/ready");
+    assert_eq!(code, 200, "{body}");
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    for check in ["database", "kafka", "writers", "lag"] {
+        assert_eq!(ready["checks"][check]["ok"], true, "{check}: {body}");
+    }
+
+    let (code, metrics) = get(port, "/metrics");
+    assert_eq!(code, 200);
+    let rows = db.count("audit_logging");
+    assert!(
+        metrics.contains(&format!("cdc_audit_rows_written_total {rows}")),
+        "{metrics}"
+    );
+    for name in [
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "cdc_audit_pool_connections",
+        "cdc_audit_end_to_end_latency_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "{name} missing");
+    }
+    if have("promtool") {
+        let file = std::env::temp_dir().join(format!("{}-metrics.txt", db.name));
+        std::fs::write(&file, &metrics).unwrap();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("promtool check metrics < {}", file.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_metrics_referenced_by_rules_and_dashboard_exist(&metrics);
+
+    let (code, status) = get(port, "/status");
+    assert_eq!(code, 200);
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["assignment"].as_array().unwrap().len(), 12);
+    assert_eq!(status["counts"]["rows_written"], rows);
+    // Lag comes from librdkafka's statistics every 5 s.
+    wait_until(Duration::from_secs(30), "lag known and zero", || {
+        let s: Value = serde_json::from_str(&get(port, "/status").1).unwrap();
+        s["assignment"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["lag"] == 0)
+    });
+
+    // Bad requests get the right answer and leave the service alone.
+    assert_eq!(get(port, "/nope").0, 404);
+    assert_eq!(
+        curl(&["-X", "POST", &format!("http://127.0.0.1:{port}/metrics")]).0,
+        405
+    );
+    let huge = std::env::temp_dir().join(format!("{}-huge", db.name));
+    std::fs::write(&huge, vec![b'x'; 1 << 20]).unwrap();
+    assert_eq!(
+        curl(&[
+            "-X",
+            "GET",
+            "--data-binary",
+            &format!("@{}", huge.display()),
+            &format!("http://127.0.0.1:{port}/status")
+        ])
+        .0,
+        413
+    );
+    assert_eq!(get(port, &format!("/status?{}", "a".repeat(5000))).0, 414);
+
+    // The healthcheck subcommand (the container's HEALTHCHECK) agrees.
+    let healthcheck = |addr: &str| {
+        Command::new(env!("CARGO_BIN_EXE_cdc-audit"))
+            .args(["healthcheck", "--url", addr])
+            .env_clear()
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(healthcheck(&addr));
+
+    // The database goes away: not ready, and the body says why; it comes back: ready again.
+    proxy.cut();
+    wait_until(Duration::from_secs(30), "not ready", || {
+        get(port, "/health/ready").0 == 503
+    });
+    let body: Value = serde_json::from_str(&get(port, "/health/ready").1).unwrap();
+    assert_eq!(body["checks"]["database"]["ok"], false, "{body}");
+    assert!(!healthcheck(&addr));
+    assert_eq!(
+        get(port, "/health/live").0,
+        200,
+        "alive while the database is away"
+    );
+    proxy.restore();
+    wait_until(Duration::from_secs(30), "ready again", || {
+        get(port, "/health/ready").0 == 200
+    });
+    service.sigterm();
+    assert_eq!(service.wait(Duration::from_secs(60)).0, Some(0));
+}
+
+/// Every `cdc_audit_*` metric the alert rules and the dashboard use is one the service exports.
+fn assert_metrics_referenced_by_rules_and_dashboard_exist(metrics: &str) {
+    for file in [
+        "deploy/prometheus/alerts.yml",
+        "deploy/grafana/cdc-audit.json",
+    ] {
+        let text = std::fs::read_to_string(repo(file)).unwrap();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("cdc_audit_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                metrics.contains(&name),
+                "{file} uses {name}, which /metrics does not have"
+            );
+            rest = &rest[i + name.len()..];
+        }
+    }
+    if have("promtool") {
+        let out = Command::new("promtool")
+            .args(["check", "rules", &repo("deploy/prometheus/alerts.yml")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new("promtool")
+            .args(["check", "config", &repo("deploy/prometheus/prometheus.yml")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("deploy/grafana/cdc-audit.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(dashboard["panels"]
+        .as_array()
+        .is_some_and(|p| p.len() >= 10));
+}
+
+#[test]
+fn systemd_hears_ready_watchdog_pings_and_stopping() {
+    let db = TestDb::new("notify");
+    let kafka = Kafka::new("notify");
+    let socket_path = std::env::temp_dir().join(format!("{}.sock", db.name));
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let service = Service::spawn(
+        &kafka,
+        &db,
+        "g",
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+            ("CDC_AUDIT_HTTP_ADDR", "off"),
+        ],
+    );
+    let mut heard: Vec<String> = Vec::new();
+    let listen = |heard: &mut Vec<String>, until: &dyn Fn(&[String]) -> bool, limit: Duration| {
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 512];
+        while !until(heard) && Instant::now() < deadline {
+            if let Ok(n) = socket.recv(&mut buf) {
+                heard.push(String::from_utf8_lossy(&buf[..n]).to_string());
+            }
+        }
+    };
+    listen(
+        &mut heard,
+        &|h| h.iter().filter(|m| m.as_str() == "WATCHDOG=1").count() >= 3,
+        Duration::from_secs(60),
+    );
+    assert!(heard[0].starts_with("READY=1"), "{heard:?}");
+    assert_eq!(
+        db.count("cdc_audit_migrations"),
+        1,
+        "READY comes after the migrations"
+    );
+    assert!(
+        heard.iter().filter(|m| m.as_str() == "WATCHDOG=1").count() >= 3,
+        "{heard:?}"
+    );
+    service.sigterm();
+    listen(
+        &mut heard,
+        &|h| h.iter().any(|m| m == "STOPPING=1"),
+        Duration::from_secs(30),
+    );
+    assert!(heard.iter().any(|m| m == "STOPPING=1"), "{heard:?}");
+    assert_eq!(service.wait(Duration::from_secs(60)).0, Some(0));
+    std::fs::remove_file(&socket_path).unwrap();
+}
+
+#[test]
+fn json_logs_carry_correlation_fields_and_no_secrets() {
+    let db = TestDb::new("jsonlog");
+    let kafka = Kafka::new("jsonlog");
+    let records = generate("jsonlog", 2, 200);
+    kafka.produce(&records);
+    // Trust authentication ignores the password, so it can be a secret the logs must not show.
+    let with_password = db.url.replacen("postgres@", "postgres:hunter2secret@", 1);
+    assert_ne!(
+        with_password, db.url,
+        "the test needs a URL with a user part"
+    );
+    let secret_db = db.alias(with_password);
+    let service = Service::spawn(
+        &kafka,
+        &secret_db,
+        "g",
+        &[
+            ("CDC_AUDIT_LOG_FORMAT", "json"),
+            ("RUST_LOG", "info,cdc_audit=debug"),
+            ("CDC_AUDIT_HTTP_ADDR", "off"),
+        ],
+    );
+    wait_until(Duration::from_secs(90), "every message committed", || {
+        db.committed("g") == records.len() as i64
+    });
+    service.sigterm();
+    let (code, log) = service.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("hunter2secret"), "the password leaked");
+    let mut batch_lines = 0;
+    for line in log.lines() {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        for field in ["time", "level", "target", "message"] {
+            assert!(v.get(field).is_some(), "{field} missing: {line}");
+        }
+        if v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("batch committed"))
+        {
+            assert!(
+                v["batch_id"].is_number()
+                    && v["topic"].is_string()
+                    && v["partition"].is_number()
+                    && v["offsets"].is_string(),
+                "{line}"
+            );
+            batch_lines += 1;
+        }
+    }
+    assert!(batch_lines > 0, "no batch lines in:\n{log}");
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    if !have("systemd-analyze") {
+        eprintln!("systemd-analyze is not installed: the unit was not verified");
+        return;
+    }
+    // The unit names the installed binary; verify it against the one just built.
+    let unit = std::fs::read_to_string(repo("deploy/systemd/cdc-audit.service")).unwrap();
+    let unit = unit
+        .replace("/usr/local/bin/cdc-audit", env!("CARGO_BIN_EXE_cdc-audit"))
+        .replace(
+            "EnvironmentFile=/etc/cdc-audit/cdc-audit.env",
+            "EnvironmentFile=-/etc/cdc-audit/cdc-audit.env",
+        );
+    let dir = std::env::temp_dir().join(format!("cdc-audit-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cdc-audit.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("cdc-audit.service"),
+        "{stderr}"
+    );
+}
