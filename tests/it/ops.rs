@@ -366,3 +366,20 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         "{stderr}"
     );
 }
+
+#[test]
+fn docker_compose_file_is_valid() {
+    if !have("docker-compose") {
+        eprintln!("docker-compose is not installed: the compose file was not checked");
+        return;
+    }
+    let out = Command::new("docker-compose")
+        .args(["-f", &repo("docker-compose.yml"), "config", "-q"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
