@@ -24,7 +24,17 @@ pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 /// Builds the connection pool; connections are opened lazily, so a database that is down at
 /// start does not stop the service.
 pub fn pool(url: &str, size: u32) -> Result<Pool, String> {
-    let config: postgres::Config = url.parse().map_err(|e| format!("database URL: {e}"))?;
+    let mut config: postgres::Config = url.parse().map_err(|e| format!("database URL: {e}"))?;
+    // A dead connection must fail, not hang a writer: defaults the URL can override.
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(60));
+    }
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(Duration::from_secs(30));
+    }
     let manager = PostgresConnectionManager::new(config, NoTls);
     Ok(r2d2::Pool::builder()
         .max_size(size)

@@ -561,6 +561,14 @@ fn change<'a>(
             .is_some_and(|r| r.get().starts_with('"'));
     let before = before_raw.map(image_text);
     let after = after_raw.map(image_text);
+    // A create, read or relational update says what the row became; MongoDB's oplog updates
+    // send a patch instead, and deletes may have no image at all (no pre-images).
+    if after.is_none() && (matches!(op.as_ref(), "c" | "r") || (op == "u" && !mongo)) {
+        return Err(reject(
+            RejectKind::InvalidField,
+            format!("operation {:?} without an \"after\" image", op.as_ref()),
+        ));
+    }
 
     let mut changed = match (&before, &after) {
         (Some(b), Some(a)) if op == "u" => changed_columns(b, a),
@@ -887,6 +895,15 @@ mod tests {
             Outcome::Rejected(r) => assert_eq!(r.kind, RejectKind::InvalidKey),
             other => panic!("{other:?}"),
         }
+        assert_eq!(
+            rejected(b"{\"op\":\"c\"}"),
+            RejectKind::InvalidField,
+            "a create without its row"
+        );
+        assert_eq!(
+            rejected(b"{\"op\":\"u\",\"before\":{}}"),
+            RejectKind::InvalidField
+        );
     }
 
     #[test]

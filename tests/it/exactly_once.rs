@@ -12,8 +12,8 @@ use cdc_audit::transform::transform;
 
 use crate::proxy::{self, Proxy};
 use crate::util::{
-    assert_exactly_once, config, generate, produce_over, wait_until, InProcess, Kafka, Service,
-    TestDb,
+    assert_exactly_once, config, generate, produce_over, wait_progress, wait_until, InProcess,
+    Kafka, Service, TestDb,
 };
 
 fn jitter(max_ms: u64) -> Duration {
@@ -32,23 +32,22 @@ fn sigkill_and_restart_repeatedly_loses_and_duplicates_nothing() {
     let kafka = Kafka::new("sigkill");
     let records = generate("sigkill", 21, 5_000);
     let total = records.len() as i64;
-    let producer = produce_over(&kafka, records.clone(), 40, Duration::from_secs(20));
-    let mut kills = 0;
+    let producer = produce_over(&kafka, records.clone(), 80, Duration::from_secs(40));
+    let mut mid_stream_kills = 0;
     for _ in 0..4 {
-        let before = db.committed("g");
         let service = Service::spawn(&kafka, &db, "g", &[]);
         // Kill it once it is committing, at a random moment mid-stream.
-        wait_until(Duration::from_secs(90), "progress after restart", || {
-            db.committed("g") > before
-        });
+        wait_progress(&db, "g", total, "progress after restart");
         thread::sleep(jitter(800));
+        if db.committed("g") < total {
+            mid_stream_kills += 1;
+        }
         service.sigkill();
-        kills += 1;
     }
     producer.join().unwrap();
     assert!(
-        db.committed("g") < total,
-        "the kills should land mid-stream"
+        mid_stream_kills >= 2,
+        "only {mid_stream_kills} kills landed mid-stream"
     );
     let service = Service::spawn(&kafka, &db, "g", &[]);
     wait_until(Duration::from_secs(180), "every message committed", || {
@@ -57,7 +56,6 @@ fn sigkill_and_restart_repeatedly_loses_and_duplicates_nothing() {
     service.sigterm();
     let (code, log) = service.wait(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{log}");
-    assert_eq!(kills, 4);
     assert_exactly_once(&db, &records);
 }
 
@@ -71,15 +69,10 @@ fn instances_leaving_and_dying_during_a_rebalance_keep_exactly_once() {
     let a = Service::spawn(&kafka, &db, "g", &[]);
     let b = Service::spawn(&kafka, &db, "g", &[]);
     let assigned = |s: &Service| s.log_text().matches("partitions assigned").count();
-    wait_until(Duration::from_secs(90), "both instances assigned", || {
+    wait_until(Duration::from_secs(180), "both instances assigned", || {
         assigned(&a) >= 1 && assigned(&b) >= 1
     });
-    let progress = db.committed("g");
-    wait_until(
-        Duration::from_secs(60),
-        "progress with two instances",
-        || db.committed("g") > progress,
-    );
+    wait_progress(&db, "g", total, "progress with two instances");
 
     // B leaves politely: it drains, commits and leaves the group.
     b.sigterm();
@@ -89,11 +82,8 @@ fn instances_leaving_and_dying_during_a_rebalance_keep_exactly_once() {
 
     // C joins, takes partitions, and dies mid-stream without a word.
     let c = Service::spawn(&kafka, &db, "g", &[]);
-    wait_until(Duration::from_secs(90), "C assigned", || assigned(&c) >= 1);
-    let progress = db.committed("g");
-    wait_until(Duration::from_secs(60), "progress with C", || {
-        db.committed("g") > progress
-    });
+    wait_until(Duration::from_secs(180), "C assigned", || assigned(&c) >= 1);
+    wait_progress(&db, "g", total, "progress with C");
     thread::sleep(jitter(500));
     c.sigkill();
 

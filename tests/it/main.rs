@@ -3,6 +3,7 @@
 
 mod cli;
 mod exactly_once;
+mod faults;
 mod fixtures;
 mod ops;
 mod pipeline;

@@ -10,6 +10,7 @@ use std::thread;
 pub struct Proxy {
     pub port: u16,
     down: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -19,8 +20,9 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let down = Arc::new(AtomicBool::new(false));
+        let stalled = Arc::new(AtomicBool::new(false));
         let open = Arc::new(Mutex::new(Vec::new()));
-        let (d, o) = (down.clone(), open.clone());
+        let (d, o, st) = (down.clone(), open.clone(), stalled.clone());
         thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -34,11 +36,20 @@ impl Proxy {
                 let mut open = o.lock().unwrap();
                 open.push(client.try_clone().unwrap());
                 open.push(server.try_clone().unwrap());
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pipe(server, client);
+                pipe(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    st.clone(),
+                );
+                pipe(server, client, st.clone());
             }
         });
-        Proxy { port, down, open }
+        Proxy {
+            port,
+            down,
+            stalled,
+            open,
+        }
     }
 
     /// Closes every open connection and refuses new ones.
@@ -51,6 +62,12 @@ impl Proxy {
 
     pub fn restore(&self) {
         self.down.store(false, Ordering::SeqCst);
+        self.stalled.store(false, Ordering::SeqCst);
+    }
+
+    /// Keeps connections open but forwards nothing: a database that hangs.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
     }
 
     /// A connection string like `url` that goes through the proxy.
@@ -81,10 +98,13 @@ pub fn target(url: &str) -> String {
     format!("{host}:{port}")
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, stalled: Arc<AtomicBool>) {
     thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         loop {
+            while stalled.load(Ordering::SeqCst) {
+                thread::sleep(std::time::Duration::from_millis(20));
+            }
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {

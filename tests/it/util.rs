@@ -281,7 +281,9 @@ impl Service {
             .env("CDC_AUDIT_GROUP_ID", group)
             .env("CDC_AUDIT_DATABASE_URL", &db.url)
             .env("CDC_AUDIT_BATCH_SIZE", "100")
-            .env("CDC_AUDIT_BATCH_LINGER_MS", "50");
+            .env("CDC_AUDIT_BATCH_LINGER_MS", "50")
+            // Several instances share this machine: each listens on a port of its own.
+            .env("CDC_AUDIT_HTTP_ADDR", "127.0.0.1:0");
         for (k, v) in fast_group_settings() {
             cmd.env(
                 format!("CDC_AUDIT_KAFKA_{}", k.to_uppercase().replace('.', "_")),
@@ -349,6 +351,16 @@ pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
         );
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Waits until the group commits more than it had, or has committed all `total` messages:
+/// a wait for progress alone would hang once the stream is drained.
+pub fn wait_progress(db: &TestDb, group: &str, total: i64, what: &str) {
+    let before = db.committed(group);
+    wait_until(Duration::from_secs(180), what, || {
+        let now = db.committed(group);
+        now > before || now == total
+    });
 }
 
 /// Asserts that every produced change event is in `audit_logging` exactly once, with its
