@@ -8,6 +8,7 @@ pub mod http;
 pub mod migrate;
 pub mod pgcopy;
 pub mod pipeline;
+pub mod rejections;
 pub mod service;
 pub mod sink;
 pub mod source;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use cdc_audit::config::{self, Config, SETTINGS};
 use cdc_audit::pipeline::{Control, Exit, Message};
-use cdc_audit::{demo, events::Stats, migrate, service, sink};
+use cdc_audit::{demo, events::Stats, migrate, rejections, service, sink};
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +38,11 @@ enum Command {
     /// Validate the settings and print the effective values, secrets masked; exit 1 on error.
     #[command(after_help = settings_help())]
     CheckConfig,
+    /// Look at, replay or purge the messages stored in audit_rejections.
+    Rejections {
+        #[command(subcommand)]
+        command: RejectionsCommand,
+    },
     /// Ask a running instance whether it is ready (GET /health/ready); exit 0 if it is. For
     /// container health checks: no curl needed.
     Healthcheck {
@@ -60,6 +65,105 @@ enum Command {
     /// Run the real pipeline on an in-process Kafka with generated Debezium traffic, into a fresh
     /// database; needs only a reachable PostgreSQL (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres).
     Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum RejectionsCommand {
+    /// List stored rejections, oldest first.
+    List {
+        #[command(flatten)]
+        select: Select,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Show one rejection whole: coordinates, reason, error, key, headers and value.
+    Show { id: i64 },
+    /// Run rejections through the current transform and settings (after a fix or a settings
+    /// change) and write, exactly once, what now becomes an audit row.
+    Replay {
+        #[command(flatten)]
+        select: Select,
+        /// Say what would happen, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete rejections (needs --yes).
+    Purge {
+        #[command(flatten)]
+        select: Select,
+        /// Every rejection.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Which rejections: all given filters apply.
+#[derive(clap::Args)]
+struct Select {
+    /// Rejection id (repeatable).
+    #[arg(long = "id")]
+    ids: Vec<i64>,
+    /// not_json, not_a_change_event, unknown_operation, invalid_field, invalid_key, database_refused
+    #[arg(long)]
+    reason: Option<String>,
+    #[arg(long)]
+    topic: Option<String>,
+    /// Rejected before this time, e.g. 2026-01-31 or "2026-01-31 12:00+00".
+    #[arg(long)]
+    before: Option<String>,
+}
+
+impl Select {
+    fn selection(&self) -> rejections::Selection {
+        rejections::Selection {
+            ids: self.ids.clone(),
+            reason: self.reason.clone(),
+            topic: self.topic.clone(),
+            before: self.before.clone(),
+        }
+    }
+}
+
+fn rejections_command(cli: &Cli, command: &RejectionsCommand) -> Result<ExitCode, String> {
+    let raw = config::gather(std::env::vars(), cli.config.as_deref()).map_err(|e| e.to_string())?;
+    let url = raw
+        .get("CDC_AUDIT_DATABASE_URL")
+        .or_else(|| raw.get("DATABASE_URL"))
+        .ok_or(
+            "CDC_AUDIT_DATABASE_URL is not set: set it (or DATABASE_URL) to the audit database",
+        )?;
+    let mut client = postgres::Client::connect(url, postgres::NoTls)
+        .map_err(|e| format!("cannot connect to {}: {e}", config::mask_url(url)))?;
+    match command {
+        RejectionsCommand::List { select, limit } => print!(
+            "{}",
+            rejections::list(&mut client, &select.selection(), *limit)?
+        ),
+        RejectionsCommand::Show { id } => print!("{}", rejections::show(&mut client, *id)?),
+        RejectionsCommand::Replay { select, dry_run } => {
+            let rules = config::rules_from_settings(&raw).map_err(|e| e.to_string())?;
+            let done = rejections::replay(&mut client, &select.selection(), &rules, *dry_run)?;
+            println!(
+                "{}{} written, {} skipped, {} still rejected",
+                if *dry_run { "dry run: " } else { "" },
+                done.written,
+                done.skipped,
+                done.still_rejected
+            );
+        }
+        RejectionsCommand::Purge { select, all, yes } => {
+            if !yes {
+                return Err("purge deletes rejections for good: add --yes".into());
+            }
+            println!(
+                "{} rejections deleted",
+                rejections::purge(&mut client, &select.selection(), *all)?
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn settings_help() -> String {
@@ -105,6 +209,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }),
+        Command::Rejections { command } => rejections_command(&cli, command),
         Command::Healthcheck { url } => healthcheck(&cli, url.as_deref()),
         Command::Inspect { value, key, topic } => {
             inspect(&cli, value.as_deref(), key.as_deref(), topic)

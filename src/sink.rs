@@ -150,9 +150,9 @@ pub enum Written {
 }
 
 /// A COPY target: the table and its column list.
-type Target = (&'static str, &'static str);
-const AUDIT: Target = ("audit_logging", AUDIT_COLUMNS);
-const TRANSACTIONS: Target = ("audit_transactions", TRANSACTION_COLUMNS);
+pub type Target = (&'static str, &'static str);
+pub const AUDIT: Target = ("audit_logging", AUDIT_COLUMNS);
+pub const TRANSACTIONS: Target = ("audit_transactions", TRANSACTION_COLUMNS);
 
 /// Encoded rows for one target, with the message each came from.
 type Rows<'a> = Vec<(&'a Message, &'a [u8])>;
@@ -252,7 +252,7 @@ pub fn write_batch(
     })
 }
 
-fn copy_rows<'a>(
+pub fn copy_rows<'a>(
     tx: &mut Transaction<'_>,
     (table, columns): Target,
     rows: impl Iterator<Item = &'a [u8]>,

@@ -9,4 +9,5 @@ mod ops;
 mod pipeline;
 mod properties;
 mod proxy;
+mod rejections;
 mod util;
