@@ -2,11 +2,18 @@
 //! An advisory lock lets several instances start at once.
 
 /// The migrations compiled into the binary: (version, name, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "0001_audit_log.sql",
-    include_str!("../schema/0001_audit_log.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "0001_audit_log.sql",
+        include_str!("../schema/0001_audit_log.sql"),
+    ),
+    (
+        2,
+        "0002_append_only.sql",
+        include_str!("../schema/0002_append_only.sql"),
+    ),
+];
 
 /// Arbitrary but fixed key of the advisory lock that serialises migrations.
 const LOCK_KEY: i64 = 0x6364_6361_7564_6974; // "cdcaudit"

@@ -127,3 +127,64 @@ fn refused_rows_are_replayed_exactly_once_after_the_database_is_fixed() {
     .contains("1 rejections deleted"));
     assert_eq!(db.count("audit_rejections"), 0);
 }
+
+#[test]
+fn the_service_runs_with_least_privilege_and_the_trail_is_append_only() {
+    let db = TestDb::new("roles");
+    let kafka = Kafka::new("roles");
+    db.migrate();
+    // roles.sql names one role; roles are cluster-wide, so this test uses a name of its own.
+    let role = format!("svc_{}", db.name);
+    let sql =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema/roles.sql")).unwrap();
+    db.client()
+        .batch_execute(&sql.replace("cdc_audit_service", &role))
+        .unwrap();
+    let as_service = {
+        let mut c: postgres::Config = db.url.parse().unwrap();
+        c.user(&role);
+        let mut url = format!("host=127.0.0.1 user={role} dbname={}", db.name);
+        if let Some(postgres::config::Host::Tcp(h)) = c.get_hosts().first() {
+            url = format!(
+                "host={h} port={} user={role} dbname={}",
+                c.get_ports().first().copied().unwrap_or(5432),
+                db.name
+            );
+        }
+        url
+    };
+    let records = generate("roles", 5, 300);
+    kafka.produce(&records);
+    let mut cfg = config(&kafka, &db, "g");
+    cfg.database_url = as_service.clone();
+    cfg.migrate = false;
+    let service = InProcess::start(cfg);
+    wait_until(Duration::from_secs(120), "every message committed", || {
+        db.committed("g") == records.len() as i64
+    });
+    service.stop();
+    crate::util::assert_exactly_once(&db, &records);
+
+    let mut svc = postgres::Client::connect(&as_service, postgres::NoTls).unwrap();
+    let err = svc
+        .batch_execute("UPDATE audit_logging SET change_user = 'x'")
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("permission denied"), "{err:?}");
+    // Even the owner is refused by the trigger.
+    let mut owner = db.client();
+    for statement in [
+        "UPDATE audit_logging SET change_user = 'x'",
+        "DELETE FROM audit_logging",
+        "TRUNCATE audit_logging",
+    ] {
+        let err = owner.batch_execute(statement).unwrap_err();
+        assert!(
+            format!("{err:?}").contains("append-only"),
+            "{statement}: {err:?}"
+        );
+    }
+    drop(svc);
+    db.client()
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .unwrap();
+}

@@ -1,0 +1,12 @@
+-- Least privilege, run once by a database owner (not a migration: creating roles needs rights
+-- the service should not have). Migrations run as the owner (`cdc-audit migrate`); the service
+-- runs as cdc_audit_service with CDC_AUDIT_MIGRATE=false.
+CREATE ROLE cdc_audit_service LOGIN;   -- then: ALTER ROLE cdc_audit_service PASSWORD '...';
+GRANT USAGE ON SCHEMA public TO cdc_audit_service;
+-- Append only: no UPDATE or DELETE on the trail.
+GRANT SELECT, INSERT ON audit_logging, audit_transactions TO cdc_audit_service;
+-- DELETE for `cdc-audit rejections replay` and `purge`.
+GRANT SELECT, INSERT, DELETE ON audit_rejections TO cdc_audit_service;
+-- Positions move forward with every batch.
+GRANT SELECT, INSERT, UPDATE ON audit_positions TO cdc_audit_service;
+GRANT SELECT ON cdc_audit_migrations, audit_transaction_summary TO cdc_audit_service;
