@@ -1,4 +1,5 @@
-# Build: the Rust toolchain plus what librdkafka's bundled build needs.
+# Build: the Rust toolchain (its image has gcc, make, pkg-config and libssl-dev for librdkafka
+# and OpenSSL).
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -10,7 +11,7 @@ RUN cargo build --release --locked --bin cdc-audit
 # Run: a small Debian with only the runtime libraries, as a non-root user.
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates zlib1g \
+ && apt-get install -y --no-install-recommends ca-certificates zlib1g libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --no-create-home --uid 10001 cdc-audit
 COPY --from=build /src/target/release/cdc-audit /usr/local/bin/cdc-audit

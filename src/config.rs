@@ -47,6 +47,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "PostgreSQL sink, URL or key=value form (falls back to DATABASE_URL)",
     },
     Setting {
+        name: "CDC_AUDIT_DATABASE_CA_FILE",
+        default: None,
+        help: "PEM file of CAs: verify the server's certificate and host name (with sslmode=require)",
+    },
+    Setting {
         name: "CDC_AUDIT_BATCH_SIZE",
         default: Some("2000"),
         help: "messages per batch (one transaction per partition batch), 1..=100000",
@@ -208,6 +213,7 @@ pub struct Config {
     pub topics: Topics,
     pub group_id: String,
     pub database_url: String,
+    pub database_ca_file: Option<std::path::PathBuf>,
     pub batch_size: usize,
     pub batch_linger: Duration,
     pub writers: usize,
@@ -377,6 +383,13 @@ impl Config {
                     .into(),
             })?
             .to_string();
+        if database_url.contains("sslmode=verify") {
+            return Err(invalid(
+                "CDC_AUDIT_DATABASE_URL",
+                &mask_url(&database_url),
+                "sslmode disable, prefer or require; to verify the server, use sslmode=require with CDC_AUDIT_DATABASE_CA_FILE",
+            ));
+        }
         if let Err(e) = database_url.parse::<postgres::Config>() {
             return Err(invalid(
                 "CDC_AUDIT_DATABASE_URL",
@@ -464,6 +477,16 @@ impl Config {
         }
 
         let rules = rules(&get)?;
+        let database_ca_file = get("CDC_AUDIT_DATABASE_CA_FILE").map(std::path::PathBuf::from);
+        if let Some(path) = &database_ca_file {
+            if !path.is_file() {
+                return Err(invalid(
+                    "CDC_AUDIT_DATABASE_CA_FILE",
+                    &path.display().to_string(),
+                    "a readable PEM file",
+                ));
+            }
+        }
         let http_addr = match get("CDC_AUDIT_HTTP_ADDR").unwrap_or("0.0.0.0:9187") {
             "off" => None,
             v => Some(v.parse().map_err(|_| {
@@ -491,6 +514,7 @@ impl Config {
             topics,
             group_id,
             database_url,
+            database_ca_file,
             batch_size,
             batch_linger,
             writers,
@@ -525,6 +549,12 @@ impl Config {
                 mask_url(&self.database_url),
             ),
             ("CDC_AUDIT_BATCH_SIZE".into(), self.batch_size.to_string()),
+            (
+                "CDC_AUDIT_DATABASE_CA_FILE".into(),
+                self.database_ca_file
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string()),
+            ),
             (
                 "CDC_AUDIT_BATCH_LINGER_MS".into(),
                 self.batch_linger.as_millis().to_string(),

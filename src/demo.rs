@@ -371,12 +371,7 @@ pub fn server_url() -> String {
 }
 
 fn connect(url: &str) -> Result<postgres::Client, String> {
-    postgres::Client::connect(url, postgres::NoTls).map_err(|e| {
-        format!(
-            "cannot connect to PostgreSQL at {}: {e}",
-            crate::config::mask_url(url)
-        )
-    })
+    crate::sink::connect(url, None)
 }
 
 pub fn run(args: &DemoArgs) -> Result<(), String> {
@@ -431,6 +426,7 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         topics: Topics::List(topics.clone()),
         group_id: "cdc-audit-demo".into(),
         database_url: url.to_string(),
+        database_ca_file: None,
         batch_size: 2000,
         batch_linger: Duration::from_millis(100),
         writers: args.writers.max(1),

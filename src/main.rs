@@ -134,8 +134,10 @@ fn rejections_command(cli: &Cli, command: &RejectionsCommand) -> Result<ExitCode
         .ok_or(
             "CDC_AUDIT_DATABASE_URL is not set: set it (or DATABASE_URL) to the audit database",
         )?;
-    let mut client = postgres::Client::connect(url, postgres::NoTls)
-        .map_err(|e| format!("cannot connect to {}: {e}", config::mask_url(url)))?;
+    let ca_file = raw
+        .get("CDC_AUDIT_DATABASE_CA_FILE")
+        .map(std::path::Path::new);
+    let mut client = sink::connect(url, ca_file)?;
     match command {
         RejectionsCommand::List { select, limit } => print!(
             "{}",
@@ -190,7 +192,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run => load(&cli).and_then(run),
         Command::Migrate => load(&cli).and_then(|c| {
-            let pool = sink::pool(&c.database_url, 1)?;
+            let pool = sink::pool(&c.database_url, 1, c.database_ca_file.as_deref())?;
             let mut conn = pool
                 .get()
                 .map_err(|e| format!("cannot connect to the database: {e}"))?;

@@ -16,7 +16,11 @@ use crate::systemd::Notifier;
 /// Runs the pipeline until `control.shutdown` is set, then drains.
 pub fn run(config: Config, control: Arc<Control>, stats: Arc<Stats>) -> Result<Exit, String> {
     let notifier = Arc::new(Notifier::from_env());
-    let pool = sink::pool(&config.database_url, config.pool_size)?;
+    let pool = sink::pool(
+        &config.database_url,
+        config.pool_size,
+        config.database_ca_file.as_deref(),
+    )?;
     if config.migrate {
         let mut conn = pool
             .get()

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Receiver;
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use postgres::error::SqlState;
-use postgres::{NoTls, Transaction};
+use postgres::Transaction;
+use postgres_openssl::MakeTlsConnector;
 use r2d2_postgres::PostgresConnectionManager;
 
 use crate::events::now_ms;
@@ -19,13 +21,26 @@ use crate::transform::{
     Outcome, RejectKind, Rejection, Row, Skip, AUDIT_COLUMNS, TRANSACTION_COLUMNS,
 };
 
-pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+pub type Pool = r2d2::Pool<PostgresConnectionManager<MakeTlsConnector>>;
 
-/// Builds the connection pool; connections are opened lazily, so a database that is down at
-/// start does not stop the service.
-pub fn pool(url: &str, size: u32) -> Result<Pool, String> {
+/// TLS for PostgreSQL connections, used as the URL's `sslmode` says (`disable`, `prefer`,
+/// `require`). Like libpq, `require` encrypts without checking the server's certificate unless
+/// a CA file is given (`CDC_AUDIT_DATABASE_CA_FILE`); then the certificate and host name are verified.
+pub fn tls(ca_file: Option<&std::path::Path>) -> Result<MakeTlsConnector, String> {
+    let mut builder = SslConnector::builder(SslMethod::tls()).map_err(|e| format!("TLS: {e}"))?;
+    match ca_file {
+        Some(path) => builder
+            .set_ca_file(path)
+            .map_err(|e| format!("CDC_AUDIT_DATABASE_CA_FILE={}: {e}", path.display()))?,
+        None => builder.set_verify(SslVerifyMode::NONE),
+    }
+    Ok(MakeTlsConnector::new(builder.build()))
+}
+
+/// Connection settings with defaults that make a dead connection fail, not hang a writer;
+/// the URL can override each of them.
+fn connection_config(url: &str) -> Result<postgres::Config, String> {
     let mut config: postgres::Config = url.parse().map_err(|e| format!("database URL: {e}"))?;
-    // A dead connection must fail, not hang a writer: defaults the URL can override.
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
@@ -35,12 +50,44 @@ pub fn pool(url: &str, size: u32) -> Result<Pool, String> {
     if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
         config.keepalives_idle(Duration::from_secs(30));
     }
-    let manager = PostgresConnectionManager::new(config, NoTls);
+    Ok(config)
+}
+
+/// Builds the connection pool; connections are opened lazily, so a database that is down at
+/// start does not stop the service.
+pub fn pool(url: &str, size: u32, ca_file: Option<&std::path::Path>) -> Result<Pool, String> {
+    let manager = PostgresConnectionManager::new(connection_config(url)?, tls(ca_file)?);
     Ok(r2d2::Pool::builder()
         .max_size(size)
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(5))
         .build_unchecked(manager))
+}
+
+/// One connection outside the pool (tools, the demo), with the same TLS and timeouts.
+pub fn connect(url: &str, ca_file: Option<&std::path::Path>) -> Result<postgres::Client, String> {
+    connection_config(url)?.connect(tls(ca_file)?).map_err(|e| {
+        format!(
+            "cannot connect to {}: {}",
+            crate::config::mask_url(url),
+            with_causes(&e)
+        )
+    })
+}
+
+/// An error and its causes ("error performing TLS handshake: certificate verify failed").
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A failed database call.
@@ -91,7 +138,7 @@ impl std::fmt::Display for SinkError {
                         None => Ok(()),
                     }
                 }
-                None => write!(f, "{e}"),
+                None => f.write_str(&with_causes(e)),
             },
             SinkError::Io(e) => write!(f, "COPY stream: {e}"),
         }

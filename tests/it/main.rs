@@ -10,4 +10,5 @@ mod pipeline;
 mod properties;
 mod proxy;
 mod rejections;
+mod security;
 mod util;

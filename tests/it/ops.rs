@@ -76,6 +76,21 @@ fn http_endpoints_report_health_metrics_and_status_and_readiness_follows_the_dat
         assert_eq!(ready["checks"][check]["ok"], true, "{check}: {body}");
     }
 
+    let (code, status) = get(port, "/status");
+    assert_eq!(code, 200);
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["assignment"].as_array().unwrap().len(), 12);
+    assert_eq!(status["counts"]["rows_written"], rows);
+    // Lag comes from librdkafka's statistics every 5 s.
+    wait_until(Duration::from_secs(30), "lag known and zero", || {
+        let s: Value = serde_json::from_str(&get(port, "/status").1).unwrap();
+        s["assignment"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["lag"] == 0)
+    });
+
     let (code, metrics) = get(port, "/metrics");
     assert_eq!(code, 200);
     let rows = db.count("audit_logging");
@@ -108,21 +123,6 @@ fn http_endpoints_report_health_metrics_and_status_and_readiness_follows_the_dat
         );
     }
     assert_metrics_referenced_by_rules_and_dashboard_exist(&metrics);
-
-    let (code, status) = get(port, "/status");
-    assert_eq!(code, 200);
-    let status: Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(status["assignment"].as_array().unwrap().len(), 12);
-    assert_eq!(status["counts"]["rows_written"], rows);
-    // Lag comes from librdkafka's statistics every 5 s.
-    wait_until(Duration::from_secs(30), "lag known and zero", || {
-        let s: Value = serde_json::from_str(&get(port, "/status").1).unwrap();
-        s["assignment"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["lag"] == 0)
-    });
 
     // Bad requests get the right answer and leave the service alone.
     assert_eq!(get(port, "/nope").0, 404);

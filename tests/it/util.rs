@@ -198,6 +198,7 @@ pub fn config(kafka: &Kafka, db: &TestDb, group: &str) -> Config {
         topics: Topics::List(kafka.topics.clone()),
         group_id: group.to_string(),
         database_url: db.url.clone(),
+        database_ca_file: None,
         batch_size: 200,
         batch_linger: Duration::from_millis(50),
         writers: 2,
