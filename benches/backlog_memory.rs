@@ -1,0 +1,118 @@
+//! Peak memory with a large backlog while PostgreSQL cannot take writes, then while draining.
+//! The service runs as its own process (the real binary) against librdkafka's mock cluster and
+//! the local PostgreSQL; its resident memory is sampled from /proc. Prints figures; asserts nothing.
+//!
+//!     cargo bench --bench backlog_memory [-- EVENTS]
+//!
+//! The mock broker delivers under 1 MB/s per partition, so the drain rate printed here is the
+//! mock's, not the service's.
+
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cdc_audit::demo::{self, Generator};
+use rdkafka::mocking::MockCluster;
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn committed(client: &mut postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT coalesce(sum(next_offset), 0)::bigint FROM audit_positions",
+            &[],
+        )
+        .map_or(0, |r| r.get(0))
+}
+
+fn main() {
+    let events: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(60_000);
+    let server = demo::server_url();
+    let mut admin = cdc_audit::sink::connect(&server, None).expect("PostgreSQL");
+    let dbname = format!("cdc_audit_bench_memory_{}", std::process::id());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {dbname}"))
+        .unwrap();
+    let url = demo::with_dbname(&server, &dbname);
+    let mut client = cdc_audit::sink::connect(&url, None).unwrap();
+    cdc_audit::migrate::migrate(&mut client).unwrap();
+
+    let cluster = MockCluster::new(1).unwrap();
+    let mut generator = Generator::new("memory", 7);
+    for topic in generator.topics() {
+        cluster.create_topic(&topic, 4, 1).unwrap();
+    }
+    let mut records = Vec::new();
+    while generator.changes < events {
+        records.extend(generator.next_records());
+    }
+    let bytes: usize = records
+        .iter()
+        .map(|r| r.value.as_ref().map_or(0, String::len))
+        .sum();
+    println!(
+        "backlog: {} messages, {:.0} MB, in Kafka before the service starts",
+        records.len(),
+        bytes as f64 / 1e6
+    );
+    demo::produce(&cluster.bootstrap_servers(), &records).unwrap();
+
+    // The database takes no writes: the audit table is locked.
+    let mut blocker = cdc_audit::sink::connect(&url, None).unwrap();
+    let mut lock = blocker.transaction().unwrap();
+    lock.batch_execute("LOCK TABLE audit_logging IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cdc-audit"))
+        .arg("run")
+        .env_clear()
+        .env("CDC_AUDIT_BOOTSTRAP_SERVERS", cluster.bootstrap_servers())
+        .env("CDC_AUDIT_TOPICS", generator.topics().join(","))
+        .env("CDC_AUDIT_DATABASE_URL", &url)
+        .env("CDC_AUDIT_HTTP_ADDR", "off")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let sample = |until: &mut dyn FnMut() -> bool, limit: Duration| {
+        let (start, mut peak) = (Instant::now(), 0);
+        while !until() && start.elapsed() < limit {
+            peak = peak.max(rss_kib(pid).unwrap_or(0));
+            thread::sleep(Duration::from_millis(100));
+        }
+        (peak, start.elapsed())
+    };
+    let (blocked_peak, _) = sample(&mut || false, Duration::from_secs(30));
+    println!(
+        "peak resident memory, 30 s with the database blocked: {:.1} MB",
+        blocked_peak as f64 / 1024.0
+    );
+    lock.rollback().unwrap();
+    let total = records.len() as i64;
+    let (drain_peak, took) = sample(
+        &mut || committed(&mut client) >= total,
+        Duration::from_secs(900),
+    );
+    println!(
+        "peak resident memory while draining: {:.1} MB; drained {} in {:.1} s (rate limited by the mock broker)",
+        drain_peak as f64 / 1024.0,
+        committed(&mut client),
+        took.as_secs_f64()
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+    drop(client);
+    drop(blocker);
+    let _ = admin.batch_execute(&format!("DROP DATABASE {dbname} WITH (FORCE)"));
+}
