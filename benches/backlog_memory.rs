@@ -47,7 +47,8 @@ fn main() {
     let cluster = MockCluster::new(1).unwrap();
     let mut generator = Generator::new("memory", 7);
     for topic in generator.topics() {
-        cluster.create_topic(&topic, 4, 1).unwrap();
+        // The mock broker keeps about 4 MB per partition: enough partitions to keep the backlog.
+        cluster.create_topic(&topic, 16, 1).unwrap();
     }
     let mut records = Vec::new();
     while generator.changes < events {
@@ -79,7 +80,10 @@ fn main() {
         .env("CDC_AUDIT_HTTP_ADDR", "off")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(
+            std::fs::File::create(std::env::temp_dir().join("cdc-audit-backlog-memory.log"))
+                .unwrap(),
+        )
         .spawn()
         .unwrap();
     let pid = child.id();
@@ -96,6 +100,7 @@ fn main() {
         "peak resident memory, 30 s with the database blocked: {:.1} MB",
         blocked_peak as f64 / 1024.0
     );
+    println!("committed while blocked: {}", committed(&mut client));
     lock.rollback().unwrap();
     let total = records.len() as i64;
     let (drain_peak, took) = sample(
@@ -107,6 +112,14 @@ fn main() {
         drain_peak as f64 / 1024.0,
         committed(&mut client),
         took.as_secs_f64()
+    );
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM audit_logging", &[])
+        .map_or(-1, |r| r.get(0));
+    println!(
+        "audit rows: {rows} of {} change events ({} lost)",
+        generator.changes,
+        generator.changes as i64 - rows
     );
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])

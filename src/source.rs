@@ -57,6 +57,8 @@ pub struct AuditContext {
     group: String,
     rebalance_timeout: Duration,
     stats: Arc<Stats>,
+    /// `auto.offset.reset` is `latest`: a partition without a position starts at its end.
+    reset_latest: bool,
 }
 
 impl ClientContext for AuditContext {
@@ -115,6 +117,32 @@ fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
 }
 
 impl AuditContext {
+    /// Where a partition without a stored position starts: its first offset (or its end, with
+    /// `auto.offset.reset=latest`). `None` if the broker cannot say.
+    fn first_offset(&self, consumer: &BaseConsumer<Self>, tp: &Tp) -> Option<i64> {
+        match consumer.fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(10)) {
+            Ok((low, high)) => Some(if self.reset_latest { high } else { low }),
+            Err(e) => {
+                log::warn!("watermarks of {}[{}]: {e}", tp.topic, tp.partition);
+                None
+            }
+        }
+    }
+
+    /// The offset Kafka has committed for the group (advisory; used when PostgreSQL is away).
+    fn kafka_committed(&self, consumer: &BaseConsumer<Self>, tp: &Tp) -> Option<i64> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&tp.topic, tp.partition);
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .ok()?;
+        let offset = committed.find_partition(&tp.topic, tp.partition)?.offset();
+        match offset {
+            Offset::Offset(n) => Some(n),
+            _ => None,
+        }
+    }
+
     /// Stored positions of these partitions, or `None` when the database cannot be read now
     /// (the partitions then start from Kafka's committed offset and the writer's fence decides).
     fn stored_positions(&self, tps: &[Tp]) -> Option<HashMap<Tp, i64>> {
@@ -173,7 +201,19 @@ impl ConsumerContext for AuditContext {
                 let tps = tps_of(tpl);
                 let stored = self.stored_positions(&tps);
                 for tp in &tps {
-                    let start = stored.as_ref().and_then(|s| s.get(tp).copied());
+                    // Every partition starts at an offset the source knows exactly: the stored
+                    // position, else where Kafka would start. (librdkafka's own start is not
+                    // enough: a partition paused before its first message resumes from its
+                    // fetch position, past what the pause discarded.)
+                    let start = match &stored {
+                        Some(positions) => positions
+                            .get(tp)
+                            .copied()
+                            .or_else(|| self.first_offset(consumer, tp)),
+                        None => self
+                            .kafka_committed(consumer, tp)
+                            .or_else(|| self.first_offset(consumer, tp)),
+                    };
                     if let Some(offset) = start {
                         if let Err(e) = tpl.set_partition_offset(
                             &tp.topic,
@@ -298,6 +338,10 @@ impl Source {
             group: config.group_id.clone(),
             rebalance_timeout: config.rebalance_timeout,
             stats: stats.clone(),
+            reset_latest: matches!(
+                config.kafka.get("auto.offset.reset").map(String::as_str),
+                Some("latest" | "largest" | "end")
+            ),
         };
         let consumer: BaseConsumer<AuditContext> =
             client_config(config).create_with_context(context)?;
@@ -419,8 +463,8 @@ impl Source {
                 Duration::from_secs(5),
             ) {
                 Ok(()) => {
-                    log::info!(
-                        "{}[{}]: reading again from stored position {offset}",
+                    log::debug!(
+                        "{}[{}]: reading from offset {offset}",
                         tp.topic,
                         tp.partition
                     );
@@ -458,6 +502,16 @@ impl Source {
         };
         if cursor.seek.is_some() || cursor.next.is_some_and(|next| msg.offset < next) {
             return; // already taken, or read before a pending seek
+        }
+        // One offset is a transaction marker; more were compacted away or deleted by retention
+        // before they could be audited: that must not pass silently.
+        if let Some(next) = cursor.next.filter(|next| msg.offset > *next + 1) {
+            log::warn!(
+                "{}[{}]: offsets {next}..{} are not in Kafka (retention or compaction) and cannot be audited",
+                tp.topic,
+                tp.partition,
+                msg.offset
+            );
         }
         self.stats.messages_consumed.inc();
         let offset = msg.offset;
@@ -544,6 +598,15 @@ impl Source {
                             "resumed"
                         }
                     );
+                }
+                if !pause && self.paused {
+                    // librdkafka resumes from its own idea of the position, which skips what the
+                    // pause discarded for a partition the application had not read yet: seek every
+                    // partition to exactly where the source is, and ignore what arrives before.
+                    for cursor in self.cursors.values_mut() {
+                        cursor.seek = cursor.next;
+                    }
+                    self.seen_version = u64::MAX;
                 }
                 self.paused = pause;
                 self.stats.paused.set(pause as i64);

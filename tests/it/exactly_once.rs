@@ -28,6 +28,7 @@ fn jitter(max_ms: u64) -> Duration {
 
 #[test]
 fn sigkill_and_restart_repeatedly_loses_and_duplicates_nothing() {
+    let started = std::time::Instant::now();
     let db = TestDb::new("sigkill");
     let kafka = Kafka::new("sigkill");
     let records = generate("sigkill", 21, 5_000);
@@ -57,10 +58,17 @@ fn sigkill_and_restart_repeatedly_loses_and_duplicates_nothing() {
     let (code, log) = service.wait(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{log}");
     assert_exactly_once(&db, &records);
+    crate::util::figures(
+        "sigkill_restarts",
+        &db,
+        &format!("4 SIGKILLs ({mid_stream_kills} mid-stream)"),
+        started,
+    );
 }
 
 #[test]
 fn instances_leaving_and_dying_during_a_rebalance_keep_exactly_once() {
+    let started = std::time::Instant::now();
     let db = TestDb::new("rebalance");
     let kafka = Kafka::new("rebalance");
     let records = generate("rebalance", 33, 5_000);
@@ -100,10 +108,17 @@ fn instances_leaving_and_dying_during_a_rebalance_keep_exactly_once() {
     let (code, log) = a.wait(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{log}");
     assert_exactly_once(&db, &records);
+    crate::util::figures(
+        "rebalance",
+        &db,
+        "2 instances, 1 left (SIGTERM), 1 joined and was SIGKILLed",
+        started,
+    );
 }
 
 #[test]
 fn sigterm_commits_what_was_read_and_exits_zero() {
+    let test_started = std::time::Instant::now();
     let db = TestDb::new("sigterm");
     let kafka = Kafka::new("sigterm");
     let records = generate("sigterm", 4, 600);
@@ -157,6 +172,12 @@ fn sigterm_commits_what_was_read_and_exits_zero() {
     service.sigterm();
     assert_eq!(service.wait(Duration::from_secs(60)).0, Some(0));
     assert_exactly_once(&db, &records);
+    crate::util::figures(
+        "sigterm_drain",
+        &db,
+        "1 SIGTERM with batches in memory, 1 restart",
+        test_started,
+    );
 }
 
 /// A batch of partition 0 of topic `t` with the given offsets, transformed as the pipeline would.
@@ -299,6 +320,7 @@ fn reset_kafka_offsets(kafka: &Kafka, group: &str) {
 
 #[test]
 fn offsets_read_again_through_kafka_are_not_written_twice() {
+    let started = std::time::Instant::now();
     let db = TestDb::new("redelivery");
     let kafka = Kafka::new("redelivery");
     let mut first = generate("redelivery", 13, 1_300);
@@ -334,5 +356,12 @@ fn offsets_read_again_through_kafka_are_not_written_twice() {
         "every re-read offset was fenced"
     );
     service.stop();
+    let re_read = first.len();
     assert_exactly_once(&db, &[first, more].concat());
+    crate::util::figures(
+        "redelivery",
+        &db,
+        &format!("{re_read} offsets re-read and fenced, database away at assignment"),
+        started,
+    );
 }

@@ -16,6 +16,7 @@ use crate::util::{
 
 #[test]
 fn postgresql_cut_refused_and_stalled_mid_stream_loses_and_duplicates_nothing() {
+    let started = std::time::Instant::now();
     let db = TestDb::new("pgfaults");
     let kafka = Kafka::new("pgfaults");
     db.migrate();
@@ -47,10 +48,17 @@ fn postgresql_cut_refused_and_stalled_mid_stream_loses_and_duplicates_nothing() 
     );
     service.stop();
     assert_exactly_once(&db, &records);
+    crate::util::figures(
+        "postgresql_outages",
+        &db,
+        "4 database outages of 3 s (2 cut and refused, 2 stalled)",
+        started,
+    );
 }
 
 #[test]
 fn broker_down_and_up_and_injected_request_errors_are_survived() {
+    let started = std::time::Instant::now();
     let db = TestDb::new("brokerfaults");
     let kafka = Kafka::new("brokerfaults");
     let records = generate("brokerfaults", 42, 3_000);
@@ -80,10 +88,17 @@ fn broker_down_and_up_and_injected_request_errors_are_survived() {
     });
     service.stop();
     assert_exactly_once(&db, &records);
+    crate::util::figures(
+        "broker_faults",
+        &db,
+        "broker down 3 s, 5 Fetch and 3 OffsetCommit errors injected",
+        started,
+    );
 }
 
 #[test]
 fn three_instances_joining_and_leaving_keep_exactly_once() {
+    let started = std::time::Instant::now();
     let db = TestDb::new("three");
     let kafka = Kafka::new("three");
     let records = generate("three", 43, 6_000);
@@ -115,10 +130,17 @@ fn three_instances_joining_and_leaving_keep_exactly_once() {
         assert_eq!(s.wait(Duration::from_secs(60)).0, Some(0));
     }
     assert_exactly_once(&db, &records);
+    crate::util::figures(
+        "three_instances",
+        &db,
+        "3 instances: 1 SIGKILLed, 1 left, 1 joined",
+        started,
+    );
 }
 
 #[test]
 fn a_poison_corpus_is_rejected_with_reasons_and_the_pipeline_keeps_going() {
+    let started = std::time::Instant::now();
     let db = TestDb::new("corpus");
     let kafka = Kafka::new("corpus");
     let topic = kafka.topics[0].clone();
@@ -248,6 +270,12 @@ fn a_poison_corpus_is_rejected_with_reasons_and_the_pipeline_keeps_going() {
         .collect();
     let extra = 1; // the NUL row
     assert_eq!(db.count("audit_logging") as usize, generated.len() + extra);
+    crate::util::figures(
+        "poison_corpus",
+        &db,
+        "11 poison messages among the events",
+        started,
+    );
 }
 
 fn produce_bytes(kafka: &Kafka, topic: &str, value: &[u8]) {

@@ -364,6 +364,24 @@ pub fn wait_progress(db: &TestDb, group: &str, total: i64, what: &str) {
     });
 }
 
+/// Prints a test's figures after its exactly-once check passed, for docs/reliability.md:
+/// `cargo test --test it -- faults:: exactly_once:: --test-threads=1 --nocapture | grep FIGURES`.
+pub fn figures(test: &str, db: &TestDb, disruptions: &str, started: std::time::Instant) {
+    let rows = db.count("audit_logging");
+    let rejections = db.count("audit_rejections");
+    let messages = db
+        .client()
+        .query_one(
+            "SELECT coalesce(sum(next_offset), 0)::bigint FROM audit_positions",
+            &[],
+        )
+        .map_or(0, |r| r.get::<_, i64>(0));
+    println!(
+        "FIGURES {test}: {messages} messages, {rows} audit rows, {rejections} rejections, {disruptions}, 0 duplicates, 0 lost, {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 /// Asserts that every produced change event is in `audit_logging` exactly once, with its
 /// contents, and that each partition's rows were inserted in offset order.
 pub fn assert_exactly_once(db: &TestDb, produced: &[Record]) {
