@@ -2,15 +2,20 @@
 
 use std::process::{Command, Output};
 
-use crate::util::TestDb;
+use crate::util::{run_ok, TestDb};
 
-fn cdc_audit(args: &[&str], env: &[(&str, &str)]) -> Output {
+/// The binary with exactly these arguments and environment.
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cdc-audit"));
     cmd.args(args).env_clear();
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().unwrap()
+    cmd
+}
+
+fn cdc_audit(args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(args, env).output().unwrap()
 }
 
 const VALID: &[(&str, &str)] = &[
@@ -54,13 +59,7 @@ fn valid_settings_are_printed_with_the_password_masked() {
         ],
     ]
     .concat();
-    let out = cdc_audit(&["check-config"], &env);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_ok(&mut command(&["check-config"], &env));
     assert!(
         stdout.contains("CDC_AUDIT_DATABASE_URL=postgres://audit:****@localhost/audit"),
         "{stdout}"
@@ -212,13 +211,8 @@ fn migrate_applies_once_and_is_idempotent() {
         ("CDC_AUDIT_TOPICS", "t"),
         ("DATABASE_URL", db.url.as_str()),
     ];
-    let first = cdc_audit(&["migrate"], &env);
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
-    assert!(String::from_utf8_lossy(&first.stdout).starts_with("2 migrations applied"));
+    let first = run_ok(&mut command(&["migrate"], &env));
+    assert!(first.starts_with("2 migrations applied"), "{first}");
     let second = cdc_audit(&["migrate"], &env);
     assert!(String::from_utf8_lossy(&second.stdout).starts_with("0 migrations applied"));
     assert_eq!(
@@ -234,13 +228,8 @@ fn inspect_shows_the_row_a_message_becomes_under_the_column_rules() {
         .join("../shared/fixtures/debezium/postgresql");
     let value = fixtures.join("update_schema_elided.json");
     let env = [("CDC_AUDIT_COLUMN_RULES", "*.email=redact")];
-    let out = cdc_audit(&["inspect", value.to_str().unwrap()], &env);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = run_ok(&mut command(&["inspect", value.to_str().unwrap()], &env));
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     let row = &shown["audit_logging"];
     assert_eq!(row["operation_type"], "UPDATE");
     assert_eq!(row["new_data"]["email"], "[redacted]");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::proxy::{self, Proxy};
-use crate::util::{generate, wait_until, Kafka, Service, TestDb};
+use crate::util::{generate, run_ok, wait_until, Kafka, Service, TestDb};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -115,16 +115,10 @@ fn http_endpoints_report_health_metrics_and_status_and_readiness_follows_the_dat
     if have("promtool") {
         let file = std::env::temp_dir().join(format!("{}-metrics.txt", db.name));
         std::fs::write(&file, &metrics).unwrap();
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(format!("promtool check metrics < {}", file.display()))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "promtool: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("promtool check metrics < {}", file.display())),
         );
     }
     assert_metrics_referenced_by_rules_and_dashboard_exist(&metrics);
@@ -204,24 +198,12 @@ fn assert_metrics_referenced_by_rules_and_dashboard_exist(metrics: &str) {
         }
     }
     if have("promtool") {
-        let out = Command::new("promtool")
-            .args(["check", "rules", &repo("deploy/prometheus/alerts.yml")])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = Command::new("promtool")
-            .args(["check", "config", &repo("deploy/prometheus/prometheus.yml")])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        for (what, file) in [
+            ("rules", "deploy/prometheus/alerts.yml"),
+            ("config", "deploy/prometheus/prometheus.yml"),
+        ] {
+            run_ok(Command::new("promtool").args(["check", what, &repo(file)]));
+        }
     }
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(repo("deploy/grafana/cdc-audit.json")).unwrap(),
