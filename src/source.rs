@@ -424,11 +424,15 @@ impl Source {
                 cursor.seek = Some(stored);
             }
         }
-        let assignment = self
-            .consumer
-            .assignment()
-            .map(|tpl| tps_of(&tpl))
-            .unwrap_or_default();
+        // Without the assignment nothing may be dropped: try again at the next turn.
+        let assignment = match self.consumer.assignment() {
+            Ok(tpl) => tps_of(&tpl),
+            Err(e) => {
+                log::warn!("cannot read the assignment: {e}");
+                self.seen_version = u64::MAX;
+                return;
+            }
+        };
         self.cursors.retain(|tp, _| assignment.contains(tp));
         for tp in assignment {
             let Some(now) = self.tracker.assigned(&tp) else {
