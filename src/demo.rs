@@ -544,7 +544,7 @@ fn summary(
     println!(
         "  note: librdkafka's mock broker delivers under 1 MB/s per partition, so this rate is the"
     );
-    println!("        mock's, not cdc-audit's; see benches/ for throughput against a real broker.");
+    println!("        mock's, not cdc-audit's; BENCHMARKS.md has the service's own figures.");
     println!("\nby table and operation");
     for r in q(client, "SELECT source_table, operation_type, count(*) FROM audit_logging GROUP BY 1, 2 ORDER BY 1, 2")? {
         println!("  {:<12} {:<8} {:>7}", r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, i64>(2));
