@@ -550,12 +550,6 @@ impl Config {
             ),
             ("CDC_AUDIT_BATCH_SIZE".into(), self.batch_size.to_string()),
             (
-                "CDC_AUDIT_DATABASE_CA_FILE".into(),
-                self.database_ca_file
-                    .as_ref()
-                    .map_or(String::new(), |p| p.display().to_string()),
-            ),
-            (
                 "CDC_AUDIT_BATCH_LINGER_MS".into(),
                 self.batch_linger.as_millis().to_string(),
             ),
@@ -598,6 +592,12 @@ impl Config {
         let r = &self.rules;
         let globs = |g: &[Glob]| g.iter().map(Glob::as_str).collect::<Vec<_>>().join(",");
         let optional = [
+            (
+                "CDC_AUDIT_DATABASE_CA_FILE",
+                self.database_ca_file
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string()),
+            ),
             ("CDC_AUDIT_INCLUDE_TABLES", globs(&r.include)),
             ("CDC_AUDIT_EXCLUDE_TABLES", globs(&r.exclude)),
             (

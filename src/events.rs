@@ -38,8 +38,6 @@ pub struct Health {
     /// Stage threads running; lower than expected means one died.
     pub stages_running: AtomicI64,
     pub stages_expected: AtomicI64,
-    /// Where the HTTP server listens, once it does.
-    pub http_addr: std::sync::Mutex<Option<std::net::SocketAddr>>,
 }
 
 impl Health {
@@ -55,7 +53,6 @@ impl Health {
             brokers_down: AtomicBool::new(false),
             stages_running: AtomicI64::new(0),
             stages_expected: AtomicI64::new(0),
-            http_addr: std::sync::Mutex::new(None),
         }
     }
 

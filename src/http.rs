@@ -5,7 +5,7 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -334,11 +334,9 @@ fn handle(state: &HttpState, mut request: Request) {
     }
 }
 
-/// Starts the server; returns its bound address (an ephemeral port when given port 0).
-pub fn spawn(
-    addr: SocketAddr,
-    state: Arc<HttpState>,
-) -> Result<(SocketAddr, Vec<JoinHandle<()>>), String> {
+/// Starts the server threads, which end when `state.stopped` is set; returns the bound address
+/// (an ephemeral port when given port 0).
+pub fn spawn(addr: SocketAddr, state: Arc<HttpState>) -> Result<SocketAddr, String> {
     let server = Server::http(addr)
         .map_err(|e| format!("cannot listen on {addr} (CDC_AUDIT_HTTP_ADDR): {e}"))?;
     let bound = server
@@ -346,10 +344,9 @@ pub fn spawn(
         .to_ip()
         .ok_or_else(|| format!("{addr} is not an IP address"))?;
     let server = Arc::new(server);
-    let mut handles = Vec::new();
     for i in 0..2 {
         let (server, state) = (server.clone(), state.clone());
-        let handle = thread::Builder::new()
+        thread::Builder::new()
             .name(format!("http-{i}"))
             .spawn(move || loop {
                 match server.recv_timeout(Duration::from_millis(200)) {
@@ -362,8 +359,7 @@ pub fn spawn(
                 }
             })
             .map_err(|e| e.to_string())?;
-        handles.push(handle);
     }
     log::info!("health and metrics on http://{bound}");
-    Ok((bound, handles))
+    Ok(bound)
 }

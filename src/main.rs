@@ -127,7 +127,7 @@ impl Select {
 }
 
 fn rejections_command(cli: &Cli, command: &RejectionsCommand) -> Result<ExitCode, String> {
-    let raw = config::gather(std::env::vars(), cli.config.as_deref()).map_err(|e| e.to_string())?;
+    let raw = raw_settings(cli)?;
     let url = raw
         .get("CDC_AUDIT_DATABASE_URL")
         .or_else(|| raw.get("DATABASE_URL"))
@@ -181,8 +181,13 @@ fn settings_help() -> String {
     out
 }
 
+/// The environment over the env-file, before validation.
+fn raw_settings(cli: &Cli) -> Result<std::collections::BTreeMap<String, String>, String> {
+    config::gather(std::env::vars(), cli.config.as_deref()).map_err(|e| e.to_string())
+}
+
 fn load(cli: &Cli) -> Result<Config, String> {
-    let raw = config::gather(std::env::vars(), cli.config.as_deref()).map_err(|e| e.to_string())?;
+    let raw = raw_settings(cli)?;
     Config::from_settings(&raw).map_err(|e| e.to_string())
 }
 
@@ -228,7 +233,7 @@ fn healthcheck(cli: &Cli, url: Option<&str>) -> Result<ExitCode, String> {
     use std::io::{Read, Write};
     use std::net::{TcpStream, ToSocketAddrs};
     use std::time::Duration;
-    let raw = config::gather(std::env::vars(), cli.config.as_deref()).map_err(|e| e.to_string())?;
+    let raw = raw_settings(cli)?;
     let target = match url {
         Some(u) => u
             .trim_start_matches("http://")
@@ -319,7 +324,7 @@ fn inspect(
     key: Option<&Path>,
     topic: &str,
 ) -> Result<ExitCode, String> {
-    let raw = config::gather(std::env::vars(), cli.config.as_deref()).map_err(|e| e.to_string())?;
+    let raw = raw_settings(cli)?;
     let rules = config::rules_from_settings(&raw).map_err(|e| e.to_string())?;
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
     let msg = Message {

@@ -225,8 +225,10 @@ impl Tracker {
             .is_some_and(|s| s.assigned && s.epoch == epoch)
     }
 
-    /// Records how a writer finished with a batch.
+    /// Records how a writer finished with a batch. Only a rewind changes what the poll thread
+    /// must catch up with; every finish wakes `wait_idle`.
     pub fn finish(&self, tp: &Tp, epoch: u64, how: Finish) {
+        let mut rewound = false;
         let mut inner = self.lock();
         let TrackerInner {
             partitions,
@@ -245,12 +247,17 @@ impl Tracker {
                     state.epoch = *next_epoch;
                     state.start = Some(stored);
                     rewinds.push((tp.clone(), stored));
+                    rewound = true;
                 }
                 Finish::Rewind { .. } | Finish::Dropped => {}
             }
         }
         drop(inner);
-        self.bump();
+        if rewound {
+            self.bump();
+        } else {
+            self.changed.notify_all();
+        }
     }
 
     /// Records partition ends from librdkafka's statistics, for lag.

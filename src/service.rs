@@ -41,12 +41,7 @@ pub fn run(config: Config, control: Arc<Control>, stats: Arc<Stats>) -> Result<E
                 pool.clone(),
                 ready,
             ));
-            let (bound, _) = http::spawn(addr, state.clone())?;
-            *stats
-                .health
-                .http_addr
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(bound);
+            http::spawn(addr, state.clone())?;
             Some(state)
         }
         None => None,

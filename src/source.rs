@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,7 +69,7 @@ impl ClientContext for AuditContext {
             self.stats
                 .health
                 .brokers_down
-                .store(false, std::sync::atomic::Ordering::Release);
+                .store(false, Ordering::Release);
         }
         let ends = statistics.topics.into_iter().flat_map(|(topic, t)| {
             let topic: Arc<str> = Arc::from(topic);
@@ -100,7 +101,7 @@ impl ClientContext for AuditContext {
             self.stats
                 .health
                 .brokers_down
-                .store(true, std::sync::atomic::Ordering::Release);
+                .store(true, Ordering::Release);
         }
         log::warn!("librdkafka: {error}: {reason}");
     }
@@ -279,7 +280,8 @@ struct Cursor {
     /// The offset after the last message taken (or the known start); `None` until the first.
     next: Option<i64>,
     pending: Option<Batch>,
-    /// A seek back to the stored position that has not succeeded yet; messages are ignored until it does.
+    /// A seek (back to the stored position after a rewind, or to `next` after a resume) that has
+    /// not succeeded yet; messages are ignored until it does.
     seek: Option<i64>,
 }
 
@@ -383,7 +385,7 @@ impl Source {
             self.stats
                 .health
                 .poll_tick_ms
-                .store(now_ms(), std::sync::atomic::Ordering::Release);
+                .store(now_ms(), Ordering::Release);
             self.sync();
             self.flush_expired();
             self.send_ready();
@@ -398,7 +400,7 @@ impl Source {
                     self.stats
                         .health
                         .brokers_down
-                        .store(false, std::sync::atomic::Ordering::Release);
+                        .store(false, Ordering::Release);
                     let msg = copy_message(&mut self.topics, &m);
                     drop(m);
                     self.accept(msg);
@@ -665,9 +667,7 @@ impl Source {
         }
         let left = self.tracker.in_flight() + self.ready.len();
         if left > 0 {
-            self.control
-                .abandon
-                .store(true, std::sync::atomic::Ordering::Release);
+            self.control.abandon.store(true, Ordering::Release);
         }
         self.commit_to_kafka(CommitMode::Sync);
         self.consumer.unsubscribe();

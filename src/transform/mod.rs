@@ -334,24 +334,20 @@ fn position(s: &Members<'_>) -> Option<String> {
         .map(Cow::into_owned)
 }
 
-/// A row image after decoding, placeholder removal and column rules.
-struct Image<'a> {
-    text: Cow<'a, str>,
-}
-
-/// Rewrites an object image member by member, only if something asks for it.
+/// Rewrites an object image member by member (decoding, placeholder removal, column rules),
+/// only if something asks for it; otherwise the text is returned as it came.
 fn rewrite<'a>(
     text: Cow<'a, str>,
     schema: Option<&StructSchema>,
     rules: &TableRules<'_>,
     unavailable: &mut Vec<String>,
-) -> Image<'a> {
+) -> Cow<'a, str> {
     let has_placeholder = text.contains(UNAVAILABLE);
     if schema.is_none_or(StructSchema::is_empty) && rules.is_empty() && !has_placeholder {
-        return Image { text };
+        return text;
     }
     let Some(members) = Members::parse(&text) else {
-        return Image { text };
+        return text;
     };
     let mut out = ObjectWriter::with_capacity(text.len() + 16);
     for (name, value) in &members.0 {
@@ -374,9 +370,7 @@ fn rewrite<'a>(
             }
         }
     }
-    Image {
-        text: Cow::Owned(out.finish()),
-    }
+    Cow::Owned(out.finish())
 }
 
 /// An image as sent, or (MongoDB) a string of Extended JSON resolved into an object.
@@ -511,9 +505,7 @@ fn primary_key<'a>(
     }
     let key_schema = schema.and_then(|s| decode::key_schema(s.get()));
     let mut unused = Vec::new();
-    Ok(Some(
-        rewrite(text, key_schema.as_ref(), rules, &mut unused).text,
-    ))
+    Ok(Some(rewrite(text, key_schema.as_ref(), rules, &mut unused)))
 }
 
 fn change<'a>(
@@ -592,12 +584,11 @@ fn change<'a>(
     };
     let mut unavailable = Vec::new();
     let old_data =
-        before.map(|b| rewrite(b, before_schema.as_ref(), &table_rules, &mut unavailable).text);
-    let new_data =
-        after.map(|a| rewrite(a, after_schema.as_ref(), &table_rules, &mut unavailable).text);
+        before.map(|b| rewrite(b, before_schema.as_ref(), &table_rules, &mut unavailable));
+    let new_data = after.map(|a| rewrite(a, after_schema.as_ref(), &table_rules, &mut unavailable));
     let primary_key = primary_key(msg.key.as_deref(), mongo, &table_rules)?;
     let mut change_detail = if mongo { mongo_detail(event) } else { None };
-    keep_originals_of_nul(&mut change_detail, &old_data, &new_data);
+    let (old_data, new_data) = escape_nul(&mut change_detail, old_data, new_data);
 
     let transaction = event.object("transaction");
     let transaction_id = transaction
@@ -633,34 +624,38 @@ fn change<'a>(
     })))
 }
 
-/// jsonb cannot hold `\u0000`, so images store it as the text `\u0000`; the exact original images
-/// then go into `change_detail.original_images` as JSON strings, so nothing is lost.
-fn keep_originals_of_nul(
+/// jsonb cannot hold `\u0000`: images store it as the text `\u0000`, and the exact original
+/// images go into `change_detail.original_images` as JSON strings, so nothing is lost. Images
+/// leave here ready for jsonb.
+fn escape_nul<'a>(
     detail: &mut Option<String>,
-    before: &Option<Cow<'_, str>>,
-    after: &Option<Cow<'_, str>>,
-) {
+    before: Option<Cow<'a, str>>,
+    after: Option<Cow<'a, str>>,
+) -> (Option<Cow<'a, str>>, Option<Cow<'a, str>>) {
     let mut originals = ObjectWriter::with_capacity(64);
     let mut any = false;
-    for (name, image) in [("before", before), ("after", after)] {
-        if let Some(text) = image
-            .as_deref()
-            .filter(|t| matches!(jsonb_safe(t), Cow::Owned(_)))
-        {
-            originals.member(name, &json::quote(text));
-            any = true;
+    let mut escape = |name: &str, image: Option<Cow<'a, str>>| {
+        let image = image?;
+        match jsonb_safe(&image) {
+            Cow::Borrowed(_) => Some(image),
+            Cow::Owned(escaped) => {
+                originals.member(name, &json::quote(&image));
+                any = true;
+                Some(Cow::Owned(escaped))
+            }
         }
+    };
+    let (before, after) = (escape("before", before), escape("after", after));
+    if any {
+        let originals = originals.finish();
+        *detail = Some(match detail.take() {
+            Some(d) if d.len() > 2 => {
+                format!("{},\"original_images\":{originals}}}", &d[..d.len() - 1])
+            }
+            _ => format!("{{\"original_images\":{originals}}}"),
+        });
     }
-    if !any {
-        return;
-    }
-    let originals = originals.finish();
-    *detail = Some(match detail.take() {
-        Some(d) if d.len() > 2 => {
-            format!("{},\"original_images\":{originals}}}", &d[..d.len() - 1])
-        }
-        _ => format!("{{\"original_images\":{originals}}}"),
-    });
+    (before, after)
 }
 
 fn transaction<'a>(event: &Members<'a>) -> Result<Interpreted<'a>, Rejection> {
@@ -746,8 +741,9 @@ impl AuditRecord<'_> {
         t.text(Some(self.operation));
         t.timestamptz(self.change_timestamp);
         t.timestamptz(self.captured_at);
-        jsonb(&mut t, self.old_data.as_deref());
-        jsonb(&mut t, self.new_data.as_deref());
+        // Images are escaped for jsonb where they are made (see `escape_nul`).
+        t.jsonb(self.old_data.as_deref());
+        t.jsonb(self.new_data.as_deref());
         jsonb(&mut t, self.primary_key.as_deref());
         t.text_array(self.changed_columns.as_deref());
         t.text_array(
