@@ -7,18 +7,14 @@
 //! The mock broker delivers under 1 MB/s per partition, so the drain rate printed here is the
 //! mock's, not the service's.
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use cdc_audit::demo::{self, Generator};
 use rdkafka::mocking::MockCluster;
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
 
 fn committed(client: &mut postgres::Client) -> i64 {
     client
@@ -90,7 +86,7 @@ fn main() {
     let sample = |until: &mut dyn FnMut() -> bool, limit: Duration| {
         let (start, mut peak) = (Instant::now(), 0);
         while !until() && start.elapsed() < limit {
-            peak = peak.max(rss_kib(pid).unwrap_or(0));
+            peak = peak.max(common::rss_kib(pid).unwrap_or(0));
             thread::sleep(Duration::from_millis(100));
         }
         (peak, start.elapsed())

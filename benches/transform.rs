@@ -1,5 +1,6 @@
-//! Transform throughput: generated Debezium events (JSON converter envelope with schema, about
-//! 2.5 KB each) through `transform`, on one core and on rayon. Prints figures; asserts nothing.
+//! Transform throughput: generated Debezium events through `transform`, on one core and on
+//! rayon, for small events (JSON converter without schemas, about 600 bytes) and large ones (with
+//! the schema envelope, about 2.5 KB). Prints figures; asserts nothing.
 //!
 //!     cargo bench --bench transform [-- EVENTS]
 
@@ -12,12 +13,7 @@ use cdc_audit::transform::rules::Rules;
 use cdc_audit::transform::{transform, Outcome};
 use rayon::prelude::*;
 
-fn main() {
-    let n: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(200_000);
-    let mut generator = Generator::new("bench", 1);
+fn messages(n: usize, mut generator: Generator) -> Vec<Message> {
     let topic: Arc<str> = Arc::from("bench.inventory.customers");
     let mut messages = Vec::with_capacity(n);
     while messages.len() < n {
@@ -35,39 +31,56 @@ fn main() {
             }
         }
     }
+    messages
+}
+
+fn run(label: &str, messages: &[Message]) {
+    let n = messages.len();
     let bytes: usize = messages
         .iter()
         .map(|m| m.payload.as_ref().map_or(0, Vec::len))
         .sum();
     println!(
-        "{n} events, {:.0} bytes each on average",
+        "{label}: {n} events, {:.0} bytes each on average",
         bytes as f64 / n as f64
     );
-
-    let report = |label: &str, secs: f64, rows: usize| {
+    let report = |label: &str, secs: f64, outcomes: &[Outcome]| {
+        let rows = outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Row(_)))
+            .count();
         println!(
-            "{label:<22} {:>10.0} events/s {:>8.1} MB/s  ({rows} rows in {secs:.2} s)",
+            "  {label:<20} {:>10.0} events/s {:>8.1} MB/s  ({rows} rows in {secs:.2} s)",
             n as f64 / secs,
             bytes as f64 / secs / 1e6
         );
     };
-    let rows = |outcomes: &[Outcome]| {
-        outcomes
-            .iter()
-            .filter(|o| matches!(o, Outcome::Row(_)))
-            .count()
-    };
-
-    let started = Instant::now();
     let rules = Rules::default();
+    let started = Instant::now();
     let outcomes: Vec<Outcome> = messages.iter().map(|m| transform(m, &rules)).collect();
-    report("one core", started.elapsed().as_secs_f64(), rows(&outcomes));
+    report("one core", started.elapsed().as_secs_f64(), &outcomes);
+    drop(outcomes);
 
     let started = Instant::now();
     let outcomes: Vec<Outcome> = messages.par_iter().map(|m| transform(m, &rules)).collect();
     report(
         &format!("rayon ({} threads)", rayon::current_num_threads()),
         started.elapsed().as_secs_f64(),
-        rows(&outcomes),
+        &outcomes,
+    );
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(200_000);
+    run(
+        "small (no schema)",
+        &messages(n, Generator::new("bench", 1).without_schemas()),
+    );
+    run(
+        "large (schema envelope)",
+        &messages(n, Generator::new("bench", 1)),
     );
 }

@@ -293,6 +293,9 @@ pub struct Source {
     stats: Arc<Stats>,
     batch_size: usize,
     linger: Duration,
+    /// Messages `ready` may hold before consumption pauses: a pause throws librdkafka's
+    /// prefetch away, so it waits for a full batch per slot of the channel, not for one batch.
+    ready_budget: usize,
     shutdown_timeout: Duration,
     cursors: HashMap<Tp, Cursor>,
     ready: VecDeque<Batch>,
@@ -363,6 +366,7 @@ impl Source {
             stats,
             batch_size: config.batch_size,
             linger: config.batch_linger,
+            ready_budget: config.batch_size * config.channel_capacity,
             shutdown_timeout: config.shutdown_timeout,
             cursors: HashMap::new(),
             ready: VecDeque::new(),
@@ -557,7 +561,9 @@ impl Source {
         }
     }
 
-    /// Hands ready batches on while there is room; pauses consumption when there is none.
+    /// Hands ready batches on while there is room; pauses consumption when what is left waiting
+    /// reaches the budget, and resumes once it has all been handed on. Many partitions' lingering
+    /// batches expire together: counting batches instead of messages would pause on every burst.
     fn send_ready(&mut self) {
         let Some(output) = &self.output else { return };
         while let Some(batch) = self.ready.pop_front() {
@@ -577,7 +583,11 @@ impl Source {
                 }
             }
         }
-        let want_pause = !self.ready.is_empty();
+        let want_pause = if self.paused {
+            !self.ready.is_empty()
+        } else {
+            self.ready.iter().map(|b| b.messages.len()).sum::<usize>() >= self.ready_budget
+        };
         if want_pause != self.paused {
             self.pause(want_pause);
         }

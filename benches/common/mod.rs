@@ -1,0 +1,139 @@
+//! Helpers shared by the benchmarks: fresh databases, the COPY ceiling, process figures.
+#![allow(dead_code)] // each benchmark uses its own subset
+
+use std::sync::Arc;
+use std::thread;
+use std::time::Instant;
+
+use cdc_audit::demo::{self, Record};
+use cdc_audit::pipeline::{Batch, Message, Tp, Transformed};
+use cdc_audit::sink::{copy_rows, write_batch, AUDIT};
+use cdc_audit::transform::rules::Rules;
+use cdc_audit::transform::{transform, Outcome};
+
+/// (Re)creates database `name` on the server and migrates it; returns its URL.
+pub fn fresh_database(admin: &mut postgres::Client, server: &str, name: &str) -> String {
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        admin.batch_execute(&statement).unwrap();
+    }
+    let url = demo::with_dbname(server, name);
+    cdc_audit::migrate::migrate(&mut cdc_audit::sink::connect(&url, None).unwrap()).unwrap();
+    url
+}
+
+/// Records of one stream, as Kafka messages of `partition` with offsets from 0, transformed in
+/// batches of `batch` as the service would.
+pub fn transformed_batches(
+    topic: &str,
+    partition: i32,
+    records: &[&Record],
+    batch: usize,
+) -> Vec<Transformed> {
+    let topic: Arc<str> = Arc::from(topic);
+    let messages: Vec<Message> = records
+        .iter()
+        .enumerate()
+        .map(|(offset, r)| Message {
+            topic: topic.clone(),
+            partition,
+            offset: offset as i64,
+            timestamp_ms: Some(0),
+            key: r.key.clone().map(String::into_bytes),
+            payload: r.value.clone().map(String::into_bytes),
+            headers: Vec::new(),
+        })
+        .collect();
+    let rules = Rules::default();
+    messages
+        .chunks(batch)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let outcomes = chunk.iter().map(|m| transform(m, &rules)).collect();
+            let start = (i * batch) as i64;
+            Transformed {
+                batch: Batch {
+                    id: i as u64,
+                    tp: Tp {
+                        topic: topic.clone(),
+                        partition,
+                    },
+                    epoch: 0,
+                    start: Some(start),
+                    end: start + chunk.len() as i64,
+                    messages: chunk.to_vec(),
+                    created: Instant::now(),
+                },
+                outcomes,
+            }
+        })
+        .collect()
+}
+
+/// Writes each stream's batches on its own connection, one transaction per batch: plain binary
+/// COPY (the ceiling) or the service's fenced write. Returns audit rows per second.
+pub fn write_streams(url: &str, streams: Vec<Vec<Transformed>>, fenced: bool) -> f64 {
+    let rows: usize = streams
+        .iter()
+        .flatten()
+        .flat_map(|t| &t.outcomes)
+        .filter(|o| matches!(o, Outcome::Row(_)))
+        .count();
+    let started = Instant::now();
+    let handles: Vec<_> = streams
+        .into_iter()
+        .map(|batches| {
+            let url = url.to_string();
+            thread::spawn(move || {
+                let mut client = cdc_audit::sink::connect(&url, None).unwrap();
+                for t in &batches {
+                    if fenced {
+                        write_batch(&mut client, "bench", t, false).unwrap();
+                    } else {
+                        let mut tx = client.transaction().unwrap();
+                        let bytes = t.outcomes.iter().filter_map(|o| match o {
+                            Outcome::Row(row) => Some(row.bytes.as_slice()),
+                            _ => None,
+                        });
+                        copy_rows(&mut tx, AUDIT, bytes).unwrap();
+                        tx.commit().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    rows as f64 / started.elapsed().as_secs_f64()
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resident memory of a process now, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// Peak resident memory of a process over its life so far (the kernel's high-water mark), KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// User plus system CPU time of a process, all its threads, in seconds (clock ticks of 1/100 s,
+/// Linux's USER_HZ).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    // utime and stime are fields 14 and 15 of the line; `rest` starts at field 3.
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
