@@ -50,7 +50,8 @@ pub struct Record {
 struct Table {
     name: &'static str,
     columns: &'static [(&'static str, &'static str)],
-    rows: BTreeMap<i64, serde_json::Value>,
+    /// Live rows by id; picked at random, so a Vec (a map's nth would make the demo quadratic).
+    rows: Vec<(i64, serde_json::Value)>,
     next_id: i64,
 }
 
@@ -97,7 +98,7 @@ impl Generator {
         let table = |name, columns| Table {
             name,
             columns,
-            rows: BTreeMap::new(),
+            rows: Vec::new(),
             next_id: 1001,
         };
         Generator {
@@ -227,12 +228,12 @@ impl Generator {
                 let id = self.tables[t].next_id;
                 self.tables[t].next_id += 1;
                 let row = self.row(t, id);
-                self.tables[t].rows.insert(id, row.clone());
+                self.tables[t].rows.push((id, row.clone()));
                 (id, None, Some(row))
             }
             _ => {
                 let nth = self.rand(live);
-                let (id, before) = match self.tables[t].rows.iter().nth(nth) {
+                let (id, before) = match self.tables[t].rows.get(nth) {
                     Some((id, row)) => (*id, row.clone()),
                     None => return Vec::new(),
                 };
@@ -246,10 +247,10 @@ impl Generator {
                             }
                         }
                     }
-                    self.tables[t].rows.insert(id, after.clone());
+                    self.tables[t].rows[nth].1 = after.clone();
                     (id, Some(before), Some(after))
                 } else {
-                    self.tables[t].rows.remove(&id);
+                    self.tables[t].rows.swap_remove(nth);
                     (id, Some(before), None)
                 }
             }
