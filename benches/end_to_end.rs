@@ -220,9 +220,10 @@ fn create_topics(bootstrap: &str, topics: &[String], partitions: i32) {
 }
 
 /// Per partition, one past the highest offset the broker acknowledged: the position a group
-/// reaches once it has written everything. (tansu's ListOffsets answers lower than this.)
+/// reaches once it has written everything (tansu's ListOffsets answers lower than this); and how
+/// long each acknowledgement took from the send, in ms.
 #[derive(Default)]
-struct Acked(Mutex<HashMap<(String, i32), i64>>);
+struct Acked(Mutex<HashMap<(String, i32), i64>>, Mutex<Vec<i64>>);
 
 impl ClientContext for Acked {}
 
@@ -236,6 +237,9 @@ impl ProducerContext for Acked {
                     .entry((m.topic().to_string(), m.partition()))
                     .or_default();
                 *end = (*end).max(m.offset() + 1);
+                if let Some(sent) = m.timestamp().to_millis() {
+                    self.1.lock().unwrap().push(now_ms() - sent);
+                }
             }
             Err((e, _)) => panic!("delivery failed: {e}"),
         }
@@ -690,14 +694,19 @@ fn main() {
         })
         .collect();
     latencies.sort_unstable();
+    let mut acks = std::mem::take(&mut *live_producer.context().1.lock().unwrap());
+    acks.sort_unstable();
     say(format!(
         "\n## Latency at half the drain rate\n\n\
          {} events at {rate:.0} events/s (sent in {send_s:.1} s): produce to commit \
-         p50 {} ms, p99 {} ms, max {} ms (commits seen by polling audit_positions every 10 ms)",
+         p50 {} ms, p99 {} ms, max {} ms (commits seen by polling audit_positions every 10 ms)\n\
+         the broker acknowledged each produce after p50 {} ms, p99 {} ms",
         latencies.len(),
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or(0),
+        percentile(&acks, 0.5),
+        percentile(&acks, 0.99),
     ));
     let checked = exactly_once(&mut client, backlog_changes + live_generator.changes);
     say(format!(

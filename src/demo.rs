@@ -50,7 +50,7 @@ pub struct Record {
 struct Table {
     name: &'static str,
     columns: &'static [(&'static str, &'static str)],
-    /// Live rows by id; picked at random, so a Vec (a map's nth would make the demo quadratic).
+    /// Live rows with their ids, picked at random: a Vec, as a map's nth would be quadratic.
     rows: Vec<(i64, serde_json::Value)>,
     next_id: i64,
 }
