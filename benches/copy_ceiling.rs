@@ -3,17 +3,15 @@
 //! one fenced transaction per partition batch (position lock, COPY, position update), on N
 //! connections. Prints rows/s and the ratio; asserts nothing.
 //!
-//!     cargo bench --bench copy_ceiling [-- EVENTS]
+//!     cargo bench --bench copy_ceiling [-- EVENTS [BATCH]]
 
 mod common;
 
 use cdc_audit::demo::{self, Generator};
 use cdc_audit::pipeline::Transformed;
 
-const BATCH: usize = 2000;
-
-/// One partition's batches, transformed.
-fn partition_batches(partition: i32, events: usize) -> Vec<Transformed> {
+/// One partition's batches of `batch` events, transformed.
+fn partition_batches(partition: i32, events: usize, batch: usize) -> Vec<Transformed> {
     let mut generator = Generator::new("bench", 1 + partition as u64);
     let mut records = Vec::with_capacity(events);
     while records.len() < events {
@@ -26,25 +24,25 @@ fn partition_batches(partition: i32, events: usize) -> Vec<Transformed> {
     }
     records.truncate(events);
     let records: Vec<_> = records.iter().collect();
-    common::transformed_batches("bench.inventory.customers", partition, &records, BATCH)
+    common::transformed_batches("bench.inventory.customers", partition, &records, batch)
 }
 
 fn main() {
-    let events: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(100_000);
+    let numbers: Vec<usize> = std::env::args().filter_map(|a| a.parse().ok()).collect();
+    let events = numbers.first().copied().unwrap_or(100_000);
+    // The service's default batch size; small batches show the per-transaction cost.
+    let batch = numbers.get(1).copied().unwrap_or(2000);
     let server = demo::server_url();
     let mut admin = cdc_audit::sink::connect(&server, None).expect("PostgreSQL");
     let name = format!("cdc_audit_bench_copy_{}", std::process::id());
     println!(
-        "{events} change events per run, batches of {BATCH}, PostgreSQL at {}",
+        "{events} change events per run, batches of {batch}, PostgreSQL at {}",
         cdc_audit::config::mask_url(&server)
     );
     for connections in [1, 2] {
         let streams = || {
             (0..connections as i32)
-                .map(|p| partition_batches(p, events / connections))
+                .map(|p| partition_batches(p, events / connections, batch))
                 .collect::<Vec<_>>()
         };
         let url = common::fresh_database(&mut admin, &server, &name);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Receiver;
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use postgres::error::SqlState;
+use postgres::types::{ToSql, Type};
 use postgres::Transaction;
 use postgres_openssl::MakeTlsConnector;
 use r2d2_postgres::PostgresConnectionManager;
@@ -218,19 +219,22 @@ pub fn write_batch(
     let first = batch.messages.first().map_or(batch.end, |m| m.offset);
     let from = batch.start.unwrap_or(first);
 
+    // Typed statements go out with their parameters in one round trip; untyped ones are
+    // prepared first, a second round trip each on every batch.
     let mut tx = client.transaction()?;
+    let key = || position_key(&group, &topic, &partition);
     let lock = "SELECT next_offset FROM audit_positions \
                 WHERE consumer_group = $1 AND topic = $2 AND partition = $3 FOR UPDATE";
-    let stored: i64 = match tx.query_opt(lock, &[&group, &topic, &partition])? {
+    let stored: i64 = match tx.query_typed_opt(lock, &key())? {
         Some(row) => row.get(0),
         None => {
-            tx.execute(
+            tx.execute_typed(
                 "INSERT INTO audit_positions (consumer_group, topic, partition, next_offset) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                &[&group, &topic, &partition, &from],
+                &[key(), vec![(&from, Type::INT8)]].concat(),
             )?;
             // Either our row, or one a concurrent owner committed first: lock whichever it is.
-            tx.query_one(lock, &[&group, &topic, &partition])?.get(0)
+            tx.query_typed_one(lock, &key())?.get(0)
         }
     };
     if stored >= batch.end {
@@ -283,10 +287,10 @@ pub fn write_batch(
     for (msg, rejection) in &rejections {
         insert_rejection(&mut tx, msg, rejection)?;
     }
-    tx.execute(
+    tx.execute_typed(
         "UPDATE audit_positions SET next_offset = $4, updated_at = now() \
          WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
-        &[&group, &topic, &partition, &batch.end],
+        &[key(), vec![(&batch.end, Type::INT8)]].concat(),
     )?;
     tx.commit()?;
     Ok(Written::Committed {
@@ -297,6 +301,19 @@ pub fn write_batch(
         skips,
         skipped,
     })
+}
+
+/// The parameters naming a row of `audit_positions`, typed.
+fn position_key<'a>(
+    group: &'a &str,
+    topic: &'a &str,
+    partition: &'a i32,
+) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
+    vec![
+        (group, Type::TEXT),
+        (topic, Type::TEXT),
+        (partition, Type::INT4),
+    ]
 }
 
 pub fn copy_rows<'a>(
