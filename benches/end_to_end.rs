@@ -64,6 +64,9 @@ struct Args {
     /// The service's writers, and the ceiling's connections.
     #[arg(long, default_value_t = 2)]
     writers: usize,
+    /// The latency phase's rate, as a share of the measured drain rate.
+    #[arg(long, default_value_t = 0.5)]
+    latency_share: f64,
     /// Seconds of paced traffic in the latency phase.
     #[arg(long, default_value_t = 20)]
     latency_seconds: u64,
@@ -220,10 +223,15 @@ fn create_topics(bootstrap: &str, topics: &[String], partitions: i32) {
 }
 
 /// Per partition, one past the highest offset the broker acknowledged: the position a group
-/// reaches once it has written everything (tansu's ListOffsets answers lower than this); and how
-/// long each acknowledgement took from the send, in ms.
-#[derive(Default)]
-struct Acked(Mutex<HashMap<(String, i32), i64>>, Mutex<Vec<i64>>);
+/// reaches once it has written everything (tansu's ListOffsets answers lower than this); and, if
+/// `times` is set, when each message was acknowledged (unix ms), by (topic, partition, offset).
+struct Acked {
+    ends: Mutex<HashMap<(String, i32), i64>>,
+    times: Option<Mutex<AckTimes>>,
+}
+
+/// When each message was acknowledged, unix ms, by topic, partition and offset.
+type AckTimes = HashMap<(String, i32, i64), i64>;
 
 impl ClientContext for Acked {}
 
@@ -232,13 +240,16 @@ impl ProducerContext for Acked {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
             Ok(m) => {
-                let mut ends = self.0.lock().unwrap();
+                let mut ends = self.ends.lock().unwrap();
                 let end = ends
                     .entry((m.topic().to_string(), m.partition()))
                     .or_default();
                 *end = (*end).max(m.offset() + 1);
-                if let Some(sent) = m.timestamp().to_millis() {
-                    self.1.lock().unwrap().push(now_ms() - sent);
+                if let Some(times) = &self.times {
+                    times
+                        .lock()
+                        .unwrap()
+                        .insert((m.topic().to_string(), m.partition(), m.offset()), now_ms());
                 }
             }
             Err((e, _)) => panic!("delivery failed: {e}"),
@@ -248,19 +259,22 @@ impl ProducerContext for Acked {
 
 impl Acked {
     fn total(&self) -> i64 {
-        self.0.lock().unwrap().values().sum()
+        self.ends.lock().unwrap().values().sum()
     }
 }
 
-/// A producer of record batches of up to `batch` messages.
-fn producer(bootstrap: &str, batch: usize) -> BaseProducer<Acked> {
+/// A producer of record batches of up to `batch` messages; `times`: keep each acknowledgement's time.
+fn producer(bootstrap: &str, batch: usize, times: bool) -> BaseProducer<Acked> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
         .set("batch.num.messages", batch.to_string())
         .set("queue.buffering.max.kbytes", "262144")
         .set("message.timeout.ms", "120000")
-        .create_with_context(Acked::default())
+        .create_with_context(Acked {
+            ends: Mutex::default(),
+            times: times.then(Mutex::default),
+        })
         .unwrap()
 }
 
@@ -595,7 +609,7 @@ fn main() {
     let (broker, bootstrap) = start_broker(&tansu);
     create_topics(&bootstrap, &all_topics, args.partitions);
     let producing = Instant::now();
-    let backlog_producer = producer(&bootstrap, args.producer_batch);
+    let backlog_producer = producer(&bootstrap, args.producer_batch, false);
     for r in &backlog {
         send(&backlog_producer, r);
     }
@@ -644,14 +658,14 @@ fn main() {
         d.write_ms,
     ));
 
-    // 3. Latency at half the drain rate, the instance caught up, on the live topics with
+    // 3. Latency at a share of the drain rate (half by default), the instance caught up, on the live topics with
     // ordinary producer batching (no seek happens while the service keeps up).
-    let rate = d.rate() / 2.0;
+    let rate = d.rate() * args.latency_share;
     let mut paced = Vec::new();
     while live_generator.changes < (rate * args.latency_seconds as f64) as usize {
         paced.extend(live_generator.next_records());
     }
-    let live_producer = producer(&bootstrap, 10_000);
+    let live_producer = producer(&bootstrap, 10_000, true);
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_positions(url_one.clone(), "bench-one".into(), stop.clone());
     let phase_start = now_ms();
@@ -676,7 +690,16 @@ fn main() {
     }
     stop.store(true, Ordering::Relaxed);
     let timeline = watcher.join().unwrap();
-    let mut latencies: Vec<i64> = client
+    // Per row: from the send (its Kafka timestamp) and from the broker's acknowledgement (when
+    // the broker had stored it) to the commit that covered it.
+    let acked = live_producer
+        .context()
+        .times
+        .as_ref()
+        .map(|t| std::mem::take(&mut *t.lock().unwrap()))
+        .unwrap_or_default();
+    let (mut from_send, mut from_ack, mut ack): (Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
+    for r in client
         .query(
             "SELECT kafka_topic, kafka_partition, kafka_offset, \
                     (extract(epoch FROM kafka_timestamp) * 1000)::bigint \
@@ -684,29 +707,45 @@ fn main() {
             &[&phase_start],
         )
         .unwrap()
-        .iter()
-        .filter_map(|r| {
-            let samples = timeline.get(&(r.get(0), r.get(1)))?;
-            let offset: i64 = r.get(2);
-            let at = samples.partition_point(|&(next, _)| next <= offset);
-            let (_, seen) = samples.get(at)?;
-            Some(seen - r.get::<_, i64>(3))
-        })
-        .collect();
-    latencies.sort_unstable();
-    let mut acks = std::mem::take(&mut *live_producer.context().1.lock().unwrap());
-    acks.sort_unstable();
+    {
+        let (topic, partition, offset, sent): (String, i32, i64, i64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let Some(samples) = timeline.get(&(topic.clone(), partition)) else {
+            continue;
+        };
+        let at = samples.partition_point(|&(next, _)| next <= offset);
+        let Some(&(_, seen)) = samples.get(at) else {
+            continue;
+        };
+        from_send.push(seen - sent);
+        if let Some(acked) = acked.get(&(topic, partition, offset)) {
+            from_ack.push(seen - acked);
+            ack.push(acked - sent);
+        }
+    }
+    for v in [&mut from_send, &mut from_ack, &mut ack] {
+        v.sort_unstable();
+    }
+    let figures = |v: &[i64]| {
+        format!(
+            "p50 {} ms, p99 {} ms, max {} ms",
+            percentile(v, 0.5),
+            percentile(v, 0.99),
+            v.last().copied().unwrap_or(0)
+        )
+    };
     say(format!(
-        "\n## Latency at half the drain rate\n\n\
-         {} events at {rate:.0} events/s (sent in {send_s:.1} s): produce to commit \
-         p50 {} ms, p99 {} ms, max {} ms (commits seen by polling audit_positions every 10 ms)\n\
-         the broker acknowledged each produce after p50 {} ms, p99 {} ms",
-        latencies.len(),
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        latencies.last().copied().unwrap_or(0),
-        percentile(&acks, 0.5),
-        percentile(&acks, 0.99),
+        "\n## Latency at {:.2} of the drain rate\n\n\
+         {} events at {rate:.0} events/s (sent in {send_s:.1} s); commits seen by polling \
+         audit_positions every 10 ms\n\
+         produce to commit: {}\n\
+         of which the broker, send to acknowledgement: {}\n\
+         and the service, acknowledgement to commit: {}",
+        args.latency_share,
+        from_send.len(),
+        figures(&from_send),
+        figures(&ack),
+        figures(&from_ack),
     ));
     let checked = exactly_once(&mut client, backlog_changes + live_generator.changes);
     say(format!(
