@@ -74,6 +74,10 @@ struct Args {
     /// `main`): a seek into a batch skips the rest of it, and the exactly-once check says so.
     #[arg(long, default_value_t = 1)]
     producer_batch: usize,
+    /// tansu's storage engine: in memory, or e.g. `sqlite:///tmp/tansu.db` for a tansu built with
+    /// `--features libsql`, which stores records one by one and fetches from any offset.
+    #[arg(long, default_value = "memory://tansu/")]
+    storage: String,
     /// Leave out the two-instance phase.
     #[arg(long)]
     one_instance: bool,
@@ -182,12 +186,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts tansu with in-memory storage on a free port; returns it and its bootstrap address.
-fn start_broker(binary: &PathBuf) -> (Process, String) {
+/// Starts tansu with `storage` on a free port; returns it and its bootstrap address.
+fn start_broker(binary: &PathBuf, storage: &str) -> (Process, String) {
     let port = free_port();
     let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new(binary)
-        .args(["broker", "--storage-engine", "memory://tansu/"])
+        .args(["broker", "--storage-engine", storage])
         .args(["--listener-url", &url, "--advertised-listener-url", &url])
         .stdout(Stdio::null())
         .stderr(log_file("cdc-audit-bench-tansu.log"))
@@ -606,7 +610,7 @@ fn main() {
     // after it, so the seek of a rebalance or a resume would skip the rest of a larger batch (the
     // service logs it as a gap: the exactly-once check fails). Its ListOffsets end is also the
     // last batch's base offset + 1, hence positions are counted from delivery reports.
-    let (broker, bootstrap) = start_broker(&tansu);
+    let (broker, bootstrap) = start_broker(&tansu, &args.storage);
     create_topics(&bootstrap, &all_topics, args.partitions);
     let producing = Instant::now();
     let backlog_producer = producer(&bootstrap, args.producer_batch, false);
