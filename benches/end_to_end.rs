@@ -74,7 +74,8 @@ struct Args {
     /// `main`): a seek into a batch skips the rest of it, and the exactly-once check says so.
     #[arg(long, default_value_t = 1)]
     producer_batch: usize,
-    /// tansu's storage engine: in memory, or e.g. `sqlite:///tmp/tansu.db` for a tansu built with
+    /// tansu's storage engine: in memory, or e.g. `sqlite://tansu.db` (in the temporary
+    /// directory) for a tansu built with
     /// `--features libsql`, which stores records one by one and fetches from any offset.
     #[arg(long, default_value = "memory://tansu/")]
     storage: String,
@@ -192,6 +193,8 @@ fn start_broker(binary: &PathBuf, storage: &str) -> (Process, String) {
     let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new(binary)
         .args(["broker", "--storage-engine", storage])
+        // A relative sqlite:// path lands in the temporary directory, not in the checkout.
+        .current_dir(std::env::temp_dir())
         .args(["--listener-url", &url, "--advertised-listener-url", &url])
         .stdout(Stdio::null())
         .stderr(log_file("cdc-audit-bench-tansu.log"))
