@@ -37,7 +37,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 /// The service's default batch size: the ceiling writes batches of the same size.
@@ -117,12 +117,15 @@ fn block_on<F: Future>(future: F) -> F::Output {
 
 /// A child process killed when dropped, so a failed run leaves nothing behind; for the service,
 /// also its metrics address.
-struct Process(Child, Option<String>);
+struct Process {
+    child: Child,
+    metrics: Option<String>,
+}
 
 impl Process {
     /// Sum and count of a histogram on the service's /metrics.
     fn histogram(&self, name: &str) -> Option<(f64, f64)> {
-        let mut stream = TcpStream::connect(self.1.as_ref()?).ok()?;
+        let mut stream = TcpStream::connect(self.metrics.as_ref()?).ok()?;
         stream
             .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
             .ok()?;
@@ -140,21 +143,21 @@ impl Process {
     }
 
     fn pid(&self) -> u32 {
-        self.0.id()
+        self.child.id()
     }
     /// SIGTERM, then wait.
     fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status();
-        let _ = self.0.wait();
+        let _ = self.child.wait();
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -200,7 +203,10 @@ fn start_broker(binary: &PathBuf, storage: &str) -> (Process, String) {
         .stderr(log_file("cdc-audit-bench-tansu.log"))
         .spawn()
         .unwrap();
-    let broker = Process(child, None);
+    let broker = Process {
+        child,
+        metrics: None,
+    };
     let address = format!("127.0.0.1:{port}");
     let started = Instant::now();
     while TcpStream::connect(&address).is_err() {
@@ -285,32 +291,6 @@ fn producer(bootstrap: &str, batch: usize, times: bool) -> BaseProducer<Acked> {
         .unwrap()
 }
 
-fn send(producer: &BaseProducer<Acked>, r: &Record) {
-    let mut record: BaseRecord<'_, str, str> = BaseRecord::to(&r.topic);
-    if let Some(k) = &r.key {
-        record = record.key(k.as_str());
-    }
-    if let Some(v) = &r.value {
-        record = record.payload(v.as_str());
-    }
-    loop {
-        match producer.send(record) {
-            Ok(()) => break,
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                back,
-            )) => {
-                record = back;
-                producer.poll(Duration::from_millis(10));
-            }
-            Err((e, _)) => panic!("produce to {}: {e}", r.topic),
-        }
-    }
-    producer.poll(Duration::ZERO);
-}
-
 /// How fast the broker alone delivers the backlog: a plain consumer reading every partition from
 /// the start, touching each payload, writing nothing.
 fn broker_rate(bootstrap: &str, topics: &[String], partitions: i32, messages: i64) -> f64 {
@@ -380,7 +360,10 @@ fn service(
         .stderr(log_file(&format!("cdc-audit-bench-{group}-{n}.log")))
         .spawn()
         .unwrap();
-    Process(child, Some(http))
+    Process {
+        child,
+        metrics: Some(http),
+    }
 }
 
 /// Busy and total CPU ticks of the whole machine, from /proc/stat.
@@ -416,6 +399,13 @@ struct Drain {
 impl Drain {
     fn rate(&self) -> f64 {
         self.events as f64 / self.steady
+    }
+
+    fn batches_line(&self) -> String {
+        format!(
+            "{:.0} batches of {:.0} messages on average, {:.1} ms each to write and commit",
+            self.batches, self.batch_messages, self.write_ms
+        )
     }
 }
 
@@ -475,8 +465,15 @@ fn drain(
 }
 
 /// Every generated change once: as many rows as changes, each source LSN of each generator
-/// (topic prefix) once, no rejections.
-fn exactly_once(client: &mut postgres::Client, changes: usize) -> Result<String, String> {
+/// (topic prefix) once, no rejections. The report's line, and whether it held.
+fn exactly_once(client: &mut postgres::Client, changes: usize) -> (String, bool) {
+    match check_exactly_once(client, changes) {
+        Ok(fine) => (format!("exactly once: {fine}"), true),
+        Err(e) => (format!("exactly once: NO: {e}"), false),
+    }
+}
+
+fn check_exactly_once(client: &mut postgres::Client, changes: usize) -> Result<String, String> {
     let row = client
         .query_one(
             "SELECT count(*), count(DISTINCT (split_part(kafka_topic, '.', 1), lsn)), \
@@ -618,7 +615,7 @@ fn main() {
     let producing = Instant::now();
     let backlog_producer = producer(&bootstrap, args.producer_batch, false);
     for r in &backlog {
-        send(&backlog_producer, r);
+        demo::send(&backlog_producer, r).unwrap();
     }
     backlog_producer.flush(Duration::from_secs(3600)).unwrap();
     let produce_s = producing.elapsed().as_secs_f64();
@@ -649,8 +646,7 @@ fn main() {
          {:.0} events/s, {:.1} MB/s, ratio to the ceiling {:.2} \
          (from the first commit; the group join took {:.1} s before it)\n\
          peak resident memory {:.0} MB; CPU {:.1} µs per event ({:.1} s in all); \
-         tansu CPU {:.1} s; machine busy {:.0}%\n\
-         {:.0} batches of {:.0} messages on average, {:.1} ms each to write and commit",
+         tansu CPU {:.1} s; machine busy {:.0}%\n{}",
         d.rate(),
         bytes as f64 / d.steady / 1e6,
         d.rate() / ceiling,
@@ -660,13 +656,11 @@ fn main() {
         d.cpu_s[0],
         common::cpu_seconds(broker.pid()).unwrap_or(0.0) - broker_cpu,
         d.machine_busy * 100.0,
-        d.batches,
-        d.batch_messages,
-        d.write_ms,
+        d.batches_line(),
     ));
 
-    // 3. Latency at a share of the drain rate (half by default), the instance caught up, on the live topics with
-    // ordinary producer batching (no seek happens while the service keeps up).
+    // 3. Latency at a share of the drain rate (half by default), the instance caught up, on the
+    // live topics with ordinary producer batching (no seek happens while the service keeps up).
     let rate = d.rate() * args.latency_share;
     let mut paced = Vec::new();
     while live_generator.changes < (rate * args.latency_seconds as f64) as usize {
@@ -684,7 +678,7 @@ fn main() {
         if let Some(wait) = due.checked_sub(started.elapsed()) {
             thread::sleep(wait);
         }
-        send(&live_producer, r);
+        demo::send(&live_producer, r).unwrap();
     }
     let send_s = started.elapsed().as_secs_f64();
     live_producer.flush(Duration::from_secs(60)).unwrap();
@@ -754,13 +748,10 @@ fn main() {
         figures(&ack),
         figures(&from_ack),
     ));
-    let checked = exactly_once(&mut client, backlog_changes + live_generator.changes);
-    say(format!(
-        "exactly once: {}",
-        checked.clone().unwrap_or_else(|e| format!("NO: {e}"))
-    ));
+    let (line, held) = exactly_once(&mut client, backlog_changes + live_generator.changes);
+    say(line);
     one.stop();
-    let mut failed = checked.is_err();
+    let mut failed = !held;
 
     // 4. Two instances, one group, a fresh database: the backlog again.
     if !args.one_instance {
@@ -779,8 +770,7 @@ fn main() {
         say(format!(
             "\n## Two instances in one group draining the backlog\n\n\
              {:.0} events/s, ratio to the ceiling {:.2} (join took {:.1} s); \
-             peak resident memory {:.0} and {:.0} MB; CPU {:.1} µs per event; machine busy {:.0}%\n\
-             {:.0} batches of {:.0} messages on average, {:.1} ms each to write and commit",
+             peak resident memory {:.0} and {:.0} MB; CPU {:.1} µs per event; machine busy {:.0}%\n{}",
             d2.rate(),
             d2.rate() / ceiling,
             d2.startup,
@@ -788,16 +778,11 @@ fn main() {
             d2.peak_rss_mb[1],
             cpu / d2.events as f64 * 1e6,
             d2.machine_busy * 100.0,
-            d2.batches,
-            d2.batch_messages,
-            d2.write_ms,
+            d2.batches_line(),
         ));
-        let checked = exactly_once(&mut client_two, backlog_changes);
-        say(format!(
-            "exactly once: {}",
-            checked.clone().unwrap_or_else(|e| format!("NO: {e}"))
-        ));
-        failed |= checked.is_err();
+        let (line, held) = exactly_once(&mut client_two, backlog_changes);
+        say(line);
+        failed |= !held;
         a.stop();
         b.stop();
         drop(client_two);

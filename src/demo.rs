@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::ClientConfig;
 use serde_json::json;
 
@@ -320,6 +320,37 @@ pub fn poison(topic: &str, n: usize) -> Vec<Record> {
         .collect()
 }
 
+/// Hands one record to the producer, waiting while its queue is full; serves delivery reports.
+pub fn send<C: ProducerContext<DeliveryOpaque = ()>>(
+    producer: &BaseProducer<C>,
+    r: &Record,
+) -> Result<(), String> {
+    let mut record: BaseRecord<'_, str, str> = BaseRecord::to(&r.topic);
+    if let Some(k) = &r.key {
+        record = record.key(k.as_str());
+    }
+    if let Some(v) = &r.value {
+        record = record.payload(v.as_str());
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => break,
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                back,
+            )) => {
+                record = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(format!("produce to {}: {e}", r.topic)),
+        }
+    }
+    producer.poll(Duration::ZERO);
+    Ok(())
+}
+
 /// Produces records and waits until all are acknowledged.
 pub fn produce(bootstrap: &str, records: &[Record]) -> Result<(), String> {
     let producer: BaseProducer = ClientConfig::new()
@@ -329,29 +360,7 @@ pub fn produce(bootstrap: &str, records: &[Record]) -> Result<(), String> {
         .create()
         .map_err(|e| format!("producer: {e}"))?;
     for r in records {
-        let mut record: BaseRecord<'_, str, str> = BaseRecord::to(&r.topic);
-        if let Some(k) = &r.key {
-            record = record.key(k.as_str());
-        }
-        if let Some(v) = &r.value {
-            record = record.payload(v.as_str());
-        }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(50));
-                }
-                Err((e, _)) => return Err(format!("produce to {}: {e}", r.topic)),
-            }
-        }
-        producer.poll(Duration::ZERO);
+        send(&producer, r)?;
     }
     producer
         .flush(Duration::from_secs(120))
