@@ -79,6 +79,9 @@ struct Args {
     /// `--features libsql`, which stores records one by one and fetches from any offset.
     #[arg(long, default_value = "memory://tansu/")]
     storage: String,
+    /// Both consumers' `max.partition.fetch.bytes`, in KiB (librdkafka's default: 1024).
+    #[arg(long, default_value_t = 1024)]
+    fetch_kb: usize,
     /// Leave out the two-instance phase.
     #[arg(long)]
     one_instance: bool,
@@ -293,17 +296,21 @@ fn producer(bootstrap: &str, batch: usize, times: bool) -> BaseProducer<Acked> {
 
 /// How fast the broker alone delivers the backlog: a plain consumer reading every partition from
 /// the start, touching each payload, writing nothing.
-fn broker_rate(bootstrap: &str, topics: &[String], partitions: i32, messages: i64) -> f64 {
+fn broker_rate(bootstrap: &str, topics: &[String], args: &Args, messages: i64) -> f64 {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "cdc-audit-bench-plain")
         .set("fetch.wait.max.ms", TANSU_FETCH_WAIT_MS)
+        .set(
+            "max.partition.fetch.bytes",
+            (args.fetch_kb * 1024).to_string(),
+        )
         .set("queued.max.messages.kbytes", "16384")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for topic in topics {
-        for p in 0..partitions {
+        for p in 0..args.partitions {
             tpl.add_partition_offset(topic, p, Offset::Beginning)
                 .unwrap();
         }
@@ -351,6 +358,10 @@ fn service(
         .env("CDC_AUDIT_KAFKA_MAX_POLL_INTERVAL_MS", "6000")
         .env("CDC_AUDIT_KAFKA_SESSION_TIMEOUT_MS", "6000")
         .env("CDC_AUDIT_KAFKA_FETCH_WAIT_MAX_MS", TANSU_FETCH_WAIT_MS)
+        .env(
+            "CDC_AUDIT_KAFKA_MAX_PARTITION_FETCH_BYTES",
+            (args.fetch_kb * 1024).to_string(),
+        )
         .env("CDC_AUDIT_BATCH_LINGER_MS", args.linger_ms.to_string())
         .env(
             "RUST_LOG",
@@ -625,7 +636,7 @@ fn main() {
         backlog.len() as f64 / produce_s
     ));
     drop(backlog);
-    let plain = broker_rate(&bootstrap, &backlog_topics, args.partitions, backlog_end);
+    let plain = broker_rate(&bootstrap, &backlog_topics, &args, backlog_end);
     say(format!(
         "tansu to a plain consumer, no database: {plain:.0} messages/s"
     ));

@@ -4,7 +4,7 @@
 CREATE ROLE cdc_audit_service LOGIN;   -- then: ALTER ROLE cdc_audit_service PASSWORD '...';
 GRANT USAGE ON SCHEMA public TO cdc_audit_service;
 -- Append only: no UPDATE or DELETE on the trail.
-GRANT SELECT, INSERT ON audit_logging, audit_transactions TO cdc_audit_service;
+GRANT SELECT, INSERT ON audit_logging, audit_transactions, audit_gaps TO cdc_audit_service;
 -- DELETE for `cdc-audit rejections replay` and `purge`.
 GRANT SELECT, INSERT, DELETE ON audit_rejections TO cdc_audit_service;
 -- Positions move forward with every batch.

@@ -2,6 +2,7 @@
 //! endpoints and the systemd watchdog read. Each notable event is a method here that logs once
 //! and moves the matching metrics, once per batch, not per message.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -91,6 +92,7 @@ pub struct Stats {
     pub duplicates_skipped: IntCounter,
     pub batches_dropped: IntCounter,
     pub rewinds: IntCounter,
+    pub offsets_missing: IntCounter,
     pub rebalances: IntCounterVec,
     pub write_retries: IntCounter,
     pub batch_size: Histogram,
@@ -188,7 +190,14 @@ impl Stats {
             ),
             rewinds: counter(
                 "cdc_audit_rewinds_total",
-                "Seeks back to the stored position after a gap",
+                "Seeks back to the stored position after a batch that did not connect to it",
+            ),
+            // No topic label: a series that first appears at its first increment would hide
+            // that increment from `increase()`. Which topic is in the log and in audit_gaps.
+            offsets_missing: counter(
+                "cdc_audit_offsets_missing_total",
+                "Offsets Kafka did not deliver (retention, compaction, aborted transactions), \
+                 recorded in audit_gaps",
             ),
             rebalances: labelled(
                 "cdc_audit_rebalances_total",
@@ -261,6 +270,20 @@ impl Stats {
             Skip::Filtered => "filtered",
         };
         self.skipped.with_label_values(&[reason]).inc();
+    }
+
+    /// Offsets of `tp` that Kafka no longer had or did not deliver, now recorded in `audit_gaps`.
+    pub fn offsets_missing(&self, tp: &Tp, range: &Range<i64>) {
+        self.offsets_missing
+            .inc_by((range.end - range.start) as u64);
+        log::warn!(
+            "{}[{}]: offsets {}..{} were not in Kafka (retention, compaction or an aborted \
+             transaction) and cannot be audited; recorded in audit_gaps",
+            tp.topic,
+            tp.partition,
+            range.start,
+            range.end
+        );
     }
 
     pub fn rejected(&self, kind: RejectKind) {

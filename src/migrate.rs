@@ -13,6 +13,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0002_append_only.sql",
         include_str!("../schema/0002_append_only.sql"),
     ),
+    (
+        3,
+        "0003_audit_gaps.sql",
+        include_str!("../schema/0003_audit_gaps.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed key of the advisory lock that serialises migrations.

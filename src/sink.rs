@@ -2,6 +2,7 @@
 //! and next position in one transaction, after checking the stored position (the fence).
 
 use std::io::Write;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,7 +18,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use crate::events::now_ms;
 use crate::events::Stats;
 use crate::pgcopy;
-use crate::pipeline::{Control, Finish, Message, Tracker, Transformed};
+use crate::pipeline::{Batch, Control, Finish, Message, Tracker, Transformed};
 use crate::transform::{
     Outcome, RejectKind, Rejection, Row, Skip, AUDIT_COLUMNS, TRANSACTION_COLUMNS,
 };
@@ -184,9 +185,11 @@ pub fn classify(e: &postgres::Error) -> ErrorClass {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Written {
     /// Committed up to `next`: `rows` new audit rows, `transactions` transaction events, the
-    /// kinds of the new rejections and skips, and `skipped` messages that were already written.
+    /// kinds of the new rejections and skips, `skipped` messages that were already written, and
+    /// the offsets Kafka did not deliver (recorded in `audit_gaps`).
     Committed {
         next: i64,
+        missing: Vec<Range<i64>>,
         rows: usize,
         transactions: usize,
         rejected: Vec<RejectKind>,
@@ -194,7 +197,7 @@ pub enum Written {
         skipped: usize,
     },
     /// The stored position is behind the batch's start: the batch does not connect.
-    Gap { stored: i64 },
+    Behind { stored: i64 },
 }
 
 /// A COPY target: the table and its column list.
@@ -241,6 +244,7 @@ pub fn write_batch(
         // Everything here is already written (a redelivery, or an owner that lost the partition).
         return Ok(Written::Committed {
             next: stored,
+            missing: Vec::new(),
             rows: 0,
             transactions: 0,
             rejected: Vec::new(),
@@ -249,7 +253,7 @@ pub fn write_batch(
         });
     }
     if stored < from {
-        return Ok(Written::Gap { stored });
+        return Ok(Written::Behind { stored });
     }
 
     // Only messages at or past the stored position are new.
@@ -287,6 +291,18 @@ pub fn write_batch(
     for (msg, rejection) in &rejections {
         insert_rejection(&mut tx, msg, rejection)?;
     }
+    let missing = missing_offsets(stored, batch);
+    for range in &missing {
+        tx.execute_typed(
+            "INSERT INTO audit_gaps (consumer_group, kafka_topic, kafka_partition, first_offset, \
+             end_offset) VALUES ($1, $2, $3, $4, $5)",
+            &[
+                key(),
+                vec![(&range.start, Type::INT8), (&range.end, Type::INT8)],
+            ]
+            .concat(),
+        )?;
+    }
     tx.execute_typed(
         "UPDATE audit_positions SET next_offset = $4, updated_at = now() \
          WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
@@ -295,12 +311,28 @@ pub fn write_batch(
     tx.commit()?;
     Ok(Written::Committed {
         next: batch.end,
+        missing,
         rows: rows.len(),
         transactions: transactions.len(),
         rejected: rejections.iter().map(|(_, r)| r.kind).collect(),
         skips,
         skipped,
     })
+}
+
+/// The runs of offsets from `from` to the batch's last message that Kafka did not deliver:
+/// retention or compaction removed them, or they were an aborted transaction's. A single missing
+/// offset is the commit marker of a transaction, which consumers never see, and is not counted.
+fn missing_offsets(from: i64, batch: &Batch) -> Vec<Range<i64>> {
+    let mut next = from;
+    let mut missing = Vec::new();
+    for m in batch.messages.iter().filter(|m| m.offset >= from) {
+        if m.offset > next + 1 {
+            missing.push(next..m.offset);
+        }
+        next = m.offset + 1;
+    }
+    missing
 }
 
 /// The parameters naming a row of `audit_positions`, typed.
@@ -530,6 +562,7 @@ impl Writer {
             match result {
                 Ok(Written::Committed {
                     next,
+                    missing,
                     rows,
                     transactions,
                     rejected,
@@ -561,6 +594,9 @@ impl Writer {
                     for skip in skips {
                         self.stats.skipped(skip);
                     }
+                    for range in &missing {
+                        self.stats.offsets_missing(&b.tp, range);
+                    }
                     for kind in &rejected {
                         self.stats.rejected(*kind);
                     }
@@ -573,7 +609,7 @@ impl Writer {
                     }
                     return Finish::Committed { next };
                 }
-                Ok(Written::Gap { stored }) => {
+                Ok(Written::Behind { stored }) => {
                     self.stats.rewinds.inc();
                     log::warn!(
                         "batch {} {}[{}] starts at {:?} but the stored position is {stored}: reading again from there",

@@ -513,16 +513,6 @@ impl Source {
         if cursor.seek.is_some() || cursor.next.is_some_and(|next| msg.offset < next) {
             return; // already taken, or read before a pending seek
         }
-        // One offset is a transaction marker; more were compacted away or deleted by retention
-        // before they could be audited: that must not pass silently.
-        if let Some(next) = cursor.next.filter(|next| msg.offset > *next + 1) {
-            log::warn!(
-                "{}[{}]: offsets {next}..{} are not in Kafka (retention or compaction) and cannot be audited",
-                tp.topic,
-                tp.partition,
-                msg.offset
-            );
-        }
         self.stats.messages_consumed.inc();
         let offset = msg.offset;
         let batch = cursor.pending.get_or_insert_with(|| {

@@ -220,7 +220,7 @@ fn rows(w: Written) -> (i64, usize, usize) {
             skipped,
             ..
         } => (next, rows, skipped),
-        Written::Gap { stored } => panic!("unexpected gap at {stored}"),
+        Written::Behind { stored } => panic!("unexpected gap at {stored}"),
     }
 }
 
@@ -244,13 +244,13 @@ fn redelivered_and_stale_batches_are_fenced_by_the_stored_position() {
     // A batch that does not connect to the stored position is refused: a gap would be a loss.
     assert_eq!(
         write(&batch(&records, Some(20), 20..25)),
-        Written::Gap { stored: 15 }
+        Written::Behind { stored: 15 }
     );
     // Started from Kafka's committed offset (start unknown): fenced against the first offset.
     assert_eq!(rows(write(&batch(&records, None, 15..20))), (20, 5, 0));
     assert_eq!(
         write(&batch(&records, None, 22..25)),
-        Written::Gap { stored: 20 }
+        Written::Behind { stored: 20 }
     );
     // A stale owner's batch from long ago writes nothing.
     assert_eq!(rows(write(&batch(&records, None, 3..8))), (20, 0, 5));
@@ -277,6 +277,76 @@ fn redelivered_and_stale_batches_are_fenced_by_the_stored_position() {
         .unwrap()
         .get(0);
     assert_eq!(stored, 60);
+}
+
+/// `t` without the messages at `gone`: offsets Kafka did not deliver.
+fn without(mut t: Transformed, gone: &[i64]) -> Transformed {
+    let keep: Vec<bool> = t
+        .batch
+        .messages
+        .iter()
+        .map(|m| !gone.contains(&m.offset))
+        .collect();
+    let (mut a, mut b) = (keep.iter(), keep.iter());
+    t.batch.messages.retain(|_| *a.next().unwrap());
+    t.outcomes.retain(|_| *b.next().unwrap());
+    t
+}
+
+fn gaps(db: &TestDb) -> Vec<(i64, i64)> {
+    db.client()
+        .query(
+            "SELECT first_offset, end_offset FROM audit_gaps ORDER BY first_offset",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[test]
+fn offsets_missing_from_kafka_are_recorded_once_with_the_batch_that_reads_past_them() {
+    let db = TestDb::new("gaps");
+    db.migrate();
+    let records: Vec<Record> = generate("gaps", 9, 100)
+        .into_iter()
+        .filter(|r| r.value.is_some())
+        .collect();
+    let mut c = db.client();
+    let mut write = |t: &Transformed| write_batch(&mut c, "g", t, false).unwrap();
+    let missing = |w: Written| match w {
+        Written::Committed { next, missing, .. } => {
+            let missing: Vec<(i64, i64)> = missing.iter().map(|r| (r.start, r.end)).collect();
+            (next, missing)
+        }
+        Written::Behind { stored } => panic!("unexpected gap at {stored}"),
+    };
+
+    // 3..7 deleted by retention, 9 a transaction's commit marker (one offset: not a gap), 12..14
+    // an aborted transaction.
+    let t = without(batch(&records, Some(0), 0..20), &[3, 4, 5, 6, 9, 12, 13]);
+    assert_eq!(missing(write(&t)), (20, vec![(3, 7), (12, 14)]));
+    assert_eq!(db.count("audit_logging"), 13);
+    // Redelivered, it records nothing again.
+    assert_eq!(missing(write(&t)), (20, vec![]));
+    // A hole at the start of a batch: the partition's log starts past the stored position.
+    let t = without(batch(&records, Some(20), 20..30), &[20, 21, 22, 23, 24]);
+    assert_eq!(missing(write(&t)), (30, vec![(20, 25)]));
+    // A batch that overlaps the stored position records only what lies past it.
+    let t = without(batch(&records, Some(25), 25..40), &[26, 27, 35, 36]);
+    assert_eq!(missing(write(&t)), (40, vec![(35, 37)]));
+    assert_eq!(gaps(&db), [(3, 7), (12, 14), (20, 25), (35, 37)]);
+
+    // Like the trail, the record of gaps is append-only.
+    let err = db
+        .client()
+        .execute("DELETE FROM audit_gaps", &[])
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("audit_gaps is append-only"),
+        "{err:?}"
+    );
 }
 
 /// Sets the group's committed offsets in Kafka to 0 for every partition, as a group member

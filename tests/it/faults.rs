@@ -347,3 +347,82 @@ fn a_10_mb_change_event_is_stored_whole() {
         .get(0);
     assert_eq!(len as usize, note.len());
 }
+
+/// Retention deletes offsets the service has not read (it was stopped): the hole is recorded in
+/// `audit_gaps` and counted, once, and everything after it is audited. The mock broker keeps at
+/// most 5 MB a partition, dropping its oldest record batches beyond that.
+#[test]
+fn offsets_deleted_by_retention_before_they_were_read_are_recorded_as_a_gap() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let db = TestDb::new("retention");
+    let kafka = Kafka::new("retention");
+    kafka.cluster.create_topic("retained", 1, 1).unwrap();
+    let mut cfg = config(&kafka, &db, "g");
+    cfg.topics = cdc_audit::config::Topics::List(vec!["retained".into()]);
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .set("message.max.bytes", "2000000")
+        .create()
+        .unwrap();
+    // Each flush makes a record batch of its own, which retention drops as a whole.
+    let send = |id: usize, note: &str| {
+        let value = format!(
+            r#"{{"op": "c", "after": {{"id": {id}, "note": "{note}"}}, "source": {{"table": "retained"}}}}"#
+        );
+        producer
+            .send(BaseRecord::<(), str>::to("retained").payload(&value))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer.flush(Duration::from_secs(30)).unwrap();
+    };
+
+    send(0, "small");
+    send(1, "small");
+    let service = InProcess::start(cfg.clone());
+    wait_until(Duration::from_secs(60), "the first two", || {
+        db.committed("g") == 2
+    });
+    service.stop();
+
+    // Eleven events of 600 KB: the first three are gone by the time the service is back.
+    let big = "x".repeat(600 << 10);
+    for id in 2..13 {
+        send(id, &big);
+    }
+    let watcher: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .create()
+        .unwrap();
+    let (low, high) = watcher
+        .fetch_watermarks("retained", 0, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!((low, high), (5, 13), "retention dropped offsets 2, 3 and 4");
+
+    let service = InProcess::start(cfg);
+    wait_until(Duration::from_secs(120), "the rest", || {
+        db.committed("g") == 13
+    });
+    let missing = service.stats.offsets_missing.get();
+    service.stop();
+    assert_eq!(missing, 3);
+    let gaps: Vec<(String, i32, i64, i64)> = db
+        .client()
+        .query(
+            "SELECT kafka_topic, kafka_partition, first_offset, end_offset FROM audit_gaps",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(gaps, [("retained".to_string(), 0, 2, 5)]);
+    let offsets: Vec<i64> = db
+        .client()
+        .query("SELECT kafka_offset FROM audit_logging ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(offsets, [0, 1, 5, 6, 7, 8, 9, 10, 11, 12]);
+}
