@@ -65,6 +65,10 @@ struct Args {
     /// The service's CDC_AUDIT_BATCH_LINGER_MS.
     #[arg(long, default_value_t = 200)]
     linger_ms: u64,
+    /// The service's CDC_AUDIT_BATCH_IDLE_LINGER_MS (equal to --linger-ms: batches wait for the
+    /// linger even when their writer is idle).
+    #[arg(long, default_value_t = 20)]
+    idle_linger_ms: u64,
     /// The service's writers, and the ceiling's connections.
     #[arg(long, default_value_t = 2)]
     writers: usize,
@@ -368,6 +372,10 @@ fn service(
         )
         .env("CDC_AUDIT_BATCH_LINGER_MS", args.linger_ms.to_string())
         .env(
+            "CDC_AUDIT_BATCH_IDLE_LINGER_MS",
+            args.idle_linger_ms.to_string(),
+        )
+        .env(
             "RUST_LOG",
             std::env::var("CDC_AUDIT_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
         )
@@ -499,16 +507,22 @@ fn check_exactly_once(client: &mut postgres::Client, changes: usize) -> Result<S
     let row = client
         .query_one(
             "SELECT count(*), count(DISTINCT (split_part(kafka_topic, '.', 1), lsn)), \
-                    (SELECT count(*) FROM audit_rejections) FROM audit_logging",
+                    (SELECT count(*) FROM audit_rejections), \
+                    (SELECT coalesce(sum(end_offset - first_offset), 0)::bigint FROM audit_gaps) \
+             FROM audit_logging",
             &[],
         )
         .map_err(|e| e.to_string())?;
-    let (rows, lsns, rejected): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let (rows, lsns, rejected, missing): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
     if rows == changes as i64 && lsns == rows && rejected == 0 {
         Ok(format!("{rows} rows for {changes} changes, each once"))
     } else {
+        // Offsets tansu skipped (a fetch from inside a record batch, see `main`) are recorded by
+        // the service in audit_gaps: say so, the run still fails.
         Err(format!(
-            "{rows} rows, {lsns} distinct LSNs, {rejected} rejections for {changes} changes"
+            "{rows} rows, {lsns} distinct LSNs, {rejected} rejections for {changes} changes; \
+             {missing} offsets the broker did not deliver, recorded in audit_gaps"
         ))
     }
 }

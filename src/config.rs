@@ -59,7 +59,12 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "CDC_AUDIT_BATCH_LINGER_MS",
         default: Some("200"),
-        help: "longest a partly filled batch waits before it is written, 1..=60000",
+        help: "longest a partly filled batch waits while its writer is busy, 1..=60000",
+    },
+    Setting {
+        name: "CDC_AUDIT_BATCH_IDLE_LINGER_MS",
+        default: Some("20"),
+        help: "how long a partly filled batch waits when its writer is idle, 0..=CDC_AUDIT_BATCH_LINGER_MS",
     },
     Setting {
         name: "CDC_AUDIT_WRITERS",
@@ -216,6 +221,8 @@ pub struct Config {
     pub database_ca_file: Option<std::path::PathBuf>,
     pub batch_size: usize,
     pub batch_linger: Duration,
+    /// A batch whose writer has nothing to do is handed on after this long (group commit).
+    pub batch_idle_linger: Duration,
     pub writers: usize,
     pub pool_size: u32,
     pub channel_capacity: usize,
@@ -413,6 +420,13 @@ impl Config {
         let batch_size = number("CDC_AUDIT_BATCH_SIZE", 2000, 1, 100_000)? as usize;
         let batch_linger =
             Duration::from_millis(number("CDC_AUDIT_BATCH_LINGER_MS", 200, 1, 60_000)?);
+        let linger_ms = batch_linger.as_millis() as u64;
+        let batch_idle_linger = Duration::from_millis(number(
+            "CDC_AUDIT_BATCH_IDLE_LINGER_MS",
+            20.min(linger_ms),
+            0,
+            linger_ms,
+        )?);
         let writers = number("CDC_AUDIT_WRITERS", 2, 1, 64)? as usize;
         let pool_size = number("CDC_AUDIT_POOL_SIZE", writers as u64 + 2, 2, 256)? as u32;
         if (pool_size as usize) < writers + 1 {
@@ -517,6 +531,7 @@ impl Config {
             database_ca_file,
             batch_size,
             batch_linger,
+            batch_idle_linger,
             writers,
             pool_size,
             channel_capacity,
@@ -552,6 +567,10 @@ impl Config {
             (
                 "CDC_AUDIT_BATCH_LINGER_MS".into(),
                 self.batch_linger.as_millis().to_string(),
+            ),
+            (
+                "CDC_AUDIT_BATCH_IDLE_LINGER_MS".into(),
+                self.batch_idle_linger.as_millis().to_string(),
             ),
             ("CDC_AUDIT_WRITERS".into(), self.writers.to_string()),
             ("CDC_AUDIT_POOL_SIZE".into(), self.pool_size.to_string()),
@@ -786,6 +805,24 @@ mod tests {
         assert_eq!(c.pool_size, 4);
         assert_eq!(c.database_url, "postgres://u:pw@localhost/db");
         assert_eq!(c.topics, Topics::List(vec!["a.b.c".into(), "a.b.d".into()]));
+    }
+
+    #[test]
+    fn idle_linger_is_bounded_by_the_linger() {
+        assert_eq!(
+            with(&[]).unwrap().batch_idle_linger,
+            Duration::from_millis(20)
+        );
+        let short = with(&[("CDC_AUDIT_BATCH_LINGER_MS", "5")]).unwrap();
+        assert_eq!(short.batch_idle_linger, Duration::from_millis(5));
+        let e = with(&[("CDC_AUDIT_BATCH_IDLE_LINGER_MS", "300")]).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("CDC_AUDIT_BATCH_IDLE_LINGER_MS")
+                && e.contains("300")
+                && e.contains("0 to 200"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -455,6 +455,7 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         database_ca_file: None,
         batch_size: 2000,
         batch_linger: Duration::from_millis(100),
+        batch_idle_linger: Duration::from_millis(20),
         writers: args.writers.max(1),
         pool_size: args.writers.max(1) as u32 + 2,
         channel_capacity: 4,

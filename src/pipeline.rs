@@ -212,6 +212,18 @@ impl Tracker {
     }
 
     /// Takes back [`Tracker::sent`] for a batch the channel did not accept.
+    /// For each of `writers` writers, whether a batch of one of its partitions is on its way to
+    /// it or being written.
+    pub fn busy_writers(&self, writers: usize) -> Vec<bool> {
+        let mut busy = vec![false; writers];
+        for (tp, state) in &self.lock().partitions {
+            if state.in_flight > 0 {
+                busy[writer_for(tp, writers)] = true;
+            }
+        }
+        busy
+    }
+
     pub fn unsent(&self, tp: &Tp) {
         if let Some(state) = self.lock().partitions.get_mut(tp) {
             state.in_flight = state.in_flight.saturating_sub(1);

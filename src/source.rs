@@ -17,7 +17,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::events::{now_ms, Stats};
-use crate::pipeline::{Batch, Control, Exit, Message, Tp, Tracker};
+use crate::pipeline::{writer_for, Batch, Control, Exit, Message, Tp, Tracker};
 use crate::sink::Pool;
 
 #[derive(Debug)]
@@ -293,6 +293,9 @@ pub struct Source {
     stats: Arc<Stats>,
     batch_size: usize,
     linger: Duration,
+    idle_linger: Duration,
+    writers: usize,
+    last_idle_check: Instant,
     /// Messages `ready` may hold before consumption pauses: a pause throws librdkafka's
     /// prefetch away, so it waits for a full batch per slot of the channel, not for one batch.
     ready_budget: usize,
@@ -366,6 +369,9 @@ impl Source {
             stats,
             batch_size: config.batch_size,
             linger: config.batch_linger,
+            idle_linger: config.batch_idle_linger,
+            writers: config.writers,
+            last_idle_check: Instant::now(),
             ready_budget: config.batch_size * config.channel_capacity,
             shutdown_timeout: config.shutdown_timeout,
             cursors: HashMap::new(),
@@ -392,6 +398,7 @@ impl Source {
                 .store(now_ms(), Ordering::Release);
             self.sync();
             self.flush_expired();
+            self.flush_idle();
             self.send_ready();
             let timeout = if self.ready.is_empty() {
                 Duration::from_millis(50)
@@ -544,6 +551,36 @@ impl Source {
                 .as_ref()
                 .is_some_and(|b| b.created.elapsed() >= self.linger)
             {
+                if let Some(b) = cursor.pending.take() {
+                    self.ready.push_back(b);
+                }
+            }
+        }
+    }
+
+    /// Hands on the pending batches of writers that have nothing to do, once they are
+    /// `idle_linger` old: at low rates a change waits for its writer, not for the linger; under
+    /// load batches grow while their writer is busy and each write takes all that came meanwhile
+    /// (group commit). Looked at every 5 ms at most: it takes the tracker's lock.
+    fn flush_idle(&mut self) {
+        if self.last_idle_check.elapsed() < Duration::from_millis(5) {
+            return;
+        }
+        self.last_idle_check = Instant::now();
+        let due = |c: &Cursor| {
+            c.pending
+                .as_ref()
+                .is_some_and(|b| b.created.elapsed() >= self.idle_linger)
+        };
+        if !self.cursors.values().any(due) {
+            return;
+        }
+        let mut busy = self.tracker.busy_writers(self.writers);
+        for b in &self.ready {
+            busy[writer_for(&b.tp, self.writers)] = true;
+        }
+        for (tp, cursor) in &mut self.cursors {
+            if due(cursor) && !busy[writer_for(tp, self.writers)] {
                 if let Some(b) = cursor.pending.take() {
                     self.ready.push_back(b);
                 }

@@ -159,3 +159,29 @@ fn a_full_pipeline_pauses_consumption_and_resumes_without_loss() {
     service.stop();
     assert_exactly_once(&db, &records);
 }
+
+/// With an idle writer a partly filled batch is written after the idle linger, not the linger:
+/// changes arriving at a low rate are not held back for a minute. (With the linger alone, nothing
+/// would be committed for 60 s.)
+#[test]
+fn a_partly_filled_batch_goes_to_an_idle_writer_before_the_linger() {
+    let db = TestDb::new("idle");
+    let kafka = Kafka::new("idle");
+    let mut cfg = config(&kafka, &db, "g");
+    cfg.batch_size = 100_000;
+    cfg.batch_linger = Duration::from_secs(60);
+    cfg.batch_idle_linger = Duration::from_millis(20);
+    let service = InProcess::start(cfg);
+    // Three rounds at a trickle, each waited for: every round is committed on its own.
+    for round in 0..3u64 {
+        let records = generate("idle", 30 + round, 5);
+        kafka.produce(&records);
+        let before = db.count("audit_logging");
+        let changes = records.iter().filter(|r| r.value.is_some()).count() as i64;
+        wait_until(Duration::from_secs(30), "the round committed", || {
+            db.count("audit_logging") == before + changes
+        });
+    }
+    assert!(service.stats.batches_committed.get() >= 3);
+    service.stop();
+}

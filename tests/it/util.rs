@@ -201,6 +201,7 @@ pub fn config(kafka: &Kafka, db: &TestDb, group: &str) -> Config {
         database_ca_file: None,
         batch_size: 200,
         batch_linger: Duration::from_millis(50),
+        batch_idle_linger: Duration::from_millis(20),
         writers: 2,
         pool_size: 4,
         channel_capacity: 2,
