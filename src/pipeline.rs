@@ -211,7 +211,6 @@ impl Tracker {
             .in_flight += 1;
     }
 
-    /// Takes back [`Tracker::sent`] for a batch the channel did not accept.
     /// For each of `writers` writers, whether a batch of one of its partitions is on its way to
     /// it or being written.
     pub fn busy_writers(&self, writers: usize) -> Vec<bool> {
@@ -224,6 +223,7 @@ impl Tracker {
         busy
     }
 
+    /// Takes back [`Tracker::sent`] for a batch the channel did not accept.
     pub fn unsent(&self, tp: &Tp) {
         if let Some(state) = self.lock().partitions.get_mut(tp) {
             state.in_flight = state.in_flight.saturating_sub(1);

@@ -400,11 +400,10 @@ impl Source {
             self.flush_expired();
             self.flush_idle();
             self.send_ready();
-            let timeout = if self.ready.is_empty() {
-                Duration::from_millis(50)
-            } else {
-                Duration::from_millis(10)
-            };
+            // Short while batches wait: for room downstream, or for their writer to be idle.
+            let waiting =
+                !self.ready.is_empty() || self.cursors.values().any(|c| c.pending.is_some());
+            let timeout = Duration::from_millis(if waiting { 5 } else { 50 });
             match self.consumer.poll(timeout) {
                 None => {}
                 Some(Ok(m)) => {
