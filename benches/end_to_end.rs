@@ -65,8 +65,8 @@ struct Args {
     /// The service's CDC_AUDIT_BATCH_LINGER_MS.
     #[arg(long, default_value_t = 200)]
     linger_ms: u64,
-    /// The service's CDC_AUDIT_BATCH_IDLE_LINGER_MS (equal to --linger-ms: batches wait for the
-    /// linger even when their writer is idle).
+    /// The service's CDC_AUDIT_BATCH_IDLE_LINGER_MS; as long as --linger-ms, batches wait for the
+    /// linger even when their writer is idle (the behaviour before it existed).
     #[arg(long, default_value_t = 20)]
     idle_linger_ms: u64,
     /// The service's writers, and the ceiling's connections.
@@ -649,7 +649,7 @@ fn main() {
     // 2. The backlog, produced before the service starts, one message per record batch: tansu
     // 0.6's in-memory storage answers a fetch from an offset inside a batch with the batches
     // after it, so the seek of a rebalance or a resume would skip the rest of a larger batch (the
-    // service logs it as a gap: the exactly-once check fails). Its ListOffsets end is also the
+    // service records it in audit_gaps: the exactly-once check fails). Its ListOffsets end is also the
     // last batch's base offset + 1, hence positions are counted from delivery reports.
     let (broker, bootstrap) = start_broker(&tansu, &args.storage);
     create_topics(&bootstrap, &backlog_topics, args.partitions);

@@ -224,7 +224,7 @@ fn rows(w: Written) -> (i64, usize, usize) {
             skipped,
             ..
         } => (next, rows, skipped),
-        Written::Behind { stored } => panic!("unexpected gap at {stored}"),
+        Written::Behind { stored } => panic!("does not connect to the stored {stored}"),
     }
 }
 
@@ -324,7 +324,7 @@ fn offsets_missing_from_kafka_are_recorded_once_with_the_batch_that_reads_past_t
             let missing: Vec<(i64, i64)> = missing.iter().map(|r| (r.start, r.end)).collect();
             (next, missing)
         }
-        Written::Behind { stored } => panic!("unexpected gap at {stored}"),
+        Written::Behind { stored } => panic!("does not connect to the stored {stored}"),
     };
 
     // 3..7 deleted by retention, 9 a transaction's commit marker (one offset: not a gap), 12..14
