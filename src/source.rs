@@ -397,12 +397,11 @@ impl Source {
                 .poll_tick_ms
                 .store(now_ms(), Ordering::Release);
             self.sync();
-            self.flush_expired();
+            let lingering = self.flush_expired();
             self.flush_idle();
             self.send_ready();
             // Short while batches wait: for room downstream, or for their writer to be idle.
-            let waiting =
-                !self.ready.is_empty() || self.cursors.values().any(|c| c.pending.is_some());
+            let waiting = lingering || !self.ready.is_empty();
             let timeout = Duration::from_millis(if waiting { 5 } else { 50 });
             match self.consumer.poll(timeout) {
                 None => {}
@@ -543,18 +542,19 @@ impl Source {
         }
     }
 
-    fn flush_expired(&mut self) {
+    /// Moves batches past the linger to `ready`; whether any batch is still pending.
+    fn flush_expired(&mut self) -> bool {
+        let mut lingering = false;
         for cursor in self.cursors.values_mut() {
-            if cursor
-                .pending
-                .as_ref()
-                .is_some_and(|b| b.created.elapsed() >= self.linger)
-            {
-                if let Some(b) = cursor.pending.take() {
-                    self.ready.push_back(b);
+            if let Some(b) = &cursor.pending {
+                if b.created.elapsed() >= self.linger {
+                    self.ready.extend(cursor.pending.take());
+                } else {
+                    lingering = true;
                 }
             }
         }
+        lingering
     }
 
     /// Hands on the pending batches of writers that have nothing to do, once they are
