@@ -38,7 +38,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
-use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 /// The service's default batch size: the ceiling writes batches of the same size.
@@ -78,10 +78,12 @@ struct Args {
     /// Seconds of paced traffic in the latency phase.
     #[arg(long, default_value_t = 20)]
     latency_seconds: u64,
-    /// Messages per record batch in the backlog. More than 1 runs into tansu 0.6's offset bug (see
-    /// `main`): a seek into a batch skips the rest of it, and the exactly-once check says so.
-    #[arg(long, default_value_t = 1)]
-    producer_batch: usize,
+    /// Messages per record batch in the backlog. By default, batches of up to 16 KB, as Debezium's
+    /// producer (Kafka Connect's defaults) makes them from a backlog; one message a batch if the
+    /// broker has tansu 0.6's offset bug (see `fetches_inside_a_batch`). More than one with that
+    /// bug: a seek into a batch skips the rest of it, and the exactly-once check says so.
+    #[arg(long)]
+    producer_batch: Option<usize>,
     /// tansu's storage engine: in memory, or e.g. `sqlite://tansu.db` (in the temporary
     /// directory) for a tansu built with
     /// `--features libsql`, which stores records one by one and fetches from any offset.
@@ -287,12 +289,17 @@ impl Acked {
     }
 }
 
-/// A producer of record batches of up to `batch` messages; `times`: keep each acknowledgement's time.
-fn producer(bootstrap: &str, batch: usize, times: bool) -> BaseProducer<Acked> {
+/// Kafka Connect's producer default `batch.size`: Debezium's record batches hold up to 16 KB.
+const CONNECT_BATCH_BYTES: usize = 16_384;
+
+/// A producer of record batches of up to `messages` messages and `bytes` bytes; `times`: keep
+/// each acknowledgement's time.
+fn producer(bootstrap: &str, messages: usize, bytes: usize, times: bool) -> BaseProducer<Acked> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
-        .set("batch.num.messages", batch.to_string())
+        .set("batch.num.messages", messages.to_string())
+        .set("batch.size", bytes.to_string())
         .set("queue.buffering.max.kbytes", "262144")
         .set("message.timeout.ms", "120000")
         .create_with_context(Acked {
@@ -300,6 +307,39 @@ fn producer(bootstrap: &str, batch: usize, times: bool) -> BaseProducer<Acked> {
             times: times.then(Mutex::default),
         })
         .unwrap()
+}
+
+/// Whether a fetch from an offset inside a record batch returns that batch, as Kafka's does. tansu
+/// 0.6's in-memory storage returns only the batches after it, so the seek of a rebalance or a
+/// resume after a pause skips the rest of a batch (the service records the hole in audit_gaps).
+fn fetches_inside_a_batch(bootstrap: &str) -> bool {
+    let topic = "cdc-audit-bench-probe";
+    create_topics(bootstrap, &[topic.to_string()], 1);
+    let probe = producer(bootstrap, 10, 1_000_000, false);
+    for key in ["a", "b"] {
+        probe
+            .send(BaseRecord::<str, str>::to(topic).key(key).payload(key))
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    probe.flush(Duration::from_secs(30)).unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "cdc-audit-bench-probe")
+        .set("fetch.wait.max.ms", TANSU_FETCH_WAIT_MS)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(1))
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            return m.offset() == 1;
+        }
+    }
+    false
 }
 
 /// How fast the broker alone delivers the backlog: a plain consumer reading every partition from
@@ -518,7 +558,7 @@ fn check_exactly_once(client: &mut postgres::Client, changes: usize) -> Result<S
     if rows == changes as i64 && lsns == rows && rejected == 0 {
         Ok(format!("{rows} rows for {changes} changes, each once"))
     } else {
-        // Offsets tansu skipped (a fetch from inside a record batch, see `main`) are recorded by
+        // Offsets tansu skipped (see `fetches_inside_a_batch`) are recorded by
         // the service in audit_gaps: say so, the run still fails.
         Err(format!(
             "{rows} rows, {lsns} distinct LSNs, {rejected} rejections for {changes} changes; \
@@ -646,12 +686,26 @@ fn main() {
         args.writers
     ));
 
-    // 2. The backlog, produced before the service starts, one message per record batch: tansu
-    // 0.6's in-memory storage answers a fetch from an offset inside a batch with the batches
-    // after it, so the seek of a rebalance or a resume would skip the rest of a larger batch (the
-    // service records it in audit_gaps: the exactly-once check fails). Its ListOffsets end is also the
-    // last batch's base offset + 1, hence positions are counted from delivery reports.
+    // 2. The backlog, produced before the service starts, in batches as Debezium makes them,
+    // unless the broker cannot fetch from inside a batch: then one message a batch. tansu's
+    // ListOffsets end is also the last batch's base offset + 1, hence positions are counted from
+    // delivery reports.
     let (broker, bootstrap) = start_broker(&tansu, &args.storage);
+    let whole_batches = fetches_inside_a_batch(&bootstrap);
+    let (batch_messages, batch_bytes, batching) = match args.producer_batch {
+        Some(n) => (n, 1_000_000, format!("up to {n} messages a record batch")),
+        None if whole_batches => (
+            10_000,
+            CONNECT_BATCH_BYTES,
+            "record batches of up to 16 KB, as Kafka Connect's producer makes them".into(),
+        ),
+        None => (
+            1,
+            1_000_000,
+            "one message a record batch: this tansu skips the rest of a batch fetched from inside it"
+                .into(),
+        ),
+    };
     create_topics(&bootstrap, &backlog_topics, args.partitions);
     create_topics(
         &bootstrap,
@@ -659,7 +713,7 @@ fn main() {
         args.latency_partitions,
     );
     let producing = Instant::now();
-    let backlog_producer = producer(&bootstrap, args.producer_batch, false);
+    let backlog_producer = producer(&bootstrap, batch_messages, batch_bytes, false);
     for r in &backlog {
         demo::send(&backlog_producer, r).unwrap();
     }
@@ -667,7 +721,7 @@ fn main() {
     let produce_s = producing.elapsed().as_secs_f64();
     let backlog_end = backlog_producer.context().total();
     say(format!(
-        "produced to tansu in {produce_s:.1} s ({:.0} messages/s)",
+        "produced to tansu in {produce_s:.1} s ({:.0} messages/s), {batching}",
         backlog.len() as f64 / produce_s
     ));
     let plain = broker_rate(&bootstrap, &backlog_topics, &args, backlog_end);
@@ -718,7 +772,7 @@ fn main() {
     while live_generator.changes < (rate * args.latency_seconds as f64) as usize {
         paced.extend(live_generator.next_records());
     }
-    let live_producer = producer(&bootstrap, 10_000, true);
+    let live_producer = producer(&bootstrap, 10_000, CONNECT_BATCH_BYTES, true);
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_positions(url_one.clone(), "bench-one".into(), stop.clone());
     let phase_start = now_ms();
