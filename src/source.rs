@@ -494,9 +494,10 @@ impl Source {
                 }
             }
         }
-        if self.paused {
-            self.pause(true);
-        }
+        // librdkafka keeps a partition's pause through a rebalance: one paused, revoked (which
+        // ends the pause here) and assigned again would never be fetched. The whole assignment
+        // takes the source's state.
+        self.pause(self.paused);
     }
 
     fn accept(&mut self, msg: Message) {

@@ -116,6 +116,48 @@ fn instances_leaving_and_dying_during_a_rebalance_keep_exactly_once() {
     );
 }
 
+/// librdkafka keeps a partition's pause through a rebalance: one paused, revoked and assigned
+/// again stays paused unless the service resumes it. Here A has paused (its writes are blocked)
+/// when B joins the group; once writes flow again, A must read its new share to the end.
+#[test]
+fn partitions_assigned_again_while_paused_are_read_once_there_is_room() {
+    let db = TestDb::new("pause_rebalance");
+    db.migrate();
+    let kafka = Kafka::new("pauserebal");
+    let records = generate("pauserebal", 41, 3_000);
+    kafka.produce(&records);
+    let total = records.len() as i64;
+    let mut blocker = db.client();
+    let mut lock = blocker.transaction().unwrap();
+    lock.batch_execute("LOCK TABLE audit_logging IN EXCLUSIVE MODE")
+        .unwrap();
+    let settings = [
+        ("CDC_AUDIT_BATCH_SIZE", "50"),
+        ("CDC_AUDIT_CHANNEL_CAPACITY", "1"),
+        ("CDC_AUDIT_REBALANCE_TIMEOUT_MS", "500"),
+        ("RUST_LOG", "info,cdc_audit::source=debug"),
+    ];
+    let a = Service::spawn(&kafka, &db, "g", &settings);
+    wait_until(Duration::from_secs(60), "A paused", || {
+        a.log_text().contains("consumption paused")
+    });
+    let b = Service::spawn(&kafka, &db, "g", &settings);
+    let assigned = |s: &Service| s.log_text().matches("partitions assigned").count();
+    wait_until(Duration::from_secs(180), "A assigned again", || {
+        assigned(&b) >= 1 && assigned(&a) >= 2
+    });
+    lock.commit().unwrap();
+    wait_until(Duration::from_secs(180), "everything written", || {
+        db.committed("g") == total
+    });
+    for s in [a, b] {
+        s.sigterm();
+        let (code, log) = s.wait(Duration::from_secs(60));
+        assert_eq!(code, Some(0), "{log}");
+    }
+    assert_exactly_once(&db, &records);
+}
+
 #[test]
 fn sigterm_commits_what_was_read_and_exits_zero() {
     let test_started = std::time::Instant::now();
