@@ -1,18 +1,19 @@
 //! The batch types that cross the stage channels, the partition [`Tracker`] shared by the poll
 //! thread and the writers, and the wiring that spawns and joins the stages.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, Select, Sender};
+use prometheus::IntGauge;
 use rayon::prelude::*;
 
 use crate::config::Config;
 use crate::events::Stats;
-use crate::sink::{Pool, Writer};
+use crate::sink::{Pool, Queue, Writer};
 use crate::source::{Source, SourceError};
 use crate::transform::rules::Rules;
 use crate::transform::{transform, Outcome};
@@ -211,16 +212,14 @@ impl Tracker {
             .in_flight += 1;
     }
 
-    /// For each of `writers` writers, whether a batch of one of its partitions is on its way to
-    /// it or being written.
-    pub fn busy_writers(&self, writers: usize) -> Vec<bool> {
-        let mut busy = vec![false; writers];
-        for (tp, state) in &self.lock().partitions {
-            if state.in_flight > 0 {
-                busy[writer_for(tp, writers)] = true;
-            }
-        }
-        busy
+    /// The partitions with a batch on its way to the writers or being written.
+    pub fn busy_partitions(&self) -> HashSet<Tp> {
+        self.lock()
+            .partitions
+            .iter()
+            .filter(|(_, s)| s.in_flight > 0)
+            .map(|(tp, _)| tp.clone())
+            .collect()
     }
 
     /// Takes back [`Tracker::sent`] for a batch the channel did not accept.
@@ -354,41 +353,114 @@ pub struct Shared {
     pub stats: Arc<Stats>,
 }
 
-/// The transform stage: one thread that takes batches in order and transforms each one's
-/// messages in parallel on rayon, then routes it to the writer that owns its partition.
+/// The transform stage: one thread that takes batches in order, transforms each one's messages
+/// in parallel on rayon, and hands them to the writers, which share one queue. A partition has at
+/// most one batch with the writers (queued or being written); its next batches wait here,
+/// transformed and in order, until a writer says it is done with that one. So any free writer
+/// takes any partition's batch (no writer idles while another has a backlog), and each partition's
+/// batches are still written one after the other.
 struct TransformStage {
     input: Receiver<Batch>,
+    /// From the writers: the partition of each batch they are done with, written or not.
+    done: Receiver<Tp>,
     rules: Arc<Rules>,
-    writers: Vec<Sender<Transformed>>,
+    output: Sender<Transformed>,
+    /// Messages that may wait here before the stage stops taking batches from the source.
+    budget: usize,
+    waiting_gauge: IntGauge,
+}
+
+/// Per partition, transformed batches waiting for the one the writers have.
+#[derive(Default)]
+struct Lanes {
+    /// Partitions with a batch at the writers, and what waits behind it.
+    out: HashMap<Tp, VecDeque<Transformed>>,
+    waiting_messages: usize,
+    waiting_batches: usize,
 }
 
 impl TransformStage {
     fn run(self) {
-        for batch in self.input {
-            let rules = &*self.rules;
-            let outcomes: Vec<Outcome> = batch
-                .messages
-                .par_iter()
-                .map(|m| transform(m, rules))
-                .collect();
-            let slot = writer_for(&batch.tp, self.writers.len());
-            if self.writers[slot]
-                .send(Transformed { batch, outcomes })
-                .is_err()
-            {
-                log::error!("writer {slot} is gone; stopping the transform stage");
-                return;
+        let mut lanes = Lanes::default();
+        let mut input_open = true;
+        loop {
+            if !input_open && lanes.out.is_empty() {
+                return; // the source is gone and every batch is done: the writers finish
+            }
+            let mut select = Select::new();
+            let take = input_open && lanes.waiting_messages < self.budget;
+            let input = take.then(|| select.recv(&self.input));
+            let done = select.recv(&self.done);
+            let op = select.select();
+            let next = if Some(op.index()) == input {
+                match op.recv(&self.input) {
+                    Ok(batch) => lanes.push(self.transform(batch)),
+                    Err(_) => {
+                        input_open = false;
+                        None
+                    }
+                }
+            } else {
+                debug_assert_eq!(op.index(), done);
+                match op.recv(&self.done) {
+                    Ok(tp) => lanes.done(&tp),
+                    Err(_) => {
+                        return log::error!("the writers are gone; stopping the transform stage")
+                    }
+                }
+            };
+            self.waiting_gauge.set(lanes.waiting_batches as i64);
+            if let Some(batch) = next {
+                if self.output.send(batch).is_err() {
+                    return log::error!("the writers are gone; stopping the transform stage");
+                }
             }
         }
     }
+
+    fn transform(&self, batch: Batch) -> Transformed {
+        let rules = &*self.rules;
+        let outcomes = batch
+            .messages
+            .par_iter()
+            .map(|m| transform(m, rules))
+            .collect();
+        Transformed { batch, outcomes }
+    }
 }
 
-/// The writer that owns a partition. One writer per partition keeps its batches in offset order.
-pub fn writer_for(tp: &Tp, writers: usize) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    tp.hash(&mut h);
-    (h.finish() % writers as u64) as usize
+impl Lanes {
+    /// A new batch: returned to go to the writers if its partition has none there, else queued.
+    fn push(&mut self, batch: Transformed) -> Option<Transformed> {
+        match self.out.get_mut(&batch.batch.tp) {
+            Some(queue) => {
+                self.waiting_messages += batch.batch.messages.len();
+                self.waiting_batches += 1;
+                queue.push_back(batch);
+                None
+            }
+            None => {
+                self.out.insert(batch.batch.tp.clone(), VecDeque::new());
+                Some(batch)
+            }
+        }
+    }
+
+    /// The writers are done with `tp`'s batch: its next one, if any, goes to them.
+    fn done(&mut self, tp: &Tp) -> Option<Transformed> {
+        let queue = self.out.get_mut(tp)?;
+        match queue.pop_front() {
+            Some(next) => {
+                self.waiting_messages -= next.batch.messages.len();
+                self.waiting_batches -= 1;
+                Some(next)
+            }
+            None => {
+                self.out.remove(tp);
+                None
+            }
+        }
+    }
 }
 
 /// How the pipeline ended.
@@ -411,14 +483,17 @@ pub fn run(shared: Shared, started: impl FnOnce()) -> Result<Exit, SourceError> 
         stats,
     } = shared;
     let (batch_tx, batch_rx) = bounded::<Batch>(config.channel_capacity);
-    let mut writer_txs = Vec::new();
+    let (writers_tx, writers_rx) = bounded::<Transformed>(config.channel_capacity);
+    let (done_tx, done_rx) = unbounded::<Tp>();
     let mut handles: Vec<JoinHandle<()>> = Vec::new();
     for id in 0..config.writers {
-        let (tx, rx) = bounded::<Transformed>(config.channel_capacity);
-        writer_txs.push(tx);
+        let queue = Queue {
+            batches: writers_rx.clone(),
+            done: done_tx.clone(),
+        };
         let writer = Writer::new(
             id,
-            rx,
+            queue,
             pool.clone(),
             config.group_id.clone(),
             tracker.clone(),
@@ -429,10 +504,14 @@ pub fn run(shared: Shared, started: impl FnOnce()) -> Result<Exit, SourceError> 
             writer.run()
         })?);
     }
+    drop((writers_rx, done_tx));
     let transform = TransformStage {
         input: batch_rx,
+        done: done_rx,
         rules: Arc::new(config.rules.clone()),
-        writers: writer_txs,
+        output: writers_tx,
+        budget: config.batch_size * config.channel_capacity,
+        waiting_gauge: stats.channel_depth.with_label_values(&["waiting"]),
     };
     handles.push(spawn_stage(&stats, "transform", move || transform.run())?);
 
@@ -511,6 +590,80 @@ mod tests {
             topic: Arc::from("t"),
             partition: p,
         }
+    }
+
+    fn batch(p: i32, id: u64, messages: usize) -> Batch {
+        let message = |offset| Message {
+            topic: Arc::from("t"),
+            partition: p,
+            offset,
+            timestamp_ms: None,
+            key: None,
+            payload: None,
+            headers: Vec::new(),
+        };
+        Batch {
+            id,
+            tp: tp(p),
+            epoch: 1,
+            start: None,
+            end: messages as i64,
+            messages: (0..messages as i64).map(message).collect(),
+            created: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_partitions_next_batch_waits_for_the_writers_and_other_partitions_do_not() {
+        let (input, input_rx) = bounded(8);
+        let (done, done_rx) = unbounded();
+        let (output_tx, output) = bounded(8);
+        let stage = TransformStage {
+            input: input_rx,
+            done: done_rx,
+            rules: Arc::new(Rules::default()),
+            output: output_tx,
+            budget: 11,
+            waiting_gauge: IntGauge::new("waiting", "test").unwrap(),
+        };
+        let handle = thread::spawn(move || stage.run());
+        let batches = [
+            batch(0, 1, 5),
+            batch(0, 2, 10),
+            batch(1, 3, 5),
+            batch(0, 4, 5),
+            batch(1, 5, 5),
+        ];
+        for b in batches {
+            input.send(b).unwrap();
+        }
+        let next = || {
+            output
+                .recv_timeout(Duration::from_secs(5))
+                .map(|t: Transformed| t.batch.id)
+        };
+        assert_eq!(next(), Ok(1));
+        assert_eq!(next(), Ok(3), "partition 1 is not held up by partition 0");
+        assert!(
+            output.recv_timeout(Duration::from_millis(200)).is_err(),
+            "partition 0's second batch waits until the writers are done with its first"
+        );
+        assert_eq!(input.len(), 1, "15 messages waiting: the budget is spent");
+
+        done.send(tp(0)).unwrap();
+        assert_eq!(next(), Ok(2));
+        done.send(tp(0)).unwrap();
+        assert_eq!(next(), Ok(4), "in order, one at a time");
+        done.send(tp(1)).unwrap();
+        assert_eq!(next(), Ok(5));
+
+        drop(input);
+        for p in [1, 0] {
+            assert!(!handle.is_finished(), "batches are still out");
+            done.send(tp(p)).unwrap();
+        }
+        handle.join().unwrap();
+        assert!(output.recv().is_err(), "the writers' queue closes");
     }
 
     #[test]

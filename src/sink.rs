@@ -1,5 +1,6 @@
-//! The writer pool: each writer owns a set of partitions and commits each batch's rows, rejections
-//! and next position in one transaction, after checking the stored position (the fence).
+//! The writer pool: writers take batches from one queue (it holds at most one batch of a
+//! partition, see `pipeline::TransformStage`) and commit each batch's rows, rejections and next
+//! position in one transaction, after checking the stored position (the fence).
 
 use std::io::Write;
 use std::ops::Range;
@@ -7,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
@@ -18,7 +19,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use crate::events::now_ms;
 use crate::events::Stats;
 use crate::pgcopy;
-use crate::pipeline::{Batch, Control, Finish, Message, Tracker, Transformed};
+use crate::pipeline::{Batch, Control, Finish, Message, Tp, Tracker, Transformed};
 use crate::transform::{
     Outcome, RejectKind, Rejection, Row, Skip, AUDIT_COLUMNS, TRANSACTION_COLUMNS,
 };
@@ -483,9 +484,18 @@ impl Backoff {
 }
 
 /// A writer thread: takes transformed batches of its partitions in order and commits them.
+/// The writers' end of the transform stage, shared by all of them.
+#[derive(Clone)]
+pub struct Queue {
+    /// Batches to write; it holds at most one batch per partition.
+    pub batches: Receiver<Transformed>,
+    /// Tells the transform stage a partition's batch is done, so its next one may come.
+    pub done: Sender<Tp>,
+}
+
 pub struct Writer {
     id: usize,
-    input: Receiver<Transformed>,
+    queue: Queue,
     pool: Pool,
     group: String,
     tracker: Arc<Tracker>,
@@ -496,7 +506,7 @@ pub struct Writer {
 impl Writer {
     pub fn new(
         id: usize,
-        input: Receiver<Transformed>,
+        queue: Queue,
         pool: Pool,
         group: String,
         tracker: Arc<Tracker>,
@@ -505,7 +515,7 @@ impl Writer {
     ) -> Self {
         Writer {
             id,
-            input,
+            queue,
             pool,
             group,
             tracker,
@@ -515,14 +525,13 @@ impl Writer {
     }
 
     pub fn run(self) {
-        let depth = self
-            .stats
-            .channel_depth
-            .with_label_values(&[&format!("writer-{}", self.id)]);
-        for batch in &self.input {
-            depth.set(self.input.len() as i64);
+        let depth = self.stats.channel_depth.with_label_values(&["writers"]);
+        for batch in &self.queue.batches {
+            depth.set(self.queue.batches.len() as i64);
             let how = self.write(&batch);
             self.tracker.finish(&batch.batch.tp, batch.batch.epoch, how);
+            // Only fails once the transform stage is gone, and then nothing waits for it.
+            let _ = self.queue.done.send(batch.batch.tp.clone());
         }
         log::debug!("writer {} finished", self.id);
     }

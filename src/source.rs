@@ -1,6 +1,6 @@
 //! The poll thread: the only owner of the Kafka consumer. It forms per-partition batches, hands
-//! them on, pauses the assignment when the pipeline is full, and runs the rebalance callbacks
-//! (which happen inside `poll`): positions come from PostgreSQL, not from Kafka.
+//! them on, waits for room (and pauses the assignment if the pipeline stays full), and runs the
+//! rebalance callbacks (which happen inside `poll`): positions come from PostgreSQL, not Kafka.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message as _};
@@ -17,8 +17,11 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::events::{now_ms, Stats};
-use crate::pipeline::{writer_for, Batch, Control, Exit, Message, Tp, Tracker};
+use crate::pipeline::{Batch, Control, Exit, Message, Tp, Tracker};
 use crate::sink::Pool;
+
+/// How long the poll thread waits for room downstream before it polls again.
+const ROOM_WAIT: Duration = Duration::from_millis(50);
 
 #[derive(Debug)]
 pub enum SourceError {
@@ -296,8 +299,8 @@ pub struct Source {
     idle_linger: Duration,
     writers: usize,
     last_idle_check: Instant,
-    /// Messages `ready` may hold before consumption pauses: a pause throws librdkafka's
-    /// prefetch away, so it waits for a full batch per slot of the channel, not for one batch.
+    /// Messages `ready` may hold before the source waits for room downstream (see `send_ready`):
+    /// a full batch per slot of the channel.
     ready_budget: usize,
     shutdown_timeout: Duration,
     cursors: HashMap<Tp, Cursor>,
@@ -558,10 +561,11 @@ impl Source {
         lingering
     }
 
-    /// Hands on the pending batches of writers that have nothing to do, once they are
-    /// `idle_linger` old: at low rates a change waits for its writer, not for the linger; under
-    /// load batches grow while their writer is busy and each write takes all that came meanwhile
-    /// (group commit). Looked at every 5 ms at most: it takes the tracker's lock.
+    /// Hands on pending batches once they are `idle_linger` old if a writer is free and their
+    /// partition has no batch on its way: at low rates a change waits for a writer, not for the
+    /// linger; under load a partition's batch grows while its previous one is written, and each
+    /// write takes all that came meanwhile (group commit). Looked at every 5 ms at most: it takes
+    /// the tracker's lock.
     fn flush_idle(&mut self) {
         if self.last_idle_check.elapsed() < Duration::from_millis(5) {
             return;
@@ -575,12 +579,15 @@ impl Source {
         if !self.cursors.values().any(due) {
             return;
         }
-        let mut busy = self.tracker.busy_writers(self.writers);
-        for b in &self.ready {
-            busy[writer_for(&b.tp, self.writers)] = true;
+        // A partition with a batch on its way keeps growing its next one; the others go on if a
+        // writer is free (each busy partition occupies at most one writer).
+        let mut busy = self.tracker.busy_partitions();
+        busy.extend(self.ready.iter().map(|b| b.tp.clone()));
+        if busy.len() >= self.writers {
+            return;
         }
         for (tp, cursor) in &mut self.cursors {
-            if due(cursor) && !busy[writer_for(tp, self.writers)] {
+            if due(cursor) && !busy.contains(tp) {
                 if let Some(b) = cursor.pending.take() {
                     self.ready.push_back(b);
                 }
@@ -588,17 +595,33 @@ impl Source {
         }
     }
 
-    /// Hands ready batches on while there is room; pauses consumption when what is left waiting
-    /// reaches the budget, and resumes once it has all been handed on. Many partitions' lingering
-    /// batches expire together: counting batches instead of messages would pause on every burst.
+    /// Hands ready batches on while there is room. Once the batches left waiting reach the budget
+    /// it waits up to [`ROOM_WAIT`] for room instead of reading on: librdkafka keeps fetching
+    /// meanwhile, up to `queued.max.messages.kbytes`, and keeps what it fetched, where a pause
+    /// would throw it away and fetch it again on resume (under a steady backlog that was several
+    /// pauses a second). Only if a batch more piles up on top of the budget, the downstream is
+    /// stuck (the database is away): it pauses, and resumes once everything is handed on.
     fn send_ready(&mut self) {
         let Some(output) = &self.output else { return };
+        let mut waiting: usize = self.ready.iter().map(|b| b.messages.len()).sum();
+        let mut waited = false;
         while let Some(batch) = self.ready.pop_front() {
-            // Counted before it is sent: a writer may finish it before try_send returns.
+            let size = batch.messages.len();
+            // Counted before it is sent: a writer may finish it before the send returns.
             let tp = batch.tp.clone();
             self.tracker.sent(&tp);
-            match output.try_send(batch) {
-                Ok(()) => {}
+            let sent = if waiting >= self.ready_budget && !waited {
+                // Once per turn, so that poll still serves rebalances every ROOM_WAIT.
+                waited = true;
+                output.send_timeout(batch, ROOM_WAIT).map_err(|e| match e {
+                    SendTimeoutError::Timeout(b) => TrySendError::Full(b),
+                    SendTimeoutError::Disconnected(b) => TrySendError::Disconnected(b),
+                })
+            } else {
+                output.try_send(batch)
+            };
+            match sent {
+                Ok(()) => waiting -= size,
                 Err(TrySendError::Full(batch)) => {
                     self.tracker.unsent(&tp);
                     self.ready.push_front(batch);
@@ -613,7 +636,7 @@ impl Source {
         let want_pause = if self.paused {
             !self.ready.is_empty()
         } else {
-            self.ready.iter().map(|b| b.messages.len()).sum::<usize>() >= self.ready_budget
+            waiting >= self.ready_budget + self.batch_size
         };
         if want_pause != self.paused {
             self.pause(want_pause);
