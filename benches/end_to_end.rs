@@ -69,6 +69,9 @@ struct Args {
     /// linger even when their writer is idle (the behaviour before it existed).
     #[arg(long, default_value_t = 20)]
     idle_linger_ms: u64,
+    /// The service's CDC_AUDIT_CHANNEL_CAPACITY, if not its default.
+    #[arg(long)]
+    channel_capacity: Option<usize>,
     /// The service's writers, and the ceiling's connections.
     #[arg(long, default_value_t = 2)]
     writers: usize,
@@ -393,7 +396,8 @@ fn service(
     n: usize,
 ) -> Process {
     let http = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_cdc-audit"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cdc-audit"));
+    command
         .arg("run")
         .env_clear()
         .env("CDC_AUDIT_BOOTSTRAP_SERVERS", bootstrap)
@@ -420,11 +424,12 @@ fn service(
             std::env::var("CDC_AUDIT_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .stdout(Stdio::null())
-        .stderr(log_file(&format!("cdc-audit-bench-{group}-{n}.log")))
-        .spawn()
-        .unwrap();
+        .stderr(log_file(&format!("cdc-audit-bench-{group}-{n}.log")));
+    if let Some(capacity) = args.channel_capacity {
+        command.env("CDC_AUDIT_CHANNEL_CAPACITY", capacity.to_string());
+    }
     Process {
-        child,
+        child: command.spawn().unwrap(),
         metrics: Some(http),
     }
 }
@@ -464,6 +469,8 @@ struct Drain {
     batches: f64,
     batch_messages: f64,
     write_ms: f64,
+    /// Writers across the instances.
+    writers: usize,
 }
 
 impl Drain {
@@ -473,8 +480,12 @@ impl Drain {
 
     fn batches_line(&self) -> String {
         format!(
-            "{:.0} batches of {:.0} messages on average, {:.1} ms each to write and commit",
-            self.batches, self.batch_messages, self.write_ms
+            "{:.0} batches of {:.0} messages on average, {:.1} ms each to write and commit; \
+             writers busy {:.0}% of the drain",
+            self.batches,
+            self.batch_messages,
+            self.write_ms,
+            self.batches * self.write_ms / 1000.0 / (self.writers as f64 * self.steady) * 100.0,
         )
     }
 }
@@ -486,6 +497,7 @@ fn drain(
     target: i64,
     events: usize,
     instances: &[&Process],
+    writers_each: usize,
 ) -> Drain {
     let started = Instant::now();
     let ticks = machine_ticks();
@@ -516,6 +528,7 @@ fn drain(
     let (messages, batches) = sum("cdc_audit_batch_messages");
     let (write_s, writes) = sum("cdc_audit_batch_write_seconds");
     Drain {
+        writers: writers_each * instances.len(),
         batches,
         batch_messages: messages / batches.max(1.0),
         write_ms: write_s / writes.max(1.0) * 1000.0,
@@ -740,6 +753,7 @@ fn main() {
         backlog_end,
         backlog_changes,
         &[&one],
+        args.writers,
     );
     let broker_cpu = common::cpu_seconds(broker.pid()).unwrap_or(0.0) - broker_cpu;
     let ceiling_after = measure_ceiling(&mut admin);
@@ -872,6 +886,7 @@ fn main() {
             backlog_end,
             backlog_changes,
             &[&a, &b],
+            args.writers,
         );
         let cpu: f64 = d2.cpu_s.iter().sum();
         say(format!(

@@ -59,12 +59,12 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "CDC_AUDIT_BATCH_LINGER_MS",
         default: Some("200"),
-        help: "longest a partly filled batch waits while its writer is busy, 1..=60000",
+        help: "longest a partly filled batch waits while its partition's last batch is written, 1..=60000",
     },
     Setting {
         name: "CDC_AUDIT_BATCH_IDLE_LINGER_MS",
         default: Some("20"),
-        help: "how long a partly filled batch waits when its writer is idle, 0..=CDC_AUDIT_BATCH_LINGER_MS",
+        help: "how long a partly filled batch waits when a writer is free, 0..=CDC_AUDIT_BATCH_LINGER_MS",
     },
     Setting {
         name: "CDC_AUDIT_WRITERS",
@@ -78,7 +78,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         name: "CDC_AUDIT_CHANNEL_CAPACITY",
-        default: Some("4"),
+        default: Some("8"),
         help: "batches queued between stages, per channel, 1..=1024",
     },
     Setting {
@@ -439,7 +439,7 @@ impl Config {
                 ),
             ));
         }
-        let channel_capacity = number("CDC_AUDIT_CHANNEL_CAPACITY", 4, 1, 1024)? as usize;
+        let channel_capacity = number("CDC_AUDIT_CHANNEL_CAPACITY", 8, 1, 1024)? as usize;
         let shutdown_timeout = Duration::from_millis(number(
             "CDC_AUDIT_SHUTDOWN_TIMEOUT_MS",
             30_000,
