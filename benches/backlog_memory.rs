@@ -2,7 +2,7 @@
 //! The service runs as its own process (the real binary) against librdkafka's mock cluster and
 //! the local PostgreSQL; its resident memory is sampled from /proc. Prints figures; asserts nothing.
 //!
-//!     cargo bench --bench backlog_memory [-- EVENTS]
+//!     [CDC_AUDIT_...=...] cargo bench --bench backlog_memory [-- EVENTS]
 //!
 //! The mock broker delivers under 1 MB/s per partition, so the drain rate printed here is the
 //! mock's, not the service's.
@@ -70,6 +70,8 @@ fn main() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cdc-audit"))
         .arg("run")
         .env_clear()
+        // Settings to try, e.g. CDC_AUDIT_CHANNEL_CAPACITY=4 cargo bench --bench backlog_memory
+        .envs(std::env::vars().filter(|(k, _)| k.starts_with("CDC_AUDIT_")))
         .env("CDC_AUDIT_BOOTSTRAP_SERVERS", cluster.bootstrap_servers())
         .env("CDC_AUDIT_TOPICS", generator.topics().join(","))
         .env("CDC_AUDIT_DATABASE_URL", &url)
