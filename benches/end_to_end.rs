@@ -15,7 +15,8 @@
 //! 4. two instances in a new consumer group drain everything again into a fresh database.
 //!
 //! Needs the `tansu` binary: `$TANSU`, on `PATH`, or in `~/.cargo/bin`
-//! (`cargo install tansu --features dynostore`).
+//! (`cargo install tansu --features dynostore`; BENCHMARKS.md says how to build it with
+//! `benches/tansu-fetch.patch`, which makes its fetch behave like Kafka's).
 
 mod common;
 

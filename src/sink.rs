@@ -483,7 +483,6 @@ impl Backoff {
     }
 }
 
-/// A writer thread: takes transformed batches of its partitions in order and commits them.
 /// The writers' end of the transform stage, shared by all of them.
 #[derive(Clone)]
 pub struct Queue {
@@ -493,6 +492,7 @@ pub struct Queue {
     pub done: Sender<Tp>,
 }
 
+/// A writer thread: takes transformed batches from the queue and commits each one.
 pub struct Writer {
     id: usize,
     queue: Queue,

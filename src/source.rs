@@ -403,7 +403,7 @@ impl Source {
             let lingering = self.flush_expired();
             self.flush_idle();
             self.send_ready();
-            // Short while batches wait: for room downstream, or for their writer to be idle.
+            // Short while batches wait: for room downstream, or for a writer to be free.
             let waiting = lingering || !self.ready.is_empty();
             let mut timeout = Duration::from_millis(if waiting { 5 } else { 50 });
             // Then what librdkafka already holds, until a batch is ready: the turn above looks at
