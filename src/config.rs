@@ -221,7 +221,8 @@ pub struct Config {
     pub database_ca_file: Option<std::path::PathBuf>,
     pub batch_size: usize,
     pub batch_linger: Duration,
-    /// A batch whose writer has nothing to do is handed on after this long (group commit).
+    /// A partly filled batch is handed on after this long when a writer is free and its
+    /// partition has nothing on the way (group commit).
     pub batch_idle_linger: Duration,
     pub writers: usize,
     pub pool_size: u32,

@@ -376,7 +376,6 @@ struct Lanes {
     /// Partitions with a batch at the writers, and what waits behind it.
     out: HashMap<Tp, VecDeque<Transformed>>,
     waiting_messages: usize,
-    waiting_batches: usize,
 }
 
 impl TransformStage {
@@ -404,18 +403,18 @@ impl TransformStage {
                 debug_assert_eq!(op.index(), done);
                 match op.recv(&self.done) {
                     Ok(tp) => lanes.done(&tp),
-                    Err(_) => {
-                        return log::error!("the writers are gone; stopping the transform stage")
-                    }
+                    Err(_) => break,
                 }
             };
-            self.waiting_gauge.set(lanes.waiting_batches as i64);
+            self.waiting_gauge
+                .set(lanes.out.values().map(VecDeque::len).sum::<usize>() as i64);
             if let Some(batch) = next {
                 if self.output.send(batch).is_err() {
-                    return log::error!("the writers are gone; stopping the transform stage");
+                    break;
                 }
             }
         }
+        log::error!("the writers are gone; stopping the transform stage");
     }
 
     fn transform(&self, batch: Batch) -> Transformed {
@@ -435,7 +434,6 @@ impl Lanes {
         match self.out.get_mut(&batch.batch.tp) {
             Some(queue) => {
                 self.waiting_messages += batch.batch.messages.len();
-                self.waiting_batches += 1;
                 queue.push_back(batch);
                 None
             }
@@ -452,7 +450,6 @@ impl Lanes {
         match queue.pop_front() {
             Some(next) => {
                 self.waiting_messages -= next.batch.messages.len();
-                self.waiting_batches -= 1;
                 Some(next)
             }
             None => {

@@ -160,7 +160,7 @@ fn a_full_pipeline_pauses_consumption_and_resumes_without_loss() {
     assert_exactly_once(&db, &records);
 }
 
-/// With an idle writer a partly filled batch is written after the idle linger, not the linger:
+/// With a free writer a partly filled batch is written after the idle linger, not the linger:
 /// changes arriving at a low rate are not held back for a minute. (With the linger alone, nothing
 /// would be committed for 60 s.)
 #[test]
