@@ -57,6 +57,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "messages per batch (one transaction per partition batch), 1..=100000",
     },
     Setting {
+        name: "CDC_AUDIT_BATCH_BYTES",
+        default: Some("1048576"),
+        help: "a batch is full at this many bytes of messages (payload, key, headers) even with fewer than CDC_AUDIT_BATCH_SIZE; bounds memory with large events, 1024..=268435456",
+    },
+    Setting {
         name: "CDC_AUDIT_BATCH_LINGER_MS",
         default: Some("200"),
         help: "longest a partly filled batch waits while its partition's last batch is written, 1..=60000",
@@ -220,6 +225,9 @@ pub struct Config {
     pub database_url: String,
     pub database_ca_file: Option<std::path::PathBuf>,
     pub batch_size: usize,
+    /// A batch is full at this many bytes of messages, whatever its count: every buffer is
+    /// sized in batches, so this is what bounds memory when events are large.
+    pub batch_bytes: usize,
     pub batch_linger: Duration,
     /// A partly filled batch is handed on after this long when a writer is free and its
     /// partition has nothing on the way (group commit).
@@ -419,6 +427,7 @@ impl Config {
             }
         };
         let batch_size = number("CDC_AUDIT_BATCH_SIZE", 2000, 1, 100_000)? as usize;
+        let batch_bytes = number("CDC_AUDIT_BATCH_BYTES", 1 << 20, 1 << 10, 1 << 28)? as usize;
         let batch_linger =
             Duration::from_millis(number("CDC_AUDIT_BATCH_LINGER_MS", 200, 1, 60_000)?);
         let linger_ms = batch_linger.as_millis() as u64;
@@ -531,6 +540,7 @@ impl Config {
             database_url,
             database_ca_file,
             batch_size,
+            batch_bytes,
             batch_linger,
             batch_idle_linger,
             writers,
@@ -565,6 +575,7 @@ impl Config {
                 mask_url(&self.database_url),
             ),
             ("CDC_AUDIT_BATCH_SIZE".into(), self.batch_size.to_string()),
+            ("CDC_AUDIT_BATCH_BYTES".into(), self.batch_bytes.to_string()),
             (
                 "CDC_AUDIT_BATCH_LINGER_MS".into(),
                 self.batch_linger.as_millis().to_string(),
@@ -803,6 +814,7 @@ mod tests {
     fn defaults_are_valid_and_database_url_falls_back() {
         let c = with(&[]).unwrap();
         assert_eq!(c.batch_size, 2000);
+        assert_eq!(c.batch_bytes, 1 << 20);
         assert_eq!(c.pool_size, 4);
         assert_eq!(c.database_url, "postgres://u:pw@localhost/db");
         assert_eq!(c.topics, Topics::List(vec!["a.b.c".into(), "a.b.d".into()]));

@@ -454,6 +454,7 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         database_url: url.to_string(),
         database_ca_file: None,
         batch_size: 2000,
+        batch_bytes: 1 << 20,
         batch_linger: Duration::from_millis(100),
         batch_idle_linger: Duration::from_millis(20),
         writers: args.writers.max(1),

@@ -30,6 +30,20 @@ pub struct Message {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
+impl Message {
+    /// The bytes the message holds (payload, key and headers): what batches and budgets count.
+    pub fn size(&self) -> usize {
+        let len = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, Vec::len);
+        len(&self.payload)
+            + len(&self.key)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + len(v))
+                .sum::<usize>()
+    }
+}
+
 /// A topic partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Tp {
@@ -51,7 +65,63 @@ pub struct Batch {
     pub start: Option<i64>,
     pub end: i64,
     pub messages: Vec<Message>,
+    /// The sum of the messages' [`Message::size`].
+    pub bytes: usize,
     pub created: Instant,
+}
+
+impl Batch {
+    pub fn load(&self) -> Load {
+        Load {
+            messages: self.messages.len(),
+            bytes: self.bytes,
+        }
+    }
+}
+
+/// Messages and their bytes, as buffers count them: a budget is spent when either is reached,
+/// so read-ahead sized in batches holds as many messages of small events and no more bytes of
+/// large ones than `CDC_AUDIT_BATCH_BYTES` allows a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+impl Load {
+    /// `batches` full batches of `config`.
+    pub fn batches(config: &Config, batches: usize) -> Load {
+        Load {
+            messages: config.batch_size,
+            bytes: config.batch_bytes,
+        }
+        .times(batches)
+    }
+
+    pub fn times(self, n: usize) -> Load {
+        Load {
+            messages: self.messages.saturating_mul(n),
+            bytes: self.bytes.saturating_mul(n),
+        }
+    }
+
+    pub fn reaches(&self, budget: Load) -> bool {
+        self.messages >= budget.messages || self.bytes >= budget.bytes
+    }
+}
+
+impl std::ops::AddAssign for Load {
+    fn add_assign(&mut self, other: Load) {
+        self.messages += other.messages;
+        self.bytes += other.bytes;
+    }
+}
+
+impl std::ops::SubAssign for Load {
+    fn sub_assign(&mut self, other: Load) {
+        self.messages -= other.messages;
+        self.bytes -= other.bytes;
+    }
 }
 
 /// A batch after the transform: each message with what became of it, in offset order.
@@ -365,8 +435,8 @@ struct TransformStage {
     done: Receiver<Tp>,
     rules: Arc<Rules>,
     output: Sender<Transformed>,
-    /// Messages that may wait here before the stage stops taking batches from the source.
-    budget: usize,
+    /// What may wait here before the stage stops taking batches from the source.
+    budget: Load,
     waiting_gauge: IntGauge,
 }
 
@@ -375,7 +445,7 @@ struct TransformStage {
 struct Lanes {
     /// Partitions with a batch at the writers, and what waits behind it.
     out: HashMap<Tp, VecDeque<Transformed>>,
-    waiting_messages: usize,
+    waiting: Load,
 }
 
 impl TransformStage {
@@ -387,7 +457,7 @@ impl TransformStage {
                 return; // the source is gone and every batch is done: the writers finish
             }
             let mut select = Select::new();
-            let take = input_open && lanes.waiting_messages < self.budget;
+            let take = input_open && !lanes.waiting.reaches(self.budget);
             let input = take.then(|| select.recv(&self.input));
             let done = select.recv(&self.done);
             let op = select.select();
@@ -433,7 +503,7 @@ impl Lanes {
     fn push(&mut self, batch: Transformed) -> Option<Transformed> {
         match self.out.get_mut(&batch.batch.tp) {
             Some(queue) => {
-                self.waiting_messages += batch.batch.messages.len();
+                self.waiting += batch.batch.load();
                 queue.push_back(batch);
                 None
             }
@@ -449,7 +519,7 @@ impl Lanes {
         let queue = self.out.get_mut(tp)?;
         match queue.pop_front() {
             Some(next) => {
-                self.waiting_messages -= next.batch.messages.len();
+                self.waiting -= next.batch.load();
                 Some(next)
             }
             None => {
@@ -507,7 +577,7 @@ pub fn run(shared: Shared, started: impl FnOnce()) -> Result<Exit, SourceError> 
         done: done_rx,
         rules: Arc::new(config.rules.clone()),
         output: writers_tx,
-        budget: config.batch_size * config.channel_capacity,
+        budget: Load::batches(&config, config.channel_capacity),
         waiting_gauge: stats.channel_depth.with_label_values(&["waiting"]),
     };
     handles.push(spawn_stage(&stats, "transform", move || transform.run())?);
@@ -589,29 +659,38 @@ mod tests {
         }
     }
 
+    /// A batch of `messages` messages of 10 bytes each.
     fn batch(p: i32, id: u64, messages: usize) -> Batch {
         let message = |offset| Message {
             topic: Arc::from("t"),
             partition: p,
             offset,
             timestamp_ms: None,
-            key: None,
-            payload: None,
+            key: Some(b"key".to_vec()),
+            payload: Some(b"payload".to_vec()),
             headers: Vec::new(),
         };
+        let messages: Vec<Message> = (0..messages as i64).map(message).collect();
         Batch {
             id,
             tp: tp(p),
             epoch: 1,
             start: None,
-            end: messages as i64,
-            messages: (0..messages as i64).map(message).collect(),
+            end: messages.len() as i64,
+            bytes: messages.iter().map(Message::size).sum(),
+            messages,
             created: Instant::now(),
         }
     }
 
-    #[test]
-    fn a_partitions_next_batch_waits_for_the_writers_and_other_partitions_do_not() {
+    fn stage(
+        budget: Load,
+    ) -> (
+        Sender<Batch>,
+        Sender<Tp>,
+        Receiver<Transformed>,
+        TransformStage,
+    ) {
         let (input, input_rx) = bounded(8);
         let (done, done_rx) = unbounded();
         let (output_tx, output) = bounded(8);
@@ -620,9 +699,18 @@ mod tests {
             done: done_rx,
             rules: Arc::new(Rules::default()),
             output: output_tx,
-            budget: 11,
+            budget,
             waiting_gauge: IntGauge::new("waiting", "test").unwrap(),
         };
+        (input, done, output, stage)
+    }
+
+    #[test]
+    fn a_partitions_next_batch_waits_for_the_writers_and_other_partitions_do_not() {
+        let (input, done, output, stage) = stage(Load {
+            messages: 11,
+            bytes: usize::MAX,
+        });
         let handle = thread::spawn(move || stage.run());
         let batches = [
             batch(0, 1, 5),
@@ -661,6 +749,44 @@ mod tests {
         }
         handle.join().unwrap();
         assert!(output.recv().is_err(), "the writers' queue closes");
+    }
+
+    #[test]
+    fn the_lanes_budget_counts_bytes_too() {
+        let (input, done, output, stage) = stage(Load {
+            messages: 1000,
+            bytes: 100,
+        });
+        let handle = thread::spawn(move || stage.run());
+        for b in [
+            batch(0, 1, 1),
+            batch(0, 2, 9),
+            batch(0, 3, 1),
+            batch(0, 4, 1),
+        ] {
+            input.send(b).unwrap();
+        }
+        let next = || {
+            output
+                .recv_timeout(Duration::from_secs(5))
+                .map(|t: Transformed| t.batch.id)
+        };
+        assert_eq!(next(), Ok(1));
+        thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            input.len(),
+            1,
+            "10 messages but 100 bytes waiting: the byte budget is spent"
+        );
+        done.send(tp(0)).unwrap();
+        assert_eq!(next(), Ok(2));
+        for id in [3, 4] {
+            done.send(tp(0)).unwrap();
+            assert_eq!(next(), Ok(id));
+        }
+        drop(input);
+        done.send(tp(0)).unwrap();
+        handle.join().unwrap();
     }
 
     #[test]

@@ -17,7 +17,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::events::{now_ms, Stats};
-use crate::pipeline::{Batch, Control, Exit, Message, Tp, Tracker};
+use crate::pipeline::{Batch, Control, Exit, Load, Message, Tp, Tracker};
 use crate::sink::Pool;
 
 /// How long the poll thread waits for room downstream before it polls again.
@@ -295,13 +295,14 @@ pub struct Source {
     control: Arc<Control>,
     stats: Arc<Stats>,
     batch_size: usize,
+    batch_bytes: usize,
     linger: Duration,
     idle_linger: Duration,
     writers: usize,
     last_idle_check: Instant,
-    /// Messages `ready` may hold before the source waits for room downstream (see `send_ready`):
+    /// What `ready` may hold before the source waits for room downstream (see `send_ready`):
     /// a full batch per slot of the channel.
-    ready_budget: usize,
+    ready_budget: Load,
     shutdown_timeout: Duration,
     cursors: HashMap<Tp, Cursor>,
     ready: VecDeque<Batch>,
@@ -371,11 +372,12 @@ impl Source {
             control,
             stats,
             batch_size: config.batch_size,
+            batch_bytes: config.batch_bytes,
             linger: config.batch_linger,
             idle_linger: config.batch_idle_linger,
             writers: config.writers,
             last_idle_check: Instant::now(),
-            ready_budget: config.batch_size * config.channel_capacity,
+            ready_budget: Load::batches(config, config.channel_capacity),
             shutdown_timeout: config.shutdown_timeout,
             cursors: HashMap::new(),
             ready: VecDeque::new(),
@@ -545,13 +547,15 @@ impl Source {
                 start: cursor.next,
                 end: offset + 1,
                 messages: Vec::with_capacity(self.batch_size.min(4096)),
+                bytes: 0,
                 created: Instant::now(),
             }
         });
+        batch.bytes += msg.size();
         batch.messages.push(msg);
         batch.end = offset + 1;
         cursor.next = Some(offset + 1);
-        if batch.messages.len() >= self.batch_size {
+        if batch.messages.len() >= self.batch_size || batch.bytes >= self.batch_bytes {
             if let Some(full) = cursor.pending.take() {
                 self.ready.push_back(full);
             }
@@ -615,14 +619,17 @@ impl Source {
     /// is away): it pauses, and resumes once everything is handed on.
     fn send_ready(&mut self) {
         let Some(output) = &self.output else { return };
-        let mut waiting: usize = self.ready.iter().map(|b| b.messages.len()).sum();
+        let mut waiting = Load::default();
+        for batch in &self.ready {
+            waiting += batch.load();
+        }
         let mut waited = false;
         while let Some(batch) = self.ready.pop_front() {
-            let size = batch.messages.len();
+            let load = batch.load();
             // Counted before it is sent: a writer may finish it before the send returns.
             let tp = batch.tp.clone();
             self.tracker.sent(&tp);
-            let sent = if waiting >= self.ready_budget && !waited {
+            let sent = if waiting.reaches(self.ready_budget) && !waited {
                 // Once per turn, so that poll still serves rebalances every ROOM_WAIT.
                 waited = true;
                 output.send_timeout(batch, ROOM_WAIT).map_err(|e| match e {
@@ -633,7 +640,7 @@ impl Source {
                 output.try_send(batch)
             };
             match sent {
-                Ok(()) => waiting -= size,
+                Ok(()) => waiting -= load,
                 Err(TrySendError::Full(batch)) => {
                     self.tracker.unsent(&tp);
                     self.ready.push_front(batch);
@@ -648,7 +655,7 @@ impl Source {
         let want_pause = if self.paused {
             !self.ready.is_empty()
         } else {
-            waiting >= 2 * self.ready_budget
+            waiting.reaches(self.ready_budget.times(2))
         };
         if want_pause != self.paused {
             self.pause(want_pause);

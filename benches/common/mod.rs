@@ -64,6 +64,7 @@ pub fn transformed_batches(
                     start: Some(start),
                     end: start + chunk.len() as i64,
                     messages: chunk.to_vec(),
+                    bytes: chunk.iter().map(Message::size).sum(),
                     created: Instant::now(),
                 },
                 outcomes,

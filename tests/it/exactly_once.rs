@@ -252,6 +252,7 @@ fn batch(records: &[Record], start: Option<i64>, offsets: std::ops::Range<i64>) 
         epoch: 0,
         start,
         end: offsets.end,
+        bytes: messages.iter().map(Message::size).sum(),
         messages,
         created: Instant::now(),
     };

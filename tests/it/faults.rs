@@ -326,6 +326,7 @@ fn a_10_mb_change_event_is_stored_whole() {
         epoch: 0,
         start: Some(0),
         end: 1,
+        bytes: msg.size(),
         messages: vec![msg],
         created: std::time::Instant::now(),
     };

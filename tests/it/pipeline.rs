@@ -5,7 +5,9 @@ use std::time::Duration;
 use cdc_audit::demo::{poison, Record};
 use cdc_audit::pipeline::Exit;
 
-use crate::util::{assert_exactly_once, config, generate, wait_until, InProcess, Kafka, TestDb};
+use crate::util::{
+    assert_exactly_once, config, generate, wait_until, InProcess, Kafka, TestDb, PARTITIONS,
+};
 
 #[test]
 fn events_across_tables_and_partitions_become_exactly_one_row_each() {
@@ -184,4 +186,41 @@ fn a_partly_filled_batch_goes_to_an_idle_writer_before_the_linger() {
     }
     assert!(service.stats.batches_committed.get() >= 3);
     service.stop();
+}
+
+/// A batch is full at `CDC_AUDIT_BATCH_BYTES` whatever its message count: with a count and a
+/// linger that would hold every message for a minute, the backlog is still written in batches of
+/// about 4 KiB, and only each partition's last, partly filled batch waits (for the shutdown,
+/// which hands it on).
+#[test]
+fn a_batch_is_full_at_its_byte_limit() {
+    let db = TestDb::new("batchbytes");
+    let kafka = Kafka::new("batchbytes");
+    let records = generate("batchbytes", 7, 400);
+    kafka.produce(&records);
+    let mut cfg = config(&kafka, &db, "g");
+    cfg.batch_size = 100_000;
+    cfg.batch_bytes = 4096;
+    cfg.batch_linger = Duration::from_secs(60);
+    cfg.batch_idle_linger = Duration::from_secs(60);
+    let service = InProcess::start(cfg);
+    let half = records.len() as i64 / 2;
+    wait_until(
+        Duration::from_secs(30),
+        "half the backlog committed",
+        || db.committed("g") >= half,
+    );
+    // About 90 KiB a partition: a count- or time-bound batch would be one per partition.
+    let batches = service.stats.batches_committed.get();
+    let partitions = (kafka.topics.len() as i32 * PARTITIONS) as u64;
+    assert!(
+        batches >= 3 * partitions,
+        "{batches} batches committed for {partitions} partitions"
+    );
+    // The shutdown hands on what was read, the partly filled batches included.
+    wait_until(Duration::from_secs(30), "the backlog read", || {
+        service.stats.messages_consumed.get() == records.len() as u64
+    });
+    assert_eq!(service.stop(), Exit::Drained);
+    assert_exactly_once(&db, &records);
 }

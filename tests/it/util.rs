@@ -200,6 +200,7 @@ pub fn config(kafka: &Kafka, db: &TestDb, group: &str) -> Config {
         database_url: db.url.clone(),
         database_ca_file: None,
         batch_size: 200,
+        batch_bytes: 1 << 20,
         batch_linger: Duration::from_millis(50),
         batch_idle_linger: Duration::from_millis(20),
         writers: 2,
