@@ -4,6 +4,10 @@
 //! (or with one this cannot read), values are stored as sent.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::thread::LocalKey;
 
 use base64::Engine;
 use serde::Deserialize;
@@ -129,32 +133,72 @@ fn struct_schema(fields: &[Field<'_>]) -> StructSchema {
 }
 
 /// The decodable fields of a value schema's `before` and `after` structs.
-pub fn value_schemas(schema: &str) -> Option<(StructSchema, StructSchema)> {
-    if !may_need_decoding(schema) {
-        return None;
-    }
-    let top: Field<'_> = serde_json::from_str(schema).ok()?;
-    let fields = top.fields?;
-    let image = |name: &str| {
-        fields
-            .iter()
-            .find(|f| f.field.as_deref() == Some(name))
-            .and_then(|f| f.fields.as_deref())
-            .map(struct_schema)
-            .unwrap_or_default()
-    };
-    let (before, after) = (image("before"), image("after"));
-    (!before.is_empty() || !after.is_empty()).then_some((before, after))
+pub fn value_schemas(schema: &str) -> Option<Rc<(StructSchema, StructSchema)>> {
+    memo(&VALUE_SCHEMAS, schema, |schema| {
+        let top: Field<'_> = serde_json::from_str(schema).ok()?;
+        let fields = top.fields?;
+        let image = |name: &str| {
+            fields
+                .iter()
+                .find(|f| f.field.as_deref() == Some(name))
+                .and_then(|f| f.fields.as_deref())
+                .map(struct_schema)
+                .unwrap_or_default()
+        };
+        let (before, after) = (image("before"), image("after"));
+        (!before.is_empty() || !after.is_empty()).then_some((before, after))
+    })
 }
 
 /// The decodable fields of a key schema (a struct of the key columns).
-pub fn key_schema(schema: &str) -> Option<StructSchema> {
-    if !may_need_decoding(schema) {
-        return None;
+pub fn key_schema(schema: &str) -> Option<Rc<StructSchema>> {
+    memo(&KEY_SCHEMAS, schema, |schema| {
+        let top: Field<'_> = serde_json::from_str(schema).ok()?;
+        let s = struct_schema(top.fields.as_deref()?);
+        (!s.is_empty()).then_some(s)
+    })
+}
+
+type Memo<T> = RefCell<VecDeque<(Box<str>, Option<Rc<T>>)>>;
+
+thread_local! {
+    static VALUE_SCHEMAS: Memo<(StructSchema, StructSchema)> = const { RefCell::new(VecDeque::new()) };
+    static KEY_SCHEMAS: Memo<StructSchema> = const { RefCell::new(VecDeque::new()) };
+}
+
+/// Schemas remembered per thread, and the longest one remembered.
+const MEMO_ENTRIES: usize = 16;
+const MEMO_MAX_LEN: usize = 64 * 1024;
+
+/// `read(schema)`, remembered by the schema's text. The JSON converter repeats a table's schema in
+/// every message; reading it each time was a third of a large event's transform. The result is
+/// the same as reading it again: the transform stays a pure function of the message.
+fn memo<T>(
+    cache: &'static LocalKey<Memo<T>>,
+    schema: &str,
+    read: impl FnOnce(&str) -> Option<T>,
+) -> Option<Rc<T>> {
+    let read = |schema| {
+        if may_need_decoding(schema) {
+            read(schema).map(Rc::new)
+        } else {
+            None
+        }
+    };
+    if schema.len() > MEMO_MAX_LEN {
+        return read(schema);
     }
-    let top: Field<'_> = serde_json::from_str(schema).ok()?;
-    let s = struct_schema(top.fields.as_deref()?);
-    (!s.is_empty()).then_some(s)
+    cache.with_borrow_mut(|entries| {
+        if let Some((_, found)) = entries.iter().rev().find(|(k, _)| **k == *schema) {
+            return found.clone();
+        }
+        let found = read(schema);
+        if entries.len() == MEMO_ENTRIES {
+            entries.pop_front();
+        }
+        entries.push_back((schema.into(), found.clone()));
+        found
+    })
 }
 
 /// The stored JSON text for a value, or `None` to keep it as sent.
@@ -389,5 +433,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.1.get("d"), Some(Logical::Date));
+    }
+
+    /// Remembered schemas are found by their whole text: two of one length, each read back
+    /// right, also after more schemas than the memo holds have pushed them out.
+    #[test]
+    fn remembered_schemas_are_told_apart_by_their_text() {
+        let schema = |field: &str, name: &str| {
+            format!(
+                r#"{{"fields":[{{"field":"after","type":"struct","fields":[{{"field":"{field}","type":"int64","name":"{name}"}}]}}]}}"#
+            )
+        };
+        let date = schema("a", "io.debezium.time.Date");
+        let time = schema("a", "io.debezium.time.Time");
+        assert_eq!(date.len(), time.len());
+        for round in 0..3 {
+            for (text, want) in [(&date, Logical::Date), (&time, Logical::Time { digits: 3 })] {
+                let s = value_schemas(text).unwrap();
+                assert_eq!(s.1.get("a"), Some(want), "round {round}");
+            }
+            for i in 0..MEMO_ENTRIES {
+                let other = schema(&format!("f{i}"), "io.debezium.time.Date");
+                assert_eq!(value_schemas(&other).unwrap().1.get("a"), None);
+            }
+        }
     }
 }

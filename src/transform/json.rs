@@ -106,6 +106,8 @@ pub fn present(raw: &RawValue) -> Option<&RawValue> {
 pub fn scalar_text(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
     let text = raw?.get();
     match text.as_bytes().first()? {
+        // A raw value is valid JSON: without a backslash, a string is its text between the quotes.
+        b'"' if !text.contains('\\') => text.get(1..text.len() - 1).map(Cow::Borrowed),
         b'"' => serde_json::from_str::<Cow<'_, str>>(text).ok(),
         b'{' | b'[' | b'n' => None,
         _ => Some(Cow::Borrowed(text)),

@@ -387,25 +387,22 @@ fn image_text<'a>(raw: &'a RawValue) -> Cow<'a, str> {
 fn changed_columns(before: &str, after: &str) -> Option<Vec<String>> {
     let before = Members::parse(before)?;
     let after = Members::parse(after)?;
-    let find = |m: &Members<'_>, k: &str| {
-        m.0.iter()
-            .rev()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.get().to_string())
-    };
-    let mut changed = Vec::new();
+    fn find<'m>(m: &Members<'m>, k: &str) -> Option<&'m str> {
+        m.0.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.get())
+    }
+    let mut changed: Vec<String> = Vec::new();
     for (name, value) in &after.0 {
         if scalar_text(Some(value)).as_deref() == Some(UNAVAILABLE)
-            || changed.contains(&name.to_string())
+            || changed.iter().any(|c| c == name)
         {
             continue;
         }
-        if find(&before, name).as_deref() != Some(value.get()) {
+        if find(&before, name) != Some(value.get()) {
             changed.push(name.to_string());
         }
     }
     for (name, _) in &before.0 {
-        if find(&after, name).is_none() && !changed.contains(&name.to_string()) {
+        if find(&after, name).is_none() && !changed.iter().any(|c| c == name) {
             changed.push(name.to_string());
         }
     }
@@ -505,7 +502,12 @@ fn primary_key<'a>(
     }
     let key_schema = schema.and_then(|s| decode::key_schema(s.get()));
     let mut unused = Vec::new();
-    Ok(Some(rewrite(text, key_schema.as_ref(), rules, &mut unused)))
+    Ok(Some(rewrite(
+        text,
+        key_schema.as_deref(),
+        rules,
+        &mut unused,
+    )))
 }
 
 fn change<'a>(
@@ -578,14 +580,14 @@ fn change<'a>(
             .filter(|u| u != UNAVAILABLE)
     });
 
-    let (before_schema, after_schema) = match schema.and_then(|s| decode::value_schemas(s.get())) {
+    let schemas = schema.and_then(|s| decode::value_schemas(s.get()));
+    let (before_schema, after_schema) = match schemas.as_deref() {
         Some((b, a)) => (Some(b), Some(a)),
         None => (None, None),
     };
     let mut unavailable = Vec::new();
-    let old_data =
-        before.map(|b| rewrite(b, before_schema.as_ref(), &table_rules, &mut unavailable));
-    let new_data = after.map(|a| rewrite(a, after_schema.as_ref(), &table_rules, &mut unavailable));
+    let old_data = before.map(|b| rewrite(b, before_schema, &table_rules, &mut unavailable));
+    let new_data = after.map(|a| rewrite(a, after_schema, &table_rules, &mut unavailable));
     let primary_key = primary_key(msg.key.as_deref(), mongo, &table_rules)?;
     let mut change_detail = if mongo { mongo_detail(event) } else { None };
     let (old_data, new_data) = escape_nul(&mut change_detail, old_data, new_data);
