@@ -83,7 +83,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         name: "CDC_AUDIT_CHANNEL_CAPACITY",
-        default: Some("4"),
+        default: Some("8"),
         help: "batches queued between stages, per channel, 1..=1024",
     },
     Setting {
@@ -449,7 +449,7 @@ impl Config {
                 ),
             ));
         }
-        let channel_capacity = number("CDC_AUDIT_CHANNEL_CAPACITY", 4, 1, 1024)? as usize;
+        let channel_capacity = number("CDC_AUDIT_CHANNEL_CAPACITY", 8, 1, 1024)? as usize;
         let shutdown_timeout = Duration::from_millis(number(
             "CDC_AUDIT_SHUTDOWN_TIMEOUT_MS",
             30_000,

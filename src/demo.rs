@@ -459,7 +459,7 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         batch_idle_linger: Duration::from_millis(20),
         writers: args.writers.max(1),
         pool_size: args.writers.max(1) as u32 + 2,
-        channel_capacity: 4,
+        channel_capacity: 8,
         shutdown_timeout: Duration::from_secs(30),
         rebalance_timeout: Duration::from_secs(10),
         migrate: true,
