@@ -129,10 +129,28 @@ fn a_row_postgresql_refuses_is_isolated_and_rejected_and_the_rest_committed() {
 
 #[test]
 fn a_full_pipeline_pauses_consumption_and_resumes_without_loss() {
-    let db = TestDb::new("backpressure");
-    let kafka = Kafka::new("backpressure");
+    pauses_and_resumes("backpressure", |cfg| {
+        cfg.batch_size = 20;
+        cfg.channel_capacity = 1;
+    });
+}
+
+/// The same with budgets that only bytes can spend: batches of about 4 KiB, and a count no
+/// backlog here reaches.
+#[test]
+fn a_pipeline_full_of_bytes_pauses_consumption_and_resumes_without_loss() {
+    pauses_and_resumes("bytepressure", |cfg| {
+        cfg.batch_size = 100_000;
+        cfg.batch_bytes = 4096;
+        cfg.channel_capacity = 1;
+    });
+}
+
+fn pauses_and_resumes(name: &str, settings: impl FnOnce(&mut cdc_audit::config::Config)) {
+    let db = TestDb::new(name);
+    let kafka = Kafka::new(name);
     db.migrate();
-    let records = generate("backpressure", 3, 1_500);
+    let records = generate(name, 3, 1_500);
     kafka.produce(&records);
     // Hold the audit table locked: writers block, the channels fill, the poll thread must pause.
     let mut blocker = db.client();
@@ -140,8 +158,7 @@ fn a_full_pipeline_pauses_consumption_and_resumes_without_loss() {
     tx.batch_execute("LOCK TABLE audit_logging IN ACCESS EXCLUSIVE MODE")
         .unwrap();
     let mut cfg = config(&kafka, &db, "g");
-    cfg.batch_size = 20;
-    cfg.channel_capacity = 1;
+    settings(&mut cfg);
     let service = InProcess::start(cfg);
     wait_until(Duration::from_secs(60), "consumption paused", || {
         service.stats.paused.get() == 1
