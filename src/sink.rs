@@ -349,6 +349,9 @@ fn position_key<'a>(
     ]
 }
 
+/// How much COPY data goes to PostgreSQL in one message.
+const COPY_CHUNK: usize = 64 * 1024;
+
 pub fn copy_rows<'a>(
     tx: &mut Transaction<'_>,
     (table, columns): Target,
@@ -361,12 +364,20 @@ pub fn copy_rows<'a>(
     let mut writer = tx.copy_in(&format!(
         "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
     ))?;
+    // The writer sends a CopyData message whenever it holds more than 4 KiB, each a trip through
+    // the connection and a TLS record: rows go to it in chunks of COPY_CHUNK instead.
     let sent: std::io::Result<()> = (|| {
-        writer.write_all(pgcopy::HEADER)?;
+        let mut chunk = Vec::with_capacity(COPY_CHUNK);
+        chunk.extend_from_slice(pgcopy::HEADER);
         for row in rows {
-            writer.write_all(row)?;
+            if chunk.len() + row.len() > COPY_CHUNK && !chunk.is_empty() {
+                writer.write_all(&chunk)?;
+                chunk.clear();
+            }
+            chunk.extend_from_slice(row);
         }
-        writer.write_all(pgcopy::TRAILER)
+        chunk.extend_from_slice(pgcopy::TRAILER);
+        writer.write_all(&chunk)
     })();
     match sent {
         Ok(()) => writer.finish().map(|_| ()).map_err(SinkError::Db),
