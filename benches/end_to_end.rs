@@ -140,14 +140,19 @@ struct Process {
 }
 
 impl Process {
-    /// Sum and count of a histogram on the service's /metrics.
-    fn histogram(&self, name: &str) -> Option<(f64, f64)> {
+    fn scrape(&self) -> Option<String> {
         let mut stream = TcpStream::connect(self.metrics.as_ref()?).ok()?;
         stream
             .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
             .ok()?;
         let mut body = String::new();
         stream.read_to_string(&mut body).ok()?;
+        Some(body)
+    }
+
+    /// Sum and count of a histogram on the service's /metrics.
+    fn histogram(&self, name: &str) -> Option<(f64, f64)> {
+        let body = self.scrape()?;
         let value = |suffix: &str| -> Option<f64> {
             let key = format!("{name}_{suffix} ");
             body.lines()
@@ -157,6 +162,25 @@ impl Process {
                 .ok()
         };
         Some((value("sum")?, value("count")?))
+    }
+
+    /// A histogram's cumulative buckets on the service's /metrics: (upper bound, count).
+    fn buckets(&self, name: &str) -> Option<Vec<(f64, f64)>> {
+        let body = self.scrape()?;
+        let prefix = format!("{name}_bucket{{le=\"");
+        let buckets: Vec<(f64, f64)> = body
+            .lines()
+            .filter_map(|l| {
+                let (le, count) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect();
+        (!buckets.is_empty()).then_some(buckets)
     }
 
     fn pid(&self) -> u32 {
@@ -176,6 +200,33 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The q-quantile of what a histogram observed between two scrapes, as Prometheus'
+/// `histogram_quantile` estimates it: linear within the bucket that holds it.
+fn histogram_quantile(q: f64, before: &[(f64, f64)], after: &[(f64, f64)]) -> Option<f64> {
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .zip(before)
+        .map(|(&(le, a), &(_, b))| (le, a - b))
+        .collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(le, count) in &delta {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(lower.0);
+            }
+            let share = (rank - lower.1) / (count - lower.1).max(f64::MIN_POSITIVE);
+            return Some(lower.0 + (le - lower.0) * share);
+        }
+        lower = (le, count);
+    }
+    None
 }
 
 fn log_file(name: &str) -> std::fs::File {
@@ -790,6 +841,8 @@ fn main() {
     let live_producer = producer(&bootstrap, 10_000, CONNECT_BATCH_BYTES, true);
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_positions(url_one.clone(), "bench-one".into(), stop.clone());
+    let held = "cdc_audit_batch_held_seconds";
+    let held_before = one.buckets(held);
     let phase_start = now_ms();
     let started = Instant::now();
     // Paced by message; a tombstone counts as a message but not as a change event.
@@ -848,6 +901,14 @@ fn main() {
     for v in [&mut from_send, &mut from_ack, &mut ack] {
         v.sort_unstable();
     }
+    let held_after = one.buckets(held);
+    let held_quantile = |q| {
+        held_before
+            .as_deref()
+            .zip(held_after.as_deref())
+            .and_then(|(b, a)| histogram_quantile(q, b, a))
+            .map_or("n/a".to_string(), |s| format!("{:.0} ms", s * 1e3))
+    };
     let figures = |v: &[i64]| {
         format!(
             "p50 {} ms, p99 {} ms, max {} ms",
@@ -862,13 +923,17 @@ fn main() {
          commits seen by polling audit_positions every 10 ms\n\
          produce to commit: {}\n\
          of which the broker, send to acknowledgement: {}\n\
-         and the service, acknowledgement to commit: {}",
+         and the service, acknowledgement to commit: {}\n\
+         held in the service, a batch's first message read to its commit ({held}, per batch, \
+         estimated from its buckets): p50 {}, p99 {}",
         args.latency_share,
         from_send.len(),
         args.latency_partitions,
         figures(&from_send),
         figures(&ack),
         figures(&from_ack),
+        held_quantile(0.5),
+        held_quantile(0.99),
     ));
     let (line, held) = exactly_once(&mut client, backlog_changes + live_generator.changes);
     say(line);

@@ -11,7 +11,7 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use crate::pipeline::Tp;
+use crate::pipeline::{Batch, Tp};
 use crate::transform::{RejectKind, Skip};
 
 /// Milliseconds since the Unix epoch, now.
@@ -97,6 +97,7 @@ pub struct Stats {
     pub write_retries: IntCounter,
     pub batch_size: Histogram,
     pub write_seconds: Histogram,
+    pub held_seconds: Histogram,
     pub end_to_end_seconds: Histogram,
     pub paused: IntGauge,
     pub consumer_lag: IntGaugeVec,
@@ -148,7 +149,8 @@ impl Stats {
         info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let reject_kinds: Vec<&str> = RejectKind::ALL.iter().map(|k| k.as_str()).collect();
         let seconds = vec![
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+            60.0, 300.0,
         ];
         Stats {
             health: Health::new(),
@@ -221,6 +223,12 @@ impl Stats {
                 "Time to write and commit one batch",
                 seconds.clone(),
             ),
+            held_seconds: histogram(
+                "cdc_audit_batch_held_seconds",
+                "From reading a batch's first message from Kafka to its commit: how long the \
+                 service held the batch's oldest change",
+                seconds.clone(),
+            ),
             end_to_end_seconds: histogram(
                 "cdc_audit_end_to_end_latency_seconds",
                 "From the source database's commit to the audit row's commit",
@@ -290,21 +298,18 @@ impl Stats {
         self.rejections.with_label_values(&[kind.as_str()]).inc();
     }
 
-    /// A batch committed: `rows` audit rows, `skipped` messages below the stored position.
-    pub fn batch_committed(
-        &self,
-        id: u64,
-        tp: &Tp,
-        range: (i64, i64),
-        rows: usize,
-        skipped: usize,
-        took: Duration,
-    ) {
+    /// A batch committed: `rows` audit rows, `skipped` messages below the stored position,
+    /// written in `took`.
+    pub fn batch_committed(&self, batch: &Batch, rows: usize, skipped: usize, took: Duration) {
+        let (id, tp) = (batch.id, &batch.tp);
+        let range = (batch.start.unwrap_or(batch.end), batch.end);
         self.batches_committed.inc();
         self.rows_written.inc_by(rows as u64);
         self.duplicates_skipped.inc_by(skipped as u64);
         self.batch_size.observe((range.1 - range.0) as f64);
         self.write_seconds.observe(took.as_secs_f64());
+        self.held_seconds
+            .observe(batch.created.elapsed().as_secs_f64());
         let now = now_ms();
         self.health.last_commit_ms.store(now, Ordering::Release);
         self.last_commit_seconds.set(now / 1000);

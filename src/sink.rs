@@ -589,15 +589,8 @@ impl Writer {
                     skips,
                     skipped,
                 }) => {
-                    let range = (b.start.unwrap_or(b.end), b.end);
-                    self.stats.batch_committed(
-                        b.id,
-                        &b.tp,
-                        range,
-                        rows,
-                        skipped,
-                        started.elapsed(),
-                    );
+                    self.stats
+                        .batch_committed(b, rows, skipped, started.elapsed());
                     self.stats.transaction_events.inc_by(transactions as u64);
                     let now_us = now_ms() * 1000;
                     for outcome in t.outcomes.iter().skip(skipped) {

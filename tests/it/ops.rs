@@ -109,6 +109,7 @@ fn http_endpoints_report_health_metrics_and_status_and_readiness_follows_the_dat
         "process_open_fds",
         "cdc_audit_pool_connections",
         "cdc_audit_end_to_end_latency_seconds_bucket",
+        "cdc_audit_batch_held_seconds_bucket",
     ] {
         assert!(metrics.contains(name), "{name} missing");
     }

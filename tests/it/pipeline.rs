@@ -201,7 +201,14 @@ fn a_partly_filled_batch_goes_to_an_idle_writer_before_the_linger() {
             db.count("audit_logging") == before + changes
         });
     }
-    assert!(service.stats.batches_committed.get() >= 3);
+    let batches = service.stats.batches_committed.get();
+    assert!(batches >= 3);
+    // Each batch was held from its first message's read: at least the idle linger, far less
+    // than the linger.
+    let held = &service.stats.held_seconds;
+    assert_eq!(held.get_sample_count(), batches);
+    let mean = held.get_sample_sum() / batches as f64;
+    assert!((0.02..10.0).contains(&mean), "held {mean:.3} s a batch");
     service.stop();
 }
 
