@@ -248,3 +248,43 @@ fn a_batch_is_full_at_its_byte_limit() {
     assert_eq!(service.stop(), Exit::Drained);
     assert_exactly_once(&db, &records);
 }
+
+/// Batches of several partitions waiting for a writer share its next transaction (one commit
+/// instead of one each): with the database blocked, every partition's batch queues; once it is
+/// free, there are fewer transactions (distinct `ingested_at`, which is the transaction's start
+/// time) than batches, and still every change exactly once.
+#[test]
+fn queued_batches_of_several_partitions_share_a_transaction() {
+    let db = TestDb::new("grouped");
+    let kafka = Kafka::new("grouped");
+    db.migrate();
+    let records = generate("grouped", 5, 300);
+    kafka.produce(&records);
+    let mut blocker = db.client();
+    let mut tx = blocker.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE audit_logging IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let mut cfg = config(&kafka, &db, "g");
+    cfg.writers = 1;
+    cfg.pool_size = 3;
+    let service = InProcess::start(cfg);
+    wait_until(Duration::from_secs(60), "the backlog read", || {
+        service.stats.messages_consumed.get() == records.len() as u64
+    });
+    tx.rollback().unwrap();
+    wait_until(Duration::from_secs(60), "every message committed", || {
+        db.committed("g") == records.len() as i64
+    });
+    let batches = service.stats.batches_committed.get() as i64;
+    let transactions: i64 = db
+        .client()
+        .query_one("SELECT count(DISTINCT ingested_at) FROM audit_logging", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        transactions < batches,
+        "{transactions} transactions for {batches} batches"
+    );
+    service.stop();
+    assert_exactly_once(&db, &records);
+}
