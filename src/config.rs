@@ -54,7 +54,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "CDC_AUDIT_BATCH_SIZE",
         default: Some("2000"),
-        help: "messages per batch of one partition (small batches of several partitions share a transaction), 1..=100000",
+        help: "messages per batch (one transaction per partition batch), 1..=100000",
     },
     Setting {
         name: "CDC_AUDIT_BATCH_BYTES",

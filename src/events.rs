@@ -220,8 +220,7 @@ impl Stats {
             ),
             write_seconds: histogram(
                 "cdc_audit_batch_write_seconds",
-                "Time to write and commit one transaction: a batch, or small batches of several \
-                 partitions together",
+                "Time to write and commit one batch",
                 seconds.clone(),
             ),
             held_seconds: histogram(
@@ -300,7 +299,7 @@ impl Stats {
     }
 
     /// A batch committed: `rows` audit rows, `skipped` messages below the stored position,
-    /// in a transaction that took `took`.
+    /// written in `took`.
     pub fn batch_committed(&self, batch: &Batch, rows: usize, skipped: usize, took: Duration) {
         let (id, tp) = (batch.id, &batch.tp);
         let range = (batch.start.unwrap_or(batch.end), batch.end);
@@ -308,6 +307,7 @@ impl Stats {
         self.rows_written.inc_by(rows as u64);
         self.duplicates_skipped.inc_by(skipped as u64);
         self.batch_size.observe((range.1 - range.0) as f64);
+        self.write_seconds.observe(took.as_secs_f64());
         self.held_seconds
             .observe(batch.created.elapsed().as_secs_f64());
         let now = now_ms();

@@ -557,7 +557,6 @@ pub fn run(shared: Shared, started: impl FnOnce()) -> Result<Exit, SourceError> 
         let queue = Queue {
             batches: writers_rx.clone(),
             done: done_tx.clone(),
-            group: Load::batches(&config, 1),
         };
         let writer = Writer::new(
             id,

@@ -1,8 +1,6 @@
 //! The writer pool: writers take batches from one queue (it holds at most one batch of a
 //! partition, see `pipeline::TransformStage`) and commit each batch's rows, rejections and next
-//! position in one transaction, after checking the stored position (the fence). What is queued is
-//! taken together, up to a full batch's worth: small batches of several partitions share a
-//! transaction, each fenced by its own partition's position.
+//! position in one transaction, after checking the stored position (the fence).
 
 use std::io::Write;
 use std::ops::Range;
@@ -21,7 +19,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use crate::events::now_ms;
 use crate::events::Stats;
 use crate::pgcopy;
-use crate::pipeline::{Batch, Control, Finish, Load, Message, Tp, Tracker, Transformed};
+use crate::pipeline::{Batch, Control, Finish, Message, Tp, Tracker, Transformed};
 use crate::transform::{
     Outcome, RejectKind, Rejection, Row, Skip, AUDIT_COLUMNS, TRANSACTION_COLUMNS,
 };
@@ -219,174 +217,108 @@ pub fn write_batch(
     t: &Transformed,
     isolate: bool,
 ) -> Result<Written, SinkError> {
-    Ok(write_batches(client, group, &[t], isolate)?.swap_remove(0))
-}
+    let batch = &t.batch;
+    let topic: &str = &batch.tp.topic;
+    let partition = batch.tp.partition;
+    let first = batch.messages.first().map_or(batch.end, |m| m.offset);
+    let from = batch.start.unwrap_or(first);
 
-/// Where a batch stands against its partition's stored position.
-enum Fence {
-    /// Already written, or not connected: nothing of it is written.
-    Done(Written),
-    /// Its messages from `stored` on are new.
-    Write { stored: i64 },
-}
-
-/// Writes batches of distinct partitions in one transaction, each fenced by the stored position
-/// of its partition as [`write_batch`] does; one result per batch, in their order. Small batches
-/// of many partitions so share one COPY and one commit.
-pub fn write_batches(
-    client: &mut postgres::Client,
-    group: &str,
-    batches: &[&Transformed],
-    isolate: bool,
-) -> Result<Vec<Written>, SinkError> {
     // Typed statements go out with their parameters in one round trip; untyped ones are
     // prepared first, a second round trip each on every batch.
     let mut tx = client.transaction()?;
+    let key = || position_key(&group, &topic, &partition);
     let lock = "SELECT next_offset FROM audit_positions \
                 WHERE consumer_group = $1 AND topic = $2 AND partition = $3 FOR UPDATE";
-    // Positions are locked in partition order: two instances sharing partitions for a moment
-    // (a rebalance) never wait on each other in a cycle.
-    let mut order: Vec<usize> = (0..batches.len()).collect();
-    order.sort_by(|&a, &b| batches[a].batch.tp.cmp(&batches[b].batch.tp));
-    let mut fenced: Vec<(usize, Fence)> = Vec::with_capacity(batches.len());
-    for i in order {
-        let batch = &batches[i].batch;
-        let (topic, partition): (&str, i32) = (&batch.tp.topic, batch.tp.partition);
-        let key = position_key(&group, &topic, &partition);
-        let first = batch.messages.first().map_or(batch.end, |m| m.offset);
-        let from = batch.start.unwrap_or(first);
-        let stored: i64 = match tx.query_typed_opt(lock, &key)? {
-            Some(row) => row.get(0),
-            None => {
-                tx.execute_typed(
-                    "INSERT INTO audit_positions (consumer_group, topic, partition, next_offset) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    &[key.clone(), vec![(&from, Type::INT8)]].concat(),
-                )?;
-                // Either our row, or one a concurrent owner committed first: lock whichever it is.
-                tx.query_typed_one(lock, &key)?.get(0)
-            }
-        };
-        let fence = if stored >= batch.end {
-            // Everything here is already written (a redelivery, or an owner that lost it).
-            Fence::Done(Written::Committed {
-                next: stored,
-                missing: Vec::new(),
-                rows: 0,
-                transactions: 0,
-                rejected: Vec::new(),
-                skips: Vec::new(),
-                skipped: batch.messages.len(),
-            })
-        } else if stored < from {
-            Fence::Done(Written::Behind { stored })
-        } else {
-            Fence::Write { stored }
-        };
-        fenced.push((i, fence));
+    let stored: i64 = match tx.query_typed_opt(lock, &key())? {
+        Some(row) => row.get(0),
+        None => {
+            tx.execute_typed(
+                "INSERT INTO audit_positions (consumer_group, topic, partition, next_offset) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[key(), vec![(&from, Type::INT8)]].concat(),
+            )?;
+            // Either our row, or one a concurrent owner committed first: lock whichever it is.
+            tx.query_typed_one(lock, &key())?.get(0)
+        }
+    };
+    if stored >= batch.end {
+        // Everything here is already written (a redelivery, or an owner that lost the partition).
+        return Ok(Written::Committed {
+            next: stored,
+            missing: Vec::new(),
+            rows: 0,
+            transactions: 0,
+            rejected: Vec::new(),
+            skips: Vec::new(),
+            skipped: batch.messages.len(),
+        });
     }
-    fenced.sort_by_key(|(i, _)| *i);
-    let fences: Vec<Fence> = fenced.into_iter().map(|(_, f)| f).collect();
+    if stored < from {
+        return Ok(Written::Behind { stored });
+    }
 
-    // Only messages at or past the stored position are new. Each row keeps its batch's index.
+    // Only messages at or past the stored position are new.
+    let skipped = batch.messages.iter().filter(|m| m.offset < stored).count();
     let (mut rows, mut transactions): (Rows<'_>, Rows<'_>) = (Vec::new(), Vec::new());
-    let (mut rows_of, mut transactions_of) = (Vec::new(), Vec::new());
-    let mut rejections: Vec<(usize, &Message, Rejection)> = Vec::new();
-    let mut skips: Vec<Vec<Skip>> = batches.iter().map(|_| Vec::new()).collect();
-    for (i, (t, fence)) in batches.iter().zip(&fences).enumerate() {
-        let Fence::Write { stored } = fence else {
-            continue;
-        };
-        let messages = t.batch.messages.iter().zip(&t.outcomes);
-        for (msg, outcome) in messages.filter(|(m, _)| m.offset >= *stored) {
-            match outcome {
-                Outcome::Row(row) => {
-                    rows.push((msg, &row.bytes));
-                    rows_of.push(i);
-                }
-                Outcome::Transaction(bytes) => {
-                    transactions.push((msg, bytes));
-                    transactions_of.push(i);
-                }
-                Outcome::Rejected(r) => rejections.push((i, msg, r.clone())),
-                Outcome::Skipped(skip) => skips[i].push(*skip),
-            }
+    let mut rejections: Vec<(&Message, Rejection)> = Vec::new();
+    let mut skips = Vec::new();
+    for (msg, outcome) in batch.messages.iter().zip(&t.outcomes).skip(skipped) {
+        match outcome {
+            Outcome::Row(row) => rows.push((msg, &row.bytes)),
+            Outcome::Transaction(bytes) => transactions.push((msg, bytes)),
+            Outcome::Rejected(r) => rejections.push((msg, r.clone())),
+            Outcome::Skipped(skip) => skips.push(*skip),
         }
     }
-    let mut written_rows = vec![0; batches.len()];
-    let mut written_transactions = vec![0; batches.len()];
-    for (target, list, of, written) in [
-        (AUDIT, &rows, &rows_of, &mut written_rows),
-        (
-            TRANSACTIONS,
-            &transactions,
-            &transactions_of,
-            &mut written_transactions,
-        ),
-    ] {
-        for &i in of {
-            written[i] += 1;
-        }
+    for (target, list) in [(AUDIT, &mut rows), (TRANSACTIONS, &mut transactions)] {
         if !isolate {
             copy_rows(&mut tx, target, list.iter().map(|(_, b)| *b))?;
             continue;
         }
-        for (at, error) in copy_isolating(&mut tx, target, list)? {
-            written[of[at]] -= 1;
+        let refused = copy_isolating(&mut tx, target, list)?;
+        for &(i, ref error) in refused.iter().rev() {
+            let (msg, _) = list.remove(i);
             let kind = RejectKind::DatabaseRefused;
-            rejections.push((of[at], list[at].0, Rejection { kind, error }));
+            rejections.push((
+                msg,
+                Rejection {
+                    kind,
+                    error: error.clone(),
+                },
+            ));
         }
     }
-    rejections.sort_by_key(|(i, m, _)| (*i, m.offset));
-    for (_, msg, rejection) in &rejections {
+    rejections.sort_by_key(|(m, _)| m.offset);
+    for (msg, rejection) in &rejections {
         insert_rejection(&mut tx, msg, rejection)?;
     }
-
-    let mut written = Vec::with_capacity(batches.len());
-    for (i, (t, fence)) in batches.iter().zip(fences).enumerate() {
-        let batch = &t.batch;
-        let stored = match fence {
-            Fence::Write { stored } => stored,
-            Fence::Done(done) => {
-                written.push(done);
-                continue;
-            }
-        };
-        let (topic, partition): (&str, i32) = (&batch.tp.topic, batch.tp.partition);
-        let key = position_key(&group, &topic, &partition);
-        let missing = missing_offsets(stored, batch);
-        for range in &missing {
-            tx.execute_typed(
-                "INSERT INTO audit_gaps (consumer_group, kafka_topic, kafka_partition, \
-                 first_offset, end_offset) VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    key.clone(),
-                    vec![(&range.start, Type::INT8), (&range.end, Type::INT8)],
-                ]
-                .concat(),
-            )?;
-        }
+    let missing = missing_offsets(stored, batch);
+    for range in &missing {
         tx.execute_typed(
-            "UPDATE audit_positions SET next_offset = $4, updated_at = now() \
-             WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
-            &[key, vec![(&batch.end, Type::INT8)]].concat(),
+            "INSERT INTO audit_gaps (consumer_group, kafka_topic, kafka_partition, first_offset, \
+             end_offset) VALUES ($1, $2, $3, $4, $5)",
+            &[
+                key(),
+                vec![(&range.start, Type::INT8), (&range.end, Type::INT8)],
+            ]
+            .concat(),
         )?;
-        written.push(Written::Committed {
-            next: batch.end,
-            missing,
-            rows: written_rows[i],
-            transactions: written_transactions[i],
-            rejected: rejections
-                .iter()
-                .filter(|(b, _, _)| *b == i)
-                .map(|(_, _, r)| r.kind)
-                .collect(),
-            skips: std::mem::take(&mut skips[i]),
-            skipped: batch.messages.iter().filter(|m| m.offset < stored).count(),
-        });
     }
+    tx.execute_typed(
+        "UPDATE audit_positions SET next_offset = $4, updated_at = now() \
+         WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+        &[key(), vec![(&batch.end, Type::INT8)]].concat(),
+    )?;
     tx.commit()?;
-    Ok(written)
+    Ok(Written::Committed {
+        next: batch.end,
+        missing,
+        rows: rows.len(),
+        transactions: transactions.len(),
+        rejected: rejections.iter().map(|(_, r)| r.kind).collect(),
+        skips,
+        skipped,
+    })
 }
 
 /// The runs of offsets from `from` to the batch's last message that Kafka did not deliver:
@@ -569,9 +501,6 @@ pub struct Queue {
     pub batches: Receiver<Transformed>,
     /// Tells the transform stage a partition's batch is done, so its next one may come.
     pub done: Sender<Tp>,
-    /// A writer takes queued batches together, into one transaction, up to this much: small
-    /// batches of many partitions share a commit, full ones are written one by one.
-    pub group: Load,
 }
 
 /// A writer thread: takes transformed batches from the queue and commits each one.
@@ -608,66 +537,37 @@ impl Writer {
 
     pub fn run(self) {
         let depth = self.stats.channel_depth.with_label_values(&["writers"]);
-        // The queue holds at most one batch of a partition, so a group is of distinct ones.
-        while let Ok(first) = self.queue.batches.recv() {
-            let mut load = first.batch.load();
-            let mut group = vec![first];
-            while !load.reaches(self.queue.group) {
-                match self.queue.batches.try_recv() {
-                    Ok(next) => {
-                        load += next.batch.load();
-                        group.push(next);
-                    }
-                    Err(_) => break,
-                }
-            }
+        for batch in &self.queue.batches {
             depth.set(self.queue.batches.len() as i64);
-            for (t, how) in group.iter().zip(self.write(&group)) {
-                self.tracker.finish(&t.batch.tp, t.batch.epoch, how);
-                // Only fails once the transform stage is gone, and then nothing waits for it.
-                let _ = self.queue.done.send(t.batch.tp.clone());
-            }
+            let how = self.write(&batch);
+            self.tracker.finish(&batch.batch.tp, batch.batch.epoch, how);
+            // Only fails once the transform stage is gone, and then nothing waits for it.
+            let _ = self.queue.done.send(batch.batch.tp.clone());
         }
         log::debug!("writer {} finished", self.id);
     }
 
-    /// Writes a group of batches in one transaction, retrying for as long as it takes; a batch
-    /// whose epoch ends meanwhile is dropped from it.
-    fn write(&self, group: &[Transformed]) -> Vec<Finish> {
-        let mut finished: Vec<Option<Finish>> = group.iter().map(|_| None).collect();
+    /// Writes one batch, retrying for as long as it takes, unless its epoch ends first.
+    fn write(&self, t: &Transformed) -> Finish {
+        let b = &t.batch;
         let mut backoff = Backoff::new();
         let mut isolate = false;
         loop {
-            for (t, finish) in group.iter().zip(&mut finished) {
-                let b = &t.batch;
-                if finish.is_none()
-                    && (!self.tracker.is_current(&b.tp, b.epoch) || self.control.abandoned())
-                {
-                    self.stats.batches_dropped.inc();
-                    log::debug!(
-                        "batch {} {}[{}] dropped: its epoch ended",
-                        b.id,
-                        b.tp.topic,
-                        b.tp.partition
-                    );
-                    *finish = Some(Finish::Dropped);
-                }
+            if !self.tracker.is_current(&b.tp, b.epoch) || self.control.abandoned() {
+                self.stats.batches_dropped.inc();
+                log::debug!(
+                    "batch {} {}[{}] dropped: its epoch ended",
+                    b.id,
+                    b.tp.topic,
+                    b.tp.partition
+                );
+                return Finish::Dropped;
             }
-            let pending: Vec<usize> = (0..group.len())
-                .filter(|&i| finished[i].is_none())
-                .collect();
-            if pending.is_empty() {
-                return finished
-                    .into_iter()
-                    .map(|f| f.unwrap_or(Finish::Dropped))
-                    .collect();
-            }
-            let batches: Vec<&Transformed> = pending.iter().map(|&i| &group[i]).collect();
             let started = Instant::now();
             let busy = &self.stats.health.writer_busy_since_ms[self.id];
             busy.store(now_ms(), Ordering::Release);
             let result = match self.pool.get() {
-                Ok(mut conn) => write_batches(&mut conn, &self.group, &batches, isolate)
+                Ok(mut conn) => write_batch(&mut conn, &self.group, t, isolate)
                     .map_err(|e| (e.class(), e.to_string())),
                 Err(e) => Err((
                     ErrorClass::Retriable,
@@ -679,29 +579,61 @@ impl Writer {
                 .health
                 .writes_failing
                 .store(result.is_err(), Ordering::Release);
-            let what = || {
-                let names: Vec<String> = batches
-                    .iter()
-                    .map(|t| {
-                        let b = &t.batch;
-                        format!("{} {}[{}]", b.id, b.tp.topic, b.tp.partition)
-                    })
-                    .collect();
-                format!("batch {}", names.join(", "))
-            };
             match result {
-                Ok(written) => {
+                Ok(Written::Committed {
+                    next,
+                    missing,
+                    rows,
+                    transactions,
+                    rejected,
+                    skips,
+                    skipped,
+                }) => {
                     self.stats
-                        .write_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    for (&i, w) in pending.iter().zip(written) {
-                        finished[i] = Some(self.finished(&group[i], w, started));
+                        .batch_committed(b, rows, skipped, started.elapsed());
+                    self.stats.transaction_events.inc_by(transactions as u64);
+                    let now_us = now_ms() * 1000;
+                    for outcome in t.outcomes.iter().skip(skipped) {
+                        if let Outcome::Row(Row {
+                            source_time_us: Some(at),
+                            ..
+                        }) = outcome
+                        {
+                            self.stats
+                                .end_to_end_seconds
+                                .observe((now_us - at).max(0) as f64 / 1e6);
+                        }
                     }
+                    for skip in skips {
+                        self.stats.skipped(skip);
+                    }
+                    for range in &missing {
+                        self.stats.offsets_missing(&b.tp, range);
+                    }
+                    for kind in &rejected {
+                        self.stats.rejected(*kind);
+                    }
+                    if !rejected.is_empty() {
+                        log::warn!(
+                            "batch {}: {} messages stored as rejections",
+                            b.id,
+                            rejected.len()
+                        );
+                    }
+                    return Finish::Committed { next };
+                }
+                Ok(Written::Behind { stored }) => {
+                    self.stats.rewinds.inc();
+                    log::warn!(
+                        "batch {} {}[{}] starts at {:?} but the stored position is {stored}: reading again from there",
+                        b.id, b.tp.topic, b.tp.partition, b.start
+                    );
+                    return Finish::Rewind { stored };
                 }
                 Err((ErrorClass::Data, e)) if !isolate => {
                     log::warn!(
-                        "{}: a row was refused ({e}); splitting to isolate it",
-                        what()
+                        "batch {}: a row was refused ({e}); splitting the batch to isolate it",
+                        b.id
                     );
                     isolate = true;
                 }
@@ -710,71 +642,21 @@ impl Writer {
                     self.stats.write_retries.inc();
                     if class == ErrorClass::Fatal {
                         log::error!(
-                            "{}: {e}; a person must fix this; retrying in {wait:?}",
-                            what()
+                            "batch {} {}[{}]: {e}; a person must fix this; retrying in {wait:?}",
+                            b.id,
+                            b.tp.topic,
+                            b.tp.partition
                         );
                     } else {
-                        log::warn!("{}: {e}; retrying in {wait:?}", what());
+                        log::warn!(
+                            "batch {} {}[{}]: {e}; retrying in {wait:?}",
+                            b.id,
+                            b.tp.topic,
+                            b.tp.partition
+                        );
                     }
                     self.sleep(wait);
                 }
-            }
-        }
-    }
-
-    /// Counts a written batch and says how it finished.
-    fn finished(&self, t: &Transformed, written: Written, started: Instant) -> Finish {
-        let b = &t.batch;
-        match written {
-            Written::Committed {
-                next,
-                missing,
-                rows,
-                transactions,
-                rejected,
-                skips,
-                skipped,
-            } => {
-                self.stats
-                    .batch_committed(b, rows, skipped, started.elapsed());
-                self.stats.transaction_events.inc_by(transactions as u64);
-                let now_us = now_ms() * 1000;
-                for outcome in t.outcomes.iter().skip(skipped) {
-                    if let Outcome::Row(Row {
-                        source_time_us: Some(at),
-                        ..
-                    }) = outcome
-                    {
-                        self.stats
-                            .end_to_end_seconds
-                            .observe((now_us - at).max(0) as f64 / 1e6);
-                    }
-                }
-                for skip in skips {
-                    self.stats.skipped(skip);
-                }
-                for range in &missing {
-                    self.stats.offsets_missing(&b.tp, range);
-                }
-                for kind in &rejected {
-                    self.stats.rejected(*kind);
-                }
-                if !rejected.is_empty() {
-                    log::warn!(
-                        "batch {}: {} messages stored as rejections",
-                        b.id,
-                        rejected.len()
-                    );
-                }
-                Finish::Committed { next }
-            }
-            Written::Behind { stored } => {
-                self.stats.rewinds.inc();
-                log::warn!(
-                    "batch {} {}[{}] starts at {:?} but the stored position is {stored}: reading again from there",
-                    b.id, b.tp.topic, b.tp.partition, b.start
-                );
-                Finish::Rewind { stored }
             }
         }
     }

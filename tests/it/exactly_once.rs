@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cdc_audit::demo::Record;
 use cdc_audit::pipeline::{Batch, Message, Tp, Transformed};
-use cdc_audit::sink::{write_batch, write_batches, Written};
+use cdc_audit::sink::{write_batch, Written};
 use cdc_audit::transform::transform;
 
 use crate::proxy::{self, Proxy};
@@ -324,72 +324,6 @@ fn redelivered_and_stale_batches_are_fenced_by_the_stored_position() {
         .unwrap()
         .get(0);
     assert_eq!(stored, 60);
-}
-
-/// `t` moved to partition `p`, and transformed again (its rows name their partition).
-fn on_partition(mut t: Transformed, p: i32) -> Transformed {
-    t.batch.tp.partition = p;
-    for m in &mut t.batch.messages {
-        m.partition = p;
-    }
-    let rules = cdc_audit::transform::rules::Rules::default();
-    t.outcomes = t
-        .batch
-        .messages
-        .iter()
-        .map(|m| transform(m, &rules))
-        .collect();
-    t
-}
-
-/// A writer takes queued batches of several partitions into one transaction: each is fenced by
-/// its own partition's position, whatever the others do, and the results come back in order.
-#[test]
-fn batches_written_together_are_each_fenced_by_their_own_position() {
-    let db = TestDb::new("together");
-    db.migrate();
-    let records: Vec<Record> = generate("together", 9, 100)
-        .into_iter()
-        .filter(|r| r.value.is_some())
-        .collect();
-    let mut c = db.client();
-    let p0 = |start, offsets| on_partition(batch(&records, start, offsets), 0);
-    let p1 = |start, offsets| on_partition(batch(&records, start, offsets), 1);
-    let p2 = |start, offsets| on_partition(batch(&records, start, offsets), 2);
-    rows(write_batch(&mut c, "g", &p0(Some(0), 0..10), false).unwrap());
-    rows(write_batch(&mut c, "g", &p2(Some(0), 0..4), false).unwrap());
-
-    // Listed against partition order, to check the results follow the list, not the locks.
-    let (a, b, d) = (p2(Some(6), 6..9), p1(Some(5), 5..10), p0(Some(0), 0..10));
-    let written = write_batches(&mut c, "g", &[&a, &b, &d], false).unwrap();
-    let mut written = written.into_iter();
-    assert_eq!(
-        written.next(),
-        Some(Written::Behind { stored: 4 }),
-        "p2 does not connect"
-    );
-    assert_eq!(written.next().map(rows), Some((10, 5, 0)), "p1 is new");
-    assert_eq!(
-        written.next().map(rows),
-        Some((10, 0, 10)),
-        "p0 is a redelivery"
-    );
-
-    let mut per_partition = |sql: &str| -> Vec<(i32, i64)> {
-        c.query(sql, &[])
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
-    };
-    assert_eq!(
-        per_partition("SELECT kafka_partition, count(*) FROM audit_logging GROUP BY 1 ORDER BY 1"),
-        [(0, 10), (1, 5), (2, 4)]
-    );
-    assert_eq!(
-        per_partition("SELECT partition, next_offset FROM audit_positions ORDER BY 1"),
-        [(0, 10), (1, 10), (2, 4)]
-    );
 }
 
 /// `t` without the messages at `gone`: offsets Kafka did not deliver.
