@@ -841,8 +841,8 @@ fn main() {
     let live_producer = producer(&bootstrap, 10_000, CONNECT_BATCH_BYTES, true);
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_positions(url_one.clone(), "bench-one".into(), stop.clone());
-    let held = "cdc_audit_batch_held_seconds";
-    let held_before = one.buckets(held);
+    let held_metric = "cdc_audit_batch_held_seconds";
+    let held_before = one.buckets(held_metric);
     let phase_start = now_ms();
     let started = Instant::now();
     // Paced by message; a tombstone counts as a message but not as a change event.
@@ -901,7 +901,7 @@ fn main() {
     for v in [&mut from_send, &mut from_ack, &mut ack] {
         v.sort_unstable();
     }
-    let held_after = one.buckets(held);
+    let held_after = one.buckets(held_metric);
     let held_quantile = |q| {
         held_before
             .as_deref()
@@ -924,7 +924,7 @@ fn main() {
          produce to commit: {}\n\
          of which the broker, send to acknowledgement: {}\n\
          and the service, acknowledgement to commit: {}\n\
-         held in the service, a batch's first message read to its commit ({held}, per batch, \
+         held in the service, a batch's first message read to its commit ({held_metric}, per batch, \
          estimated from its buckets): p50 {}, p99 {}",
         args.latency_share,
         from_send.len(),

@@ -651,6 +651,7 @@ fn spawn<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crossbeam_channel::RecvTimeoutError;
 
     fn tp(p: i32) -> Tp {
         Tp {
@@ -705,6 +706,13 @@ mod tests {
         (input, done, output, stage)
     }
 
+    /// The id of the next batch handed to the writers.
+    fn next_id(output: &Receiver<Transformed>) -> Result<u64, RecvTimeoutError> {
+        output
+            .recv_timeout(Duration::from_secs(5))
+            .map(|t| t.batch.id)
+    }
+
     #[test]
     fn a_partitions_next_batch_waits_for_the_writers_and_other_partitions_do_not() {
         let (input, done, output, stage) = stage(Load {
@@ -722,11 +730,7 @@ mod tests {
         for b in batches {
             input.send(b).unwrap();
         }
-        let next = || {
-            output
-                .recv_timeout(Duration::from_secs(5))
-                .map(|t: Transformed| t.batch.id)
-        };
+        let next = || next_id(&output);
         assert_eq!(next(), Ok(1));
         assert_eq!(next(), Ok(3), "partition 1 is not held up by partition 0");
         assert!(
@@ -766,11 +770,7 @@ mod tests {
         ] {
             input.send(b).unwrap();
         }
-        let next = || {
-            output
-                .recv_timeout(Duration::from_secs(5))
-                .map(|t: Transformed| t.batch.id)
-        };
+        let next = || next_id(&output);
         assert_eq!(next(), Ok(1));
         thread::sleep(Duration::from_millis(200));
         assert_eq!(
