@@ -844,13 +844,19 @@ fn main() {
     let held_metric = "cdc_audit_batch_held_seconds";
     let held_before = one.buckets(held_metric);
     let phase_start = now_ms();
+    let cpu_before = [one.pid(), broker.pid(), std::process::id()].map(common::cpu_seconds);
+    let ticks = machine_ticks();
     let started = Instant::now();
     // Paced by message; a tombstone counts as a message but not as a change event.
     let message_rate = rate * paced.len() as f64 / live_generator.changes as f64;
+    // Sent in bursts of a millisecond's worth: a sleep per message (25 µs apart at 40 000/s) cost
+    // the producer a quarter of a core in wake-ups, on a machine the phase keeps busy.
     for (i, r) in paced.iter().enumerate() {
         let due = Duration::from_secs_f64(i as f64 / message_rate);
         if let Some(wait) = due.checked_sub(started.elapsed()) {
-            thread::sleep(wait);
+            if wait >= Duration::from_millis(1) {
+                thread::sleep(wait);
+            }
         }
         demo::send(&live_producer, r).unwrap();
     }
@@ -864,6 +870,17 @@ fn main() {
         thread::sleep(Duration::from_millis(50));
     }
     stop.store(true, Ordering::Relaxed);
+    let phase_s = started.elapsed().as_secs_f64();
+    let cpu_after = [one.pid(), broker.pid(), std::process::id()].map(common::cpu_seconds);
+    let ticks_after = machine_ticks();
+    // Cores busy over the phase: the service, tansu, this bench (the paced producer) and the
+    // whole machine (which adds PostgreSQL).
+    let cores = |i: usize| match (cpu_before[i], cpu_after[i]) {
+        (Some(b), Some(a)) => format!("{:.2}", (a - b) / phase_s),
+        _ => "n/a".into(),
+    };
+    let machine_cores = (ticks_after.0 - ticks.0) as f64 / (ticks_after.1 - ticks.1).max(1) as f64
+        * thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let timeline = watcher.join().unwrap();
     // Per row: from the send (its Kafka timestamp) and from the broker's acknowledgement (when
     // the broker had stored it) to the commit that covered it.
@@ -925,7 +942,8 @@ fn main() {
          of which the broker, send to acknowledgement: {}\n\
          and the service, acknowledgement to commit: {}\n\
          held in the service, a batch's first message read to its commit ({held_metric}, per batch, \
-         estimated from its buckets): p50 {}, p99 {}",
+         estimated from its buckets): p50 {}, p99 {}\n\
+         cores busy over the phase: the service {}, tansu {}, the producer {}, the machine {machine_cores:.2}",
         args.latency_share,
         from_send.len(),
         args.latency_partitions,
@@ -934,6 +952,9 @@ fn main() {
         figures(&from_ack),
         held_quantile(0.5),
         held_quantile(0.99),
+        cores(0),
+        cores(1),
+        cores(2),
     ));
     let (line, held) = exactly_once(&mut client, backlog_changes + live_generator.changes);
     say(line);
