@@ -17,6 +17,10 @@
 //! Needs the `tansu` binary: `$TANSU`, on `PATH`, or in `~/.cargo/bin`
 //! (`cargo install tansu --features dynostore`; BENCHMARKS.md says how to build it with
 //! `benches/tansu-fetch.patch`, which makes its fetch behave like Kafka's).
+//!
+//! The service instances get the bench's own settings, then any `CDC_AUDIT_*` of the bench's
+//! environment but `CDC_AUDIT_BENCH_LOG` (their `RUST_LOG`), which win:
+//! `CDC_AUDIT_KAFKA_QUEUED_MAX_MESSAGES_KBYTES=8192 cargo bench ...`.
 
 mod common;
 
@@ -480,6 +484,9 @@ fn service(
     if let Some(capacity) = args.channel_capacity {
         command.env("CDC_AUDIT_CHANNEL_CAPACITY", capacity.to_string());
     }
+    command.envs(
+        std::env::vars().filter(|(k, _)| k.starts_with("CDC_AUDIT_") && k != "CDC_AUDIT_BENCH_LOG"),
+    );
     Process {
         child: command.spawn().unwrap(),
         metrics: Some(http),

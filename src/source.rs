@@ -322,9 +322,9 @@ pub fn client_config(config: &Config) -> ClientConfig {
         .set("group.id", &config.group_id)
         .set("auto.offset.reset", "earliest")
         // Keep librdkafka's prefetch small: memory stays bounded while PostgreSQL is slow.
-        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.max.messages.kbytes", "8192")
         // Once the prefetch was full, fetch again as soon as there is room, not after
-        // librdkafka's default second: with large events the pipeline drains 16 MB in less.
+        // librdkafka's default second: the pipeline drains 8 MB in a tenth of that.
         .set("fetch.queue.backoff.ms", "10")
         .set("client.id", "cdc-audit")
         // Partition ends for lag, read in the statistics callback.
@@ -816,7 +816,7 @@ mod tests {
     #[test]
     fn the_prefetch_is_bounded_and_refilled_at_once_unless_the_user_says_otherwise() {
         let c = consumer_settings(&[]);
-        assert_eq!(c.get("queued.max.messages.kbytes"), Some("16384"));
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("8192"));
         assert_eq!(c.get("fetch.queue.backoff.ms"), Some("10"));
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
 
