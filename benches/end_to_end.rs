@@ -68,7 +68,7 @@ struct Args {
     #[arg(long)]
     schemas: bool,
     /// The service's CDC_AUDIT_BATCH_LINGER_MS.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     linger_ms: u64,
     /// The service's CDC_AUDIT_BATCH_IDLE_LINGER_MS; as long as --linger-ms, batches wait for the
     /// linger even when their writer is idle (the behaviour before it existed).

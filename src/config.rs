@@ -63,7 +63,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         name: "CDC_AUDIT_BATCH_LINGER_MS",
-        default: Some("200"),
+        default: Some("100"),
         help: "longest a partly filled batch waits while its partition's last batch is written, 1..=60000",
     },
     Setting {
@@ -429,7 +429,7 @@ impl Config {
         let batch_size = number("CDC_AUDIT_BATCH_SIZE", 2000, 1, 100_000)? as usize;
         let batch_bytes = number("CDC_AUDIT_BATCH_BYTES", 1 << 20, 1 << 10, 1 << 28)? as usize;
         let batch_linger =
-            Duration::from_millis(number("CDC_AUDIT_BATCH_LINGER_MS", 200, 1, 60_000)?);
+            Duration::from_millis(number("CDC_AUDIT_BATCH_LINGER_MS", 100, 1, 60_000)?);
         let linger_ms = batch_linger.as_millis() as u64;
         let batch_idle_linger = Duration::from_millis(number(
             "CDC_AUDIT_BATCH_IDLE_LINGER_MS",
@@ -815,6 +815,7 @@ mod tests {
         let c = with(&[]).unwrap();
         assert_eq!(c.batch_size, 2000);
         assert_eq!(c.batch_bytes, 1 << 20);
+        assert_eq!(c.batch_linger, Duration::from_millis(100));
         assert_eq!(c.pool_size, 4);
         assert_eq!(c.database_url, "postgres://u:pw@localhost/db");
         assert_eq!(c.topics, Topics::List(vec!["a.b.c".into(), "a.b.d".into()]));
@@ -833,7 +834,7 @@ mod tests {
         assert!(
             e.contains("CDC_AUDIT_BATCH_IDLE_LINGER_MS")
                 && e.contains("300")
-                && e.contains("0 to 200"),
+                && e.contains("0 to 100"),
             "{e}"
         );
     }
