@@ -850,6 +850,18 @@ fn main() {
     let watcher = watch_positions(url_one.clone(), "bench-one".into(), stop.clone());
     let held_metric = "cdc_audit_batch_held_seconds";
     let held_before = one.buckets(held_metric);
+    let write_metric = "cdc_audit_batch_write_seconds";
+    let write_before = one.buckets(write_metric);
+    let checkpoints = |admin: &mut postgres::Client| {
+        admin
+            .query_one(
+                "SELECT checkpoints_req, checkpoints_timed FROM pg_stat_bgwriter",
+                &[],
+            )
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
+            .unwrap_or_default()
+    };
+    let checkpoints_before = checkpoints(&mut admin);
     let phase_start = now_ms();
     let cpu_before = [one.pid(), broker.pid(), std::process::id()].map(common::cpu_seconds);
     let ticks = machine_ticks();
@@ -878,6 +890,7 @@ fn main() {
     }
     stop.store(true, Ordering::Relaxed);
     let phase_s = started.elapsed().as_secs_f64();
+    let checkpoints_after = checkpoints(&mut admin);
     let cpu_after = [one.pid(), broker.pid(), std::process::id()].map(common::cpu_seconds);
     let ticks_after = machine_ticks();
     // Cores busy over the phase: the service, tansu, this bench (the paced producer) and the
@@ -898,6 +911,8 @@ fn main() {
         .map(|t| std::mem::take(&mut *t.lock().unwrap()))
         .unwrap_or_default();
     let (mut from_send, mut from_ack, mut ack): (Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
+    // Produce to commit by the second of the phase the change was sent in.
+    let mut by_second: HashMap<i64, Vec<i64>> = HashMap::new();
     for r in client
         .query(
             "SELECT kafka_topic, kafka_partition, kafka_offset, \
@@ -917,6 +932,10 @@ fn main() {
             continue;
         };
         from_send.push(seen - sent);
+        by_second
+            .entry((sent - phase_start) / 1000)
+            .or_default()
+            .push(seen - sent);
         if let Some(acked) = acked.get(&(topic, partition, offset)) {
             from_ack.push(seen - acked);
             ack.push(acked - sent);
@@ -926,13 +945,29 @@ fn main() {
         v.sort_unstable();
     }
     let held_after = one.buckets(held_metric);
-    let held_quantile = |q| {
-        held_before
+    let write_after = one.buckets(write_metric);
+    let quantile = |q, before: &Option<Vec<(f64, f64)>>, after: &Option<Vec<(f64, f64)>>| {
+        before
             .as_deref()
-            .zip(held_after.as_deref())
+            .zip(after.as_deref())
             .and_then(|(b, a)| histogram_quantile(q, b, a))
             .map_or("n/a".to_string(), |s| format!("{:.0} ms", s * 1e3))
     };
+    let held_quantile = |q| quantile(q, &held_before, &held_after);
+    let write_quantile = |q| quantile(q, &write_before, &write_after);
+    let mut seconds: Vec<(i64, i64)> = by_second
+        .into_iter()
+        .map(|(second, mut v)| {
+            v.sort_unstable();
+            (percentile(&v, 0.99), second)
+        })
+        .collect();
+    seconds.sort_unstable_by(|a, b| b.cmp(a));
+    let worst: Vec<String> = seconds
+        .iter()
+        .take(3)
+        .map(|(p99, second)| format!("{p99} ms in second {second}"))
+        .collect();
     let figures = |v: &[i64]| {
         format!(
             "p50 {} ms, p99 {} ms, max {} ms",
@@ -950,6 +985,9 @@ fn main() {
          and the service, acknowledgement to commit: {}\n\
          held in the service, a batch's first message read to its commit ({held_metric}, per batch, \
          estimated from its buckets): p50 {}, p99 {}\n\
+         of which writing and committing it ({write_metric}): p50 {}, p99 {}\n\
+         the seconds of the phase with the highest produce-to-commit p99: {}\n\
+         PostgreSQL checkpoints in the phase: {} for WAL volume (max_wal_size), {} timed\n\
          cores busy over the phase: the service {}, tansu {}, the producer {}, the machine {machine_cores:.2}",
         args.latency_share,
         from_send.len(),
@@ -959,6 +997,11 @@ fn main() {
         figures(&from_ack),
         held_quantile(0.5),
         held_quantile(0.99),
+        write_quantile(0.5),
+        write_quantile(0.99),
+        worst.join(", "),
+        checkpoints_after.0 - checkpoints_before.0,
+        checkpoints_after.1 - checkpoints_before.1,
         cores(0),
         cores(1),
         cores(2),
