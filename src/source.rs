@@ -324,7 +324,7 @@ pub fn client_config(config: &Config) -> ClientConfig {
         // Keep librdkafka's prefetch small: memory stays bounded while PostgreSQL is slow.
         .set("queued.max.messages.kbytes", "8192")
         // Once the prefetch was full, fetch again as soon as there is room, not after
-        // librdkafka's default second: the pipeline drains 8 MB in a tenth of that.
+        // librdkafka's default second: the pipeline drains 8 MB in a fraction of that.
         .set("fetch.queue.backoff.ms", "10")
         .set("client.id", "cdc-audit")
         // Partition ends for lag, read in the statistics callback.
