@@ -117,6 +117,15 @@ impl std::ops::AddAssign for Load {
     }
 }
 
+impl std::iter::Sum for Load {
+    fn sum<I: Iterator<Item = Load>>(loads: I) -> Load {
+        loads.fold(Load::default(), |mut total, load| {
+            total += load;
+            total
+        })
+    }
+}
+
 impl std::ops::SubAssign for Load {
     fn sub_assign(&mut self, other: Load) {
         self.messages -= other.messages;

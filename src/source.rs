@@ -295,7 +295,8 @@ pub struct Source {
     control: Arc<Control>,
     stats: Arc<Stats>,
     batch_size: usize,
-    batch_bytes: usize,
+    /// A full batch: `CDC_AUDIT_BATCH_SIZE` messages or `CDC_AUDIT_BATCH_BYTES` bytes.
+    full: Load,
     linger: Duration,
     idle_linger: Duration,
     writers: usize,
@@ -375,7 +376,7 @@ impl Source {
             control,
             stats,
             batch_size: config.batch_size,
-            batch_bytes: config.batch_bytes,
+            full: Load::batches(config, 1),
             linger: config.batch_linger,
             idle_linger: config.batch_idle_linger,
             writers: config.writers,
@@ -558,7 +559,7 @@ impl Source {
         batch.messages.push(msg);
         batch.end = offset + 1;
         cursor.next = Some(offset + 1);
-        if batch.messages.len() >= self.batch_size || batch.bytes >= self.batch_bytes {
+        if batch.load().reaches(self.full) {
             if let Some(full) = cursor.pending.take() {
                 self.ready.push_back(full);
             }
@@ -622,10 +623,7 @@ impl Source {
     /// is away): it pauses, and resumes once everything is handed on.
     fn send_ready(&mut self) {
         let Some(output) = &self.output else { return };
-        let mut waiting = Load::default();
-        for batch in &self.ready {
-            waiting += batch.load();
-        }
+        let mut waiting: Load = self.ready.iter().map(Batch::load).sum();
         let mut waited = false;
         while let Some(batch) = self.ready.pop_front() {
             let load = batch.load();
