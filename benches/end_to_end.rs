@@ -24,7 +24,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -309,14 +309,36 @@ fn create_topics(bootstrap: &str, topics: &[String], partitions: i32) {
 
 /// Per partition, one past the highest offset the broker acknowledged: the position a group
 /// reaches once it has written everything (tansu's ListOffsets answers lower than this); and, if
-/// `times` is set, when each message was acknowledged (unix ms), by (topic, partition, offset).
+/// `times` is set, when each message was acknowledged.
+///
+/// The delivery callback runs on the paced producer's thread between sends, so it neither
+/// allocates per message nor grows a map: a growing map rehashes everything at once (at 0.9 and
+/// 1.8 million acknowledgements), the sends stop meanwhile, and the stall showed up as latency.
 struct Acked {
-    ends: Mutex<HashMap<(String, i32), i64>>,
-    times: Option<Mutex<AckTimes>>,
+    ends: Mutex<HashMap<String, HashMap<i32, i64>>>,
+    times: Option<Mutex<AckLog>>,
+}
+
+/// Acknowledgements in the order they came: the topic (an index into `topics`), partition,
+/// offset, and when (unix ms).
+#[derive(Default)]
+struct AckLog {
+    topics: Vec<String>,
+    acks: Vec<(usize, i32, i64, i64)>,
 }
 
 /// When each message was acknowledged, unix ms, by topic, partition and offset.
 type AckTimes = HashMap<(String, i32, i64), i64>;
+
+impl AckLog {
+    fn into_times(self) -> AckTimes {
+        let topics = self.topics;
+        self.acks
+            .into_iter()
+            .map(|(t, p, o, at)| ((topics[t].clone(), p, o), at))
+            .collect()
+    }
+}
 
 impl ClientContext for Acked {}
 
@@ -326,15 +348,23 @@ impl ProducerContext for Acked {
         match result {
             Ok(m) => {
                 let mut ends = self.ends.lock().unwrap();
-                let end = ends
-                    .entry((m.topic().to_string(), m.partition()))
-                    .or_default();
-                *end = (*end).max(m.offset() + 1);
+                if !ends.contains_key(m.topic()) {
+                    ends.insert(m.topic().to_string(), HashMap::new());
+                }
+                if let Some(partitions) = ends.get_mut(m.topic()) {
+                    let end = partitions.entry(m.partition()).or_default();
+                    *end = (*end).max(m.offset() + 1);
+                }
                 if let Some(times) = &self.times {
-                    times
-                        .lock()
-                        .unwrap()
-                        .insert((m.topic().to_string(), m.partition(), m.offset()), now_ms());
+                    let mut log = times.lock().unwrap();
+                    let topic = match log.topics.iter().position(|t| t == m.topic()) {
+                        Some(i) => i,
+                        None => {
+                            log.topics.push(m.topic().to_string());
+                            log.topics.len() - 1
+                        }
+                    };
+                    log.acks.push((topic, m.partition(), m.offset(), now_ms()));
                 }
             }
             Err((e, _)) => panic!("delivery failed: {e}"),
@@ -344,16 +374,26 @@ impl ProducerContext for Acked {
 
 impl Acked {
     fn total(&self) -> i64 {
-        self.ends.lock().unwrap().values().sum()
+        self.ends
+            .lock()
+            .unwrap()
+            .values()
+            .flat_map(|p| p.values())
+            .sum()
     }
 }
 
 /// Kafka Connect's producer default `batch.size`: Debezium's record batches hold up to 16 KB.
 const CONNECT_BATCH_BYTES: usize = 16_384;
 
-/// A producer of record batches of up to `messages` messages and `bytes` bytes; `times`: keep
-/// each acknowledgement's time.
-fn producer(bootstrap: &str, messages: usize, bytes: usize, times: bool) -> BaseProducer<Acked> {
+/// A producer of record batches of up to `messages` messages and `bytes` bytes; with `times`
+/// (the number of messages it will send), keep each acknowledgement's time.
+fn producer(
+    bootstrap: &str,
+    messages: usize,
+    bytes: usize,
+    times: Option<usize>,
+) -> BaseProducer<Acked> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
@@ -363,7 +403,12 @@ fn producer(bootstrap: &str, messages: usize, bytes: usize, times: bool) -> Base
         .set("message.timeout.ms", "120000")
         .create_with_context(Acked {
             ends: Mutex::default(),
-            times: times.then(Mutex::default),
+            times: times.map(|n| {
+                Mutex::new(AckLog {
+                    topics: Vec::new(),
+                    acks: Vec::with_capacity(n),
+                })
+            }),
         })
         .unwrap()
 }
@@ -374,7 +419,7 @@ fn producer(bootstrap: &str, messages: usize, bytes: usize, times: bool) -> Base
 fn fetches_inside_a_batch(bootstrap: &str) -> bool {
     let topic = "cdc-audit-bench-probe";
     create_topics(bootstrap, &[topic.to_string()], 1);
-    let probe = producer(bootstrap, 10, 1_000_000, false);
+    let probe = producer(bootstrap, 10, 1_000_000, None);
     for key in ["a", "b"] {
         probe
             .send(BaseRecord::<str, str>::to(topic).key(key).payload(key))
@@ -785,7 +830,7 @@ fn main() {
         args.latency_partitions,
     );
     let producing = Instant::now();
-    let backlog_producer = producer(&bootstrap, batch_messages, batch_bytes, false);
+    let backlog_producer = producer(&bootstrap, batch_messages, batch_bytes, None);
     for r in &backlog {
         demo::send(&backlog_producer, r).unwrap();
     }
@@ -845,7 +890,7 @@ fn main() {
     while live_generator.changes < (rate * args.latency_seconds as f64) as usize {
         paced.extend(live_generator.next_records());
     }
-    let live_producer = producer(&bootstrap, 10_000, CONNECT_BATCH_BYTES, true);
+    let live_producer = producer(&bootstrap, 10_000, CONNECT_BATCH_BYTES, Some(paced.len()));
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_positions(url_one.clone(), "bench-one".into(), stop.clone());
     let held_metric = "cdc_audit_batch_held_seconds";
@@ -866,6 +911,11 @@ fn main() {
     let phase_start = now_ms();
     let cpu_before = [one.pid(), broker.pid(), std::process::id()].map(common::cpu_seconds);
     let ticks = machine_ticks();
+    // On stderr, for whoever profiles the phase (the report goes to stdout).
+    eprintln!(
+        "latency phase: sending {} events at {rate:.0} events/s",
+        live_generator.changes
+    );
     let started = Instant::now();
     // Paced by message; a tombstone counts as a message but not as a change event.
     let message_rate = rate * paced.len() as f64 / live_generator.changes as f64;
@@ -909,11 +959,12 @@ fn main() {
         .context()
         .times
         .as_ref()
-        .map(|t| std::mem::take(&mut *t.lock().unwrap()))
+        .map(|t| std::mem::take(&mut *t.lock().unwrap()).into_times())
         .unwrap_or_default();
     let (mut from_send, mut from_ack, mut ack): (Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
-    // Produce to commit by the second of the phase the change was sent in.
-    let mut by_second: HashMap<i64, Vec<i64>> = HashMap::new();
+    // Produce to commit, and send to acknowledgement, by the second of the phase the change was
+    // sent in.
+    let mut by_second: BTreeMap<i64, (Vec<i64>, Vec<i64>)> = BTreeMap::new();
     for r in client
         .query(
             "SELECT kafka_topic, kafka_partition, kafka_offset, \
@@ -933,13 +984,12 @@ fn main() {
             continue;
         };
         from_send.push(seen - sent);
-        by_second
-            .entry((sent - phase_start) / 1000)
-            .or_default()
-            .push(seen - sent);
+        let second = by_second.entry((sent - phase_start) / 1000).or_default();
+        second.0.push(seen - sent);
         if let Some(acked) = acked.get(&(topic, partition, offset)) {
             from_ack.push(seen - acked);
             ack.push(acked - sent);
+            second.1.push(acked - sent);
         }
     }
     for v in [&mut from_send, &mut from_ack, &mut ack] {
@@ -956,18 +1006,14 @@ fn main() {
     };
     let held_quantile = |q| quantile(q, &held_before, &held_after);
     let write_quantile = |q| quantile(q, &write_before, &write_after);
-    let mut seconds: Vec<(i64, i64)> = by_second
-        .into_iter()
-        .map(|(second, mut v)| {
-            v.sort_unstable();
-            (percentile(&v, 0.99), second)
+    // BTreeMap: in the order of the phase's seconds, so a queue that grows shows as a rising run.
+    let by_second: Vec<String> = by_second
+        .into_values()
+        .map(|(mut total, mut ack)| {
+            total.sort_unstable();
+            ack.sort_unstable();
+            format!("{}/{}", percentile(&total, 0.99), percentile(&ack, 0.99))
         })
-        .collect();
-    seconds.sort_unstable_by(|a, b| b.cmp(a));
-    let worst: Vec<String> = seconds
-        .iter()
-        .take(3)
-        .map(|(p99, second)| format!("{p99} ms in second {second}"))
         .collect();
     let figures = |v: &[i64]| {
         format!(
@@ -987,7 +1033,7 @@ fn main() {
          held in the service, a batch's first message read to its commit ({held_metric}, per batch, \
          estimated from its buckets): p50 {}, p99 {}\n\
          of which writing and committing it ({write_metric}): p50 {}, p99 {}\n\
-         the seconds of the phase with the highest produce-to-commit p99: {}\n\
+         p99 of each second of the phase, produce to commit / of which the broker, in ms: {}\n\
          PostgreSQL checkpoints in the phase: {}\n\
          cores busy over the phase: the service {}, tansu {}, the producer {}, the machine {machine_cores:.2}",
         args.latency_share,
@@ -1000,7 +1046,7 @@ fn main() {
         held_quantile(0.99),
         write_quantile(0.5),
         write_quantile(0.99),
-        worst.join(", "),
+        by_second.join(" "),
         match (checkpoints_before, checkpoints_after) {
             (Some(b), Some(a)) => format!(
                 "{} for WAL volume (max_wal_size), {} timed",
