@@ -201,8 +201,8 @@ fn main() -> ExitCode {
             let mut conn = pool
                 .get()
                 .map_err(|e| format!("cannot connect to the database: {e}"))?;
-            let applied =
-                migrate::migrate(&mut conn).map_err(|e| format!("migration failed: {e}"))?;
+            let applied = migrate::migrate(&mut conn)
+                .map_err(|e| format!("migration failed: {}", sink::with_causes(&e)))?;
             println!(
                 "{} migrations applied ({} known)",
                 applied.len(),

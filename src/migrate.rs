@@ -18,6 +18,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0003_audit_gaps.sql",
         include_str!("../schema/0003_audit_gaps.sql"),
     ),
+    (
+        4,
+        "0004_identifier_collation.sql",
+        include_str!("../schema/0004_identifier_collation.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed key of the advisory lock that serialises migrations.

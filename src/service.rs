@@ -25,7 +25,8 @@ pub fn run(config: Config, control: Arc<Control>, stats: Arc<Stats>) -> Result<E
         let mut conn = pool
             .get()
             .map_err(|e| format!("cannot connect to the database to migrate: {e}"))?;
-        migrate::migrate(&mut conn).map_err(|e| format!("migration failed: {e}"))?;
+        migrate::migrate(&mut conn)
+            .map_err(|e| format!("migration failed: {}", sink::with_causes(&e)))?;
     }
     let tracker = Arc::new(Tracker::default());
     let http = match config.http_addr {

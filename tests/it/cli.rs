@@ -226,6 +226,86 @@ fn migrate_applies_once_and_is_idempotent() {
     assert_eq!(db.count("audit_logging"), 0);
 }
 
+/// A trail created before 0004 (identifiers in the database's collation) is upgraded in place:
+/// the identifier columns compare byte by byte, the rows stay, and the view recreated around the
+/// change keeps what was granted on it.
+#[test]
+fn the_identifier_collation_upgrade_keeps_rows_and_the_views_grants() {
+    let db = TestDb::new("collation");
+    let mut client = db.client();
+    let (before, after) = cdc_audit::migrate::MIGRATIONS.split_at(3);
+    client
+        .batch_execute(
+            "CREATE TABLE cdc_audit_migrations (version integer PRIMARY KEY, name text NOT NULL, \
+             applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .unwrap();
+    for (version, name, sql) in before {
+        client.batch_execute(sql).unwrap();
+        client
+            .execute(
+                "INSERT INTO cdc_audit_migrations (version, name) VALUES ($1, $2)",
+                &[version, name],
+            )
+            .unwrap();
+    }
+    // Roles are cluster-wide: a name of this test's own.
+    let role = format!("reader_{}", db.name);
+    client
+        .batch_execute(&format!(
+            "INSERT INTO audit_logging (operation_type, source_table, transaction_id, kafka_topic, \
+                 kafka_partition, kafka_offset) VALUES ('INSERT', 'customers', '571', 't', 0, 0); \
+             INSERT INTO audit_transactions (transaction_id, status, event_count, kafka_topic, \
+                 kafka_partition, kafka_offset) VALUES ('571', 'END', 1, 't.transaction', 0, 0); \
+             CREATE ROLE {role}; \
+             GRANT SELECT ON audit_transaction_summary TO {role} WITH GRANT OPTION"
+        ))
+        .unwrap();
+
+    let applied = cdc_audit::migrate::migrate(&mut client).unwrap();
+
+    let names: Vec<&str> = after.iter().map(|(_, name, _)| *name).collect();
+    assert_eq!(applied, names);
+    let collations: Vec<(String, String)> = client
+        .query(
+            "SELECT attrelid::regclass::text || '.' || attname, attcollation::regcollation::text \
+             FROM pg_attribute WHERE attname IN ('source_database', 'source_schema', \
+                 'source_table', 'transaction_id', 'kafka_topic', 'consumer_group', 'topic') \
+             AND attrelid IN ('audit_logging'::regclass, 'audit_transactions'::regclass, \
+                 'audit_rejections'::regclass, 'audit_positions'::regclass, \
+                 'audit_gaps'::regclass) ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(collations.len(), 12, "{collations:?}");
+    for (column, collation) in &collations {
+        assert_eq!(collation, "\"C\"", "{column}");
+    }
+    let (recorded, complete): (i64, bool) = client
+        .query_one(
+            "SELECT recorded_events, complete FROM audit_transaction_summary \
+             WHERE transaction_id = '571'",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((recorded, complete), (1, true));
+    let grant: bool = client
+        .query_one(
+            "SELECT has_table_privilege($1, 'audit_transaction_summary', 'SELECT WITH GRANT OPTION')",
+            &[&role],
+        )
+        .unwrap()
+        .get(0);
+    assert!(grant, "the grant on the view survives the upgrade");
+    client
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .unwrap();
+}
+
 #[test]
 fn inspect_shows_the_row_a_message_becomes_under_the_column_rules() {
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
