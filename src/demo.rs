@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::ClientConfig;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::config::{Config, Topics};
 use crate::events::Stats;
@@ -278,9 +278,13 @@ impl Generator {
         let (key, value) = if self.schemas {
             let key_schema = json!({"type": "struct", "optional": false, "name": format!("{}.inventory.{}.Key", self.prefix, table.name),
                                     "fields": [{"type": "int32", "optional": false, "field": "id"}]});
+            // In the JSON converter's order, schema first (json! would sort the keys).
+            let envelope = |schema: Value, payload: &Value| {
+                format!(r#"{{"schema":{schema},"payload":{payload}}}"#)
+            };
             (
-                json!({"schema": key_schema, "payload": key_payload}).to_string(),
-                json!({"schema": self.schema(table), "payload": payload}).to_string(),
+                envelope(key_schema, &key_payload),
+                envelope(self.schema(table), &payload),
             )
         } else {
             (key_payload.to_string(), payload.to_string())

@@ -159,6 +159,19 @@ pub fn key_schema(schema: &str) -> Option<Rc<StructSchema>> {
     })
 }
 
+/// The length of the value schema this thread has read (and remembers) that `text` starts
+/// with, byte for byte. Only objects: one is complete where its text ends, so `text` holds that
+/// very schema and then whatever follows it.
+pub fn remembered_value_schema(text: &str) -> Option<usize> {
+    VALUE_SCHEMAS.with_borrow(|entries| {
+        entries
+            .iter()
+            .rev()
+            .find(|(k, _)| k.starts_with('{') && text.starts_with(&**k))
+            .map(|(k, _)| k.len())
+    })
+}
+
 type Memo<T> = RefCell<VecDeque<(Box<str>, Option<Rc<T>>)>>;
 
 thread_local! {

@@ -90,6 +90,12 @@ impl<'a> Members<'a> {
     }
 }
 
+/// `text` without the whitespace JSON allows between tokens (space, tab, line feed, carriage
+/// return; not the other Unicode spaces `str::trim_start` takes).
+pub fn skip_ws(text: &str) -> &str {
+    text.trim_start_matches([' ', '\t', '\n', '\r'])
+}
+
 pub fn is_object(json: &[u8]) -> bool {
     json.trim_ascii_start().first() == Some(&b'{')
 }

@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use crate::pgcopy::Tuple;
 use crate::pipeline::Message;
 use decode::StructSchema;
-use json::{is_object, jsonb_safe, scalar_text, Members, ObjectWriter};
+use json::{is_object, jsonb_safe, scalar_text, skip_ws, Members, ObjectWriter};
 use rules::{Action, Rules, TableRules};
 
 /// Columns of `audit_logging` filled by COPY, in the order [`AuditRecord::encode`] writes them.
@@ -195,6 +195,9 @@ pub fn interpret<'a>(msg: &'a Message, rules: &Rules) -> Result<Interpreted<'a>,
     }
     let text = std::str::from_utf8(value)
         .map_err(|e| reject(RejectKind::NotJson, format!("value is not UTF-8: {e}")))?;
+    if let Some((schema, event)) = known_envelope(text) {
+        return event_of(msg, Some(schema), &event, rules);
+    }
     if !is_object(value) {
         return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
             Ok(_) => reject(
@@ -222,21 +225,59 @@ pub fn interpret<'a>(msg: &'a Message, rules: &Rules) -> Result<Interpreted<'a>,
                     let event = Members::parse(p.get()).ok_or_else(|| {
                         reject(RejectKind::NotAChangeEvent, "\"payload\" is not an object")
                     })?;
-                    (top.get("schema"), event)
+                    (top.get("schema").map(RawValue::get), event)
                 }
             }
         } else {
             (None, top)
         };
+    event_of(msg, schema, &event, rules)
+}
 
+/// The JSON converter's envelope `{"schema": S, "payload": {...}}` where S is, byte for byte, a
+/// value schema this thread has read before: S's text and the payload's members, without
+/// scanning S again (it is most of a message's bytes, and the same in every message of a table).
+/// `None` for any other shape (another member, another order, a repeated key, a schema not read
+/// yet, a payload that is not an object), which the general path reads: both give the same
+/// result for the same message.
+fn known_envelope(text: &str) -> Option<(&str, Members<'_>)> {
+    let rest = after_key(skip_ws(text).strip_prefix('{')?, "schema")?;
+    let schema = &rest[..decode::remembered_value_schema(rest)?];
+    let rest = after_key(skip_ws(&rest[schema.len()..]).strip_prefix(',')?, "payload")?;
+    if !rest.starts_with('{') {
+        return None;
+    }
+    let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Members<'_>>();
+    let payload = values.next()?.ok()?;
+    let end = skip_ws(&rest[values.byte_offset()..]).strip_prefix('}')?;
+    skip_ws(end).is_empty().then_some((schema, payload))
+}
+
+/// What follows `"key":` at the start of `text`, whitespace skipped; `None` if it is not there.
+fn after_key<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let rest = skip_ws(text)
+        .strip_prefix('"')?
+        .strip_prefix(key)?
+        .strip_prefix('"')?;
+    Some(skip_ws(skip_ws(rest).strip_prefix(':')?))
+}
+
+/// Reads an event, the envelope taken off: a change, a transaction boundary, a schema change or
+/// a heartbeat.
+fn event_of<'a>(
+    msg: &'a Message,
+    schema: Option<&'a str>,
+    event: &Members<'a>,
+    rules: &Rules,
+) -> Result<Interpreted<'a>, Rejection> {
     if let Some(op) = event.get("op") {
-        return change(msg, schema, &event, op, rules);
+        return change(msg, schema, event, op, rules);
     }
     if event.has("status") && event.has("id") {
-        return transaction(&event);
+        return transaction(event);
     }
     if event.has("ddl") || event.has("tableChanges") {
-        return schema_change(&event, rules);
+        return schema_change(event, rules);
     }
     if event.0.len() == 1 && event.has("ts_ms") {
         return Ok(Interpreted::Skip(Skip::Heartbeat));
@@ -512,7 +553,7 @@ fn primary_key<'a>(
 
 fn change<'a>(
     msg: &'a Message,
-    schema: Option<&'a RawValue>,
+    schema: Option<&'a str>,
     event: &Members<'a>,
     op_raw: &'a RawValue,
     rules: &Rules,
@@ -580,7 +621,7 @@ fn change<'a>(
             .filter(|u| u != UNAVAILABLE)
     });
 
-    let schemas = schema.and_then(|s| decode::value_schemas(s.get()));
+    let schemas = schema.and_then(decode::value_schemas);
     let (before_schema, after_schema) = match schemas.as_deref() {
         Some((b, a)) => (Some(b), Some(a)),
         None => (None, None),
@@ -856,6 +897,52 @@ mod tests {
             Ok(Interpreted::Change(r)) => *r,
             other => panic!("expected a change, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn an_envelope_whose_schema_was_read_before_is_read_without_it_and_nothing_else_is() {
+        // A schema of its own: the memo is per thread, and other tests run on other threads.
+        let schema = r#"{"type":"struct","name":"known_envelope.Envelope","fields":[{"field":"after","type":"struct","fields":[{"field":"d","type":"int32","name":"io.debezium.time.Date"}]}]}"#;
+        let envelope = |payload: &str| format!(r#"{{"schema":{schema},"payload":{payload}}}"#);
+        let payload = r#"{"op":"c","after":{"d":1}}"#;
+        assert!(known_envelope(&envelope(payload)).is_none(), "not read yet");
+
+        // Read once, by the general path, which remembers the schema.
+        let first = record(&envelope(payload), &Rules::default());
+        assert_eq!(first.new_data.as_deref(), Some(r#"{"d":"1970-01-02"}"#));
+
+        let spaced = format!(" \n{{ \"schema\" :\t{schema} ,\r\"payload\": {payload} }}\n");
+        for text in [envelope(payload), spaced] {
+            let (s, event) = known_envelope(&text).expect("the schema is remembered");
+            assert_eq!(s, schema);
+            let keys: Vec<&str> = event.0.iter().map(|(k, _)| k.as_ref()).collect();
+            assert_eq!(keys, ["op", "after"]);
+        }
+        let again = record(&envelope(payload), &Rules::default());
+        assert_eq!(again.new_data, first.new_data);
+
+        // Anything else takes the general path.
+        let other = schema.replace("known_envelope", "other");
+        for text in [
+            format!(r#"{{"schema":{other},"payload":{payload}}}"#),
+            format!(r#"{{"schema":{schema},"payload":{payload},"extra":1}}"#),
+            format!(r#"{{"schema":{schema},"payload":{payload},"payload":{payload}}}"#),
+            format!(r#"{{"schema":{schema},"schema":{schema},"payload":{payload}}}"#),
+            format!(r#"{{"payload":{payload},"schema":{schema}}}"#),
+            envelope("null"),
+            envelope("[1]"),
+            envelope(r#"{"op":"c""#),
+            format!("{{\"schema\":{schema}\u{a0},\"payload\":{payload}}}"),
+            format!("{}x", envelope(payload)),
+        ] {
+            assert!(known_envelope(&text).is_none(), "{text}");
+        }
+        // Where the general path takes a repeated key's last value, so does the result.
+        let twice = format!(
+            r#"{{"schema":{schema},"payload":{{"op":"c","after":{{"d":1}}}},"payload":{{"op":"c","after":{{"d":2}}}}}}"#
+        );
+        let last = record(&twice, &Rules::default());
+        assert_eq!(last.new_data.as_deref(), Some(r#"{"d":"1970-01-03"}"#));
     }
 
     #[test]

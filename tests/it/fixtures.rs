@@ -103,6 +103,13 @@ fn every_fixture_produces_its_reviewed_audit_row() {
             "{} was rejected: {got}",
             f.name
         );
+        // Read again, its schema (if it has one) is remembered and not scanned: the same row.
+        assert_eq!(
+            describe(&message(f, 0), &Rules::default()),
+            got,
+            "{} read a second time",
+            f.name
+        );
         let path = golden_path(&f.name);
         let text = serde_json::to_string_pretty(&got).unwrap() + "\n";
         match std::fs::read_to_string(&path) {
