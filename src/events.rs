@@ -2,7 +2,6 @@
 //! endpoints and the systemd watchdog read. Each notable event is a method here that logs once
 //! and moves the matching metrics, once per batch, not per message.
 
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,6 +11,7 @@ use prometheus::{
 };
 
 use crate::pipeline::{Batch, Tp};
+use crate::sink::{Gap, GapCause};
 use crate::transform::{RejectKind, Skip};
 
 /// Milliseconds since the Unix epoch, now.
@@ -93,6 +93,7 @@ pub struct Stats {
     pub batches_dropped: IntCounter,
     pub rewinds: IntCounter,
     pub offsets_missing: IntCounter,
+    pub offsets_not_delivered: IntCounter,
     pub rebalances: IntCounterVec,
     pub write_retries: IntCounter,
     pub batch_size: Histogram,
@@ -198,7 +199,12 @@ impl Stats {
             // that increment from `increase()`. Which topic is in the log and in audit_gaps.
             offsets_missing: counter(
                 "cdc_audit_offsets_missing_total",
-                "Offsets Kafka did not deliver (retention, compaction, aborted transactions), \
+                "Offsets Kafka no longer had when they were read past (retention), or not known \
+                 to be otherwise; recorded in audit_gaps",
+            ),
+            offsets_not_delivered: counter(
+                "cdc_audit_offsets_not_delivered_total",
+                "Offsets Kafka still held but did not deliver (aborted transactions, compaction); \
                  recorded in audit_gaps",
             ),
             rebalances: labelled(
@@ -281,17 +287,33 @@ impl Stats {
     }
 
     /// Offsets of `tp` that Kafka no longer had or did not deliver, now recorded in `audit_gaps`.
-    pub fn offsets_missing(&self, tp: &Tp, range: &Range<i64>) {
-        self.offsets_missing
-            .inc_by((range.end - range.start) as u64);
-        log::warn!(
-            "{}[{}]: offsets {}..{} were not in Kafka (retention, compaction or an aborted \
-             transaction) and cannot be audited; recorded in audit_gaps",
-            tp.topic,
-            tp.partition,
-            range.start,
-            range.end
-        );
+    pub fn offsets_missing(&self, tp: &Tp, gap: &Gap) {
+        let (start, end) = (gap.offsets.start, gap.offsets.end);
+        let n = (end - start) as u64;
+        match gap.cause {
+            Some(GapCause::NotDelivered) => {
+                self.offsets_not_delivered.inc_by(n);
+                log::info!(
+                    "{}[{}]: offsets {start}..{end} are in Kafka's log but were not delivered \
+                     (an aborted transaction, or compaction); recorded in audit_gaps",
+                    tp.topic,
+                    tp.partition,
+                );
+            }
+            cause => {
+                self.offsets_missing.inc_by(n);
+                let why = match cause {
+                    Some(_) => "retention deleted them before they were read",
+                    None => "retention, compaction or an aborted transaction",
+                };
+                log::warn!(
+                    "{}[{}]: offsets {start}..{end} were not in Kafka ({why}) and cannot be \
+                     audited; recorded in audit_gaps",
+                    tp.topic,
+                    tp.partition,
+                );
+            }
+        }
     }
 
     pub fn rejected(&self, kind: RejectKind) {

@@ -23,6 +23,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0004_identifier_collation.sql",
         include_str!("../schema/0004_identifier_collation.sql"),
     ),
+    (
+        5,
+        "0005_gap_cause.sql",
+        include_str!("../schema/0005_gap_cause.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed key of the advisory lock that serialises migrations.

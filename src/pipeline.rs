@@ -64,6 +64,11 @@ pub struct Batch {
     /// reachable at assignment): the writer then checks the stored position against the first offset.
     pub start: Option<i64>,
     pub end: i64,
+    /// The partition's first offset as the broker gave it when the source saw a hole of more
+    /// than one offset in this batch: what lies below it retention removed; what Kafka did not
+    /// deliver at or past it was an aborted transaction's or compacted. `None`: no such hole,
+    /// or the broker did not answer.
+    pub log_start: Option<i64>,
     pub messages: Vec<Message>,
     /// The sum of the messages' [`Message::size`].
     pub bytes: usize,
@@ -687,6 +692,7 @@ mod tests {
             epoch: 1,
             start: None,
             end: messages.len() as i64,
+            log_start: None,
             bytes: messages.iter().map(Message::size).sum(),
             messages,
             created: Instant::now(),

@@ -190,7 +190,7 @@ pub enum Written {
     /// the offsets Kafka did not deliver (recorded in `audit_gaps`).
     Committed {
         next: i64,
-        missing: Vec<Range<i64>>,
+        missing: Vec<Gap>,
         rows: usize,
         transactions: usize,
         rejected: Vec<RejectKind>,
@@ -199,6 +199,32 @@ pub enum Written {
     },
     /// The stored position is behind the batch's start: the batch does not connect.
     Behind { stored: i64 },
+}
+
+/// A run of offsets Kafka did not deliver, as recorded in `audit_gaps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub offsets: Range<i64>,
+    /// `None` when the partition's first offset was not known.
+    pub cause: Option<GapCause>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapCause {
+    /// Below the partition's first offset: retention deleted them before they were read.
+    Retention,
+    /// At or past the partition's first offset, yet not delivered: an aborted transaction's
+    /// records and marker, or records compaction removed.
+    NotDelivered,
+}
+
+impl GapCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapCause::Retention => "retention",
+            GapCause::NotDelivered => "not_delivered",
+        }
+    }
 }
 
 /// A COPY target: the table and its column list.
@@ -292,14 +318,19 @@ pub fn write_batch(
     for (msg, rejection) in &rejections {
         insert_rejection(&mut tx, msg, rejection)?;
     }
-    let missing = missing_offsets(stored, batch);
-    for range in &missing {
+    let missing = gaps(missing_offsets(stored, batch), batch.log_start);
+    for gap in &missing {
+        let cause = gap.cause.map(GapCause::as_str);
         tx.execute_typed(
             "INSERT INTO audit_gaps (consumer_group, kafka_topic, kafka_partition, first_offset, \
-             end_offset) VALUES ($1, $2, $3, $4, $5)",
+             end_offset, cause) VALUES ($1, $2, $3, $4, $5, $6)",
             &[
                 key(),
-                vec![(&range.start, Type::INT8), (&range.end, Type::INT8)],
+                vec![
+                    (&gap.offsets.start, Type::INT8),
+                    (&gap.offsets.end, Type::INT8),
+                    (&cause, Type::TEXT),
+                ],
             ]
             .concat(),
         )?;
@@ -334,6 +365,36 @@ fn missing_offsets(from: i64, batch: &Batch) -> Vec<Range<i64>> {
         next = m.offset + 1;
     }
     missing
+}
+
+/// The missing runs, each split at the partition's first offset when it is known: what lies
+/// below it retention removed.
+fn gaps(missing: Vec<Range<i64>>, log_start: Option<i64>) -> Vec<Gap> {
+    let Some(first) = log_start else {
+        return missing
+            .into_iter()
+            .map(|offsets| Gap {
+                offsets,
+                cause: None,
+            })
+            .collect();
+    };
+    let mut out = Vec::new();
+    for r in missing {
+        let split = first.clamp(r.start, r.end);
+        for (offsets, cause) in [
+            (r.start..split, GapCause::Retention),
+            (split..r.end, GapCause::NotDelivered),
+        ] {
+            if !offsets.is_empty() {
+                out.push(Gap {
+                    offsets,
+                    cause: Some(cause),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// The parameters naming a row of `audit_positions`, typed.
@@ -607,8 +668,8 @@ impl Writer {
                     for skip in skips {
                         self.stats.skipped(skip);
                     }
-                    for range in &missing {
-                        self.stats.offsets_missing(&b.tp, range);
+                    for gap in &missing {
+                        self.stats.offsets_missing(&b.tp, gap);
                     }
                     for kind in &rejected {
                         self.stats.rejected(*kind);
@@ -672,6 +733,29 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gap_is_split_at_the_partitions_first_offset() {
+        let gap = |offsets: Range<i64>, cause| Gap { offsets, cause };
+        let (r, n) = (Some(GapCause::Retention), Some(GapCause::NotDelivered));
+        let missing = vec![2..5, 7..9, 12..20];
+        assert_eq!(
+            gaps(missing.clone(), None),
+            [gap(2..5, None), gap(7..9, None), gap(12..20, None)]
+        );
+        assert_eq!(
+            gaps(missing.clone(), Some(8)),
+            [gap(2..5, r), gap(7..8, r), gap(8..9, n), gap(12..20, n)]
+        );
+        assert_eq!(
+            gaps(missing.clone(), Some(2)),
+            [gap(2..5, n), gap(7..9, n), gap(12..20, n)]
+        );
+        assert_eq!(
+            gaps(missing, Some(20)),
+            [gap(2..5, r), gap(7..9, r), gap(12..20, r)]
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -542,6 +542,8 @@ impl Source {
         }
         self.stats.messages_consumed.inc();
         let offset = msg.offset;
+        // A hole of more than one offset (a single one is a transaction's commit marker).
+        let hole = cursor.next.is_some_and(|next| offset > next + 1);
         let batch = cursor.pending.get_or_insert_with(|| {
             self.next_batch_id += 1;
             Batch {
@@ -550,11 +552,25 @@ impl Source {
                 epoch: cursor.epoch,
                 start: cursor.next,
                 end: offset + 1,
+                log_start: None,
                 messages: Vec::with_capacity(self.batch_size.min(4096)),
                 bytes: 0,
                 created: Instant::now(),
             }
         });
+        if hole && batch.log_start.is_none() {
+            // Where the partition's log starts now tells the writer which part of the hole
+            // retention removed. Asked once a batch: a compacted topic has holes everywhere.
+            let (topic, partition) = (batch.tp.topic.clone(), batch.tp.partition);
+            let timeout = Duration::from_secs(5);
+            batch.log_start = match self.consumer.fetch_watermarks(&topic, partition, timeout) {
+                Ok((low, _)) => Some(low),
+                Err(e) => {
+                    log::warn!("watermarks of {topic}[{partition}]: {e}");
+                    None
+                }
+            };
+        }
         batch.bytes += msg.size();
         batch.messages.push(msg);
         batch.end = offset + 1;

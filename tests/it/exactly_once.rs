@@ -252,6 +252,7 @@ fn batch(records: &[Record], start: Option<i64>, offsets: std::ops::Range<i64>) 
         epoch: 0,
         start,
         end: offsets.end,
+        log_start: None,
         bytes: messages.iter().map(Message::size).sum(),
         messages,
         created: Instant::now(),
@@ -364,7 +365,10 @@ fn offsets_missing_from_kafka_are_recorded_once_with_the_batch_that_reads_past_t
     let mut write = |t: &Transformed| write_batch(&mut c, "g", t, false).unwrap();
     let missing = |w: Written| match w {
         Written::Committed { next, missing, .. } => {
-            let missing: Vec<(i64, i64)> = missing.iter().map(|r| (r.start, r.end)).collect();
+            let missing: Vec<(i64, i64)> = missing
+                .iter()
+                .map(|g| (g.offsets.start, g.offsets.end))
+                .collect();
             (next, missing)
         }
         Written::Behind { stored } => panic!("does not connect to the stored {stored}"),
@@ -384,6 +388,39 @@ fn offsets_missing_from_kafka_are_recorded_once_with_the_batch_that_reads_past_t
     let t = without(batch(&records, Some(25), 25..40), &[26, 27, 35, 36]);
     assert_eq!(missing(write(&t)), (40, vec![(35, 37)]));
     assert_eq!(gaps(&db), [(3, 7), (12, 14), (20, 25), (35, 37)]);
+
+    // With the partition's first offset known (the source asks the broker when it sees a
+    // hole), a hole is split at it: below, retention; at or past it, not delivered (an aborted
+    // transaction, or compaction).
+    let mut t = without(
+        batch(&records, Some(40), 40..60),
+        &[40, 41, 42, 43, 50, 51, 52],
+    );
+    t.batch.log_start = Some(42);
+    assert_eq!(missing(write(&t)), (60, vec![(40, 42), (42, 44), (50, 53)]));
+    let causes: Vec<(i64, Option<String>)> = db
+        .client()
+        .query(
+            "SELECT first_offset, cause FROM audit_gaps ORDER BY first_offset",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let cause = |c: &str| Some(c.to_string());
+    assert_eq!(
+        causes,
+        [
+            (3, None),
+            (12, None),
+            (20, None),
+            (35, None),
+            (40, cause("retention")),
+            (42, cause("not_delivered")),
+            (50, cause("not_delivered")),
+        ]
+    );
 
     // Like the trail, the record of gaps is append-only.
     let err = db
