@@ -303,8 +303,8 @@ impl Stats {
             cause => {
                 self.offsets_missing.inc_by(n);
                 let why = match cause {
-                    Some(_) => "retention deleted them before they were read",
-                    None => "retention, compaction or an aborted transaction",
+                    Some(GapCause::Retention) => "retention deleted them before they were read",
+                    _ => "retention, compaction or an aborted transaction",
                 };
                 log::warn!(
                     "{}[{}]: offsets {start}..{end} were not in Kafka ({why}) and cannot be \
