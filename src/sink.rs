@@ -370,31 +370,21 @@ fn missing_offsets(from: i64, batch: &Batch) -> Vec<Range<i64>> {
 /// The missing runs, each split at the partition's first offset when it is known: what lies
 /// below it retention removed.
 fn gaps(missing: Vec<Range<i64>>, log_start: Option<i64>) -> Vec<Gap> {
-    let Some(first) = log_start else {
-        return missing
-            .into_iter()
-            .map(|offsets| Gap {
-                offsets,
-                cause: None,
-            })
-            .collect();
-    };
-    let mut out = Vec::new();
-    for r in missing {
-        let split = first.clamp(r.start, r.end);
-        for (offsets, cause) in [
-            (r.start..split, GapCause::Retention),
-            (split..r.end, GapCause::NotDelivered),
-        ] {
-            if !offsets.is_empty() {
-                out.push(Gap {
-                    offsets,
-                    cause: Some(cause),
-                });
+    missing
+        .into_iter()
+        .flat_map(|r| match log_start {
+            None => vec![(r, None)],
+            Some(first) => {
+                let split = first.clamp(r.start, r.end);
+                vec![
+                    (r.start..split, Some(GapCause::Retention)),
+                    (split..r.end, Some(GapCause::NotDelivered)),
+                ]
             }
-        }
-    }
-    out
+        })
+        .filter(|(offsets, _)| !offsets.is_empty())
+        .map(|(offsets, cause)| Gap { offsets, cause })
+        .collect()
 }
 
 /// The parameters naming a row of `audit_positions`, typed.

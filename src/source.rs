@@ -120,17 +120,29 @@ fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
         .collect()
 }
 
+/// The partition's first offset and its end; `None` (logged) if the broker cannot say.
+fn watermarks(
+    consumer: &BaseConsumer<AuditContext>,
+    tp: &Tp,
+    timeout: Duration,
+) -> Option<(i64, i64)> {
+    consumer
+        .fetch_watermarks(&tp.topic, tp.partition, timeout)
+        .map_err(|e| log::warn!("watermarks of {}[{}]: {e}", tp.topic, tp.partition))
+        .ok()
+}
+
 impl AuditContext {
     /// Where a partition without a stored position starts: its first offset (or its end, with
     /// `auto.offset.reset=latest`). `None` if the broker cannot say.
     fn first_offset(&self, consumer: &BaseConsumer<Self>, tp: &Tp) -> Option<i64> {
-        match consumer.fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(10)) {
-            Ok((low, high)) => Some(if self.reset_latest { high } else { low }),
-            Err(e) => {
-                log::warn!("watermarks of {}[{}]: {e}", tp.topic, tp.partition);
-                None
+        watermarks(consumer, tp, Duration::from_secs(10)).map(|(low, high)| {
+            if self.reset_latest {
+                high
+            } else {
+                low
             }
-        }
+        })
     }
 
     /// The offset Kafka has committed for the group (advisory; used when PostgreSQL is away).
@@ -561,15 +573,8 @@ impl Source {
         if hole && batch.log_start.is_none() {
             // Where the partition's log starts now tells the writer which part of the hole
             // retention removed. Asked once a batch: a compacted topic has holes everywhere.
-            let (topic, partition) = (batch.tp.topic.clone(), batch.tp.partition);
-            let timeout = Duration::from_secs(5);
-            batch.log_start = match self.consumer.fetch_watermarks(&topic, partition, timeout) {
-                Ok((low, _)) => Some(low),
-                Err(e) => {
-                    log::warn!("watermarks of {topic}[{partition}]: {e}");
-                    None
-                }
-            };
+            let watermarks = watermarks(&self.consumer, &batch.tp, Duration::from_secs(5));
+            batch.log_start = watermarks.map(|(low, _)| low);
         }
         batch.bytes += msg.size();
         batch.messages.push(msg);
