@@ -226,6 +226,28 @@ fn migrate_applies_once_and_is_idempotent() {
     assert_eq!(db.count("audit_logging"), 0);
 }
 
+/// A migration PostgreSQL refuses is reported with PostgreSQL's own words, not just "db error".
+#[test]
+fn a_failed_migration_says_what_postgresql_said() {
+    let db = TestDb::new("migfail");
+    // A table of that name, not made by the migrations: 0001 cannot create it.
+    db.client()
+        .batch_execute("CREATE TABLE audit_logging (id int)")
+        .unwrap();
+    let env = [
+        ("CDC_AUDIT_BOOTSTRAP_SERVERS", "localhost:9092"),
+        ("CDC_AUDIT_TOPICS", "t"),
+        ("DATABASE_URL", db.url.as_str()),
+    ];
+    let out = cdc_audit(&["migrate"], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("migration failed") && stderr.contains("\"audit_logging\" already exists"),
+        "{stderr}"
+    );
+}
+
 /// A trail created before 0004 (identifiers in the database's collation) is upgraded in place:
 /// the identifier columns compare byte by byte, the rows stay, and the view recreated around the
 /// change keeps what was granted on it.
