@@ -8,7 +8,7 @@
 mod common;
 
 use cdc_audit::demo::{self, Generator};
-use cdc_audit::pipeline::Transformed;
+use cdc_audit::types::Transformed;
 
 /// One partition's batches of `batch` events, transformed.
 fn partition_batches(partition: i32, events: usize, batch: usize) -> Vec<Transformed> {

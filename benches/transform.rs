@@ -7,10 +7,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use cdc_audit::config::rules::Rules;
 use cdc_audit::demo::Generator;
-use cdc_audit::pipeline::Message;
-use cdc_audit::transform::rules::Rules;
-use cdc_audit::transform::{transform, Outcome};
+use cdc_audit::transform::transform;
+use cdc_audit::types::Message;
+use cdc_audit::types::Outcome;
 use rayon::prelude::*;
 
 fn messages(n: usize, mut generator: Generator) -> Vec<Message> {

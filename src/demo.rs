@@ -14,8 +14,7 @@ use serde_json::{json, Value};
 
 use crate::config::{Config, Topics};
 use crate::events::Stats;
-use crate::pipeline::Control;
-use crate::transform::RejectKind;
+use crate::types::{Control, RejectKind};
 
 /// The PostgreSQL server the demo and the tests use when `DATABASE_URL` is not set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -472,7 +471,7 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         ready_max_lag: None,
         stall_timeout: Duration::from_secs(120),
         log_format: crate::config::LogFormat::Text,
-        rules: crate::transform::rules::Rules {
+        rules: crate::config::rules::Rules {
             change_user_column: Some("updated_by".into()),
             ..Default::default()
         },

@@ -10,9 +10,7 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use crate::pipeline::{Batch, Tp};
-use crate::sink::{Gap, GapCause};
-use crate::transform::{RejectKind, Skip};
+use crate::types::{Batch, Gap, GapCause, RejectKind, Skip, Tp};
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {

@@ -1,8 +1,10 @@
 //! Health, metrics and status over HTTP (tiny_http), on threads of their own: the handlers read
 //! shared state and never take a lock the pipeline needs, so no client can stall the service.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -12,8 +14,9 @@ use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::events::{now_ms, Stats};
-use crate::pipeline::{Control, Tracker};
 use crate::sink::Pool;
+use crate::tracker::Tracker;
+use crate::types::{Control, RejectKind};
 
 /// Thresholds of `/health/ready`.
 #[derive(Debug, Clone)]
@@ -155,7 +158,7 @@ impl HttpState {
                 "messages_consumed": self.stats.messages_consumed.get(),
                 "rows_written": self.stats.rows_written.get(),
                 "transaction_events": self.stats.transaction_events.get(),
-                "rejections": crate::transform::RejectKind::ALL.iter()
+                "rejections": RejectKind::ALL.iter()
                     .map(|k| (k.as_str().to_string(), json!(self.stats.rejections.with_label_values(&[k.as_str()]).get())))
                     .collect::<serde_json::Map<_, _>>(),
                 "batches_committed": self.stats.batches_committed.get(),
@@ -362,4 +365,51 @@ pub fn spawn(addr: SocketAddr, state: Arc<HttpState>) -> Result<SocketAddr, Stri
     }
     log::info!("health and metrics on http://{bound}");
     Ok(bound)
+}
+
+/// `cdc-audit healthcheck`: asks a running instance whether it is ready (GET /health/ready) and
+/// prints its answer; exit 0 if it is. For container health checks: no curl needed.
+pub fn healthcheck(raw: &BTreeMap<String, String>, url: Option<&str>) -> Result<ExitCode, String> {
+    use std::io::Write;
+    use std::net::{TcpStream, ToSocketAddrs};
+    let target = match url {
+        Some(u) => u
+            .trim_start_matches("http://")
+            .trim_end_matches("/health/ready")
+            .to_string(),
+        None => raw
+            .get("CDC_AUDIT_HTTP_ADDR")
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:9187".into())
+            .replace("0.0.0.0", "127.0.0.1")
+            .replace("[::]", "[::1]"),
+    };
+    let addr = target
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("cannot resolve {target}"))?;
+    let timeout = Duration::from_secs(3);
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET /health/ready HTTP/1.0\r\nHost: {target}\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let status = response.split_whitespace().nth(1).unwrap_or("");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    println!("{body}");
+    Ok(if status == "200" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

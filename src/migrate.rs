@@ -1,6 +1,9 @@
 //! Applies the SQL files of `schema/` in order, once each, recorded in `cdc_audit_migrations`.
 //! An advisory lock lets several instances start at once.
 
+use crate::config::Config;
+use crate::sink::{self, with_causes, Pool};
+
 /// The migrations compiled into the binary: (version, name, SQL).
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (
@@ -41,6 +44,25 @@ pub fn migrate(client: &mut postgres::Client) -> Result<Vec<&'static str>, postg
     let applied = result?;
     unlock?;
     Ok(applied)
+}
+
+/// Applies the migrations on a connection of `pool`; an error says what PostgreSQL said.
+pub fn with_pool(pool: &Pool) -> Result<Vec<&'static str>, String> {
+    let mut conn = pool
+        .get()
+        .map_err(|e| format!("cannot connect to the database to migrate: {e}"))?;
+    migrate(&mut conn).map_err(|e| format!("migration failed: {}", with_causes(&e)))
+}
+
+/// `cdc-audit migrate`: applies what is not yet applied and says how many.
+pub fn command(config: &Config) -> Result<String, String> {
+    let pool = sink::pool(&config.database_url, 1, config.database_ca_file.as_deref())?;
+    let applied = with_pool(&pool)?;
+    Ok(format!(
+        "{} migrations applied ({} known)",
+        applied.len(),
+        MIGRATIONS.len()
+    ))
 }
 
 fn apply(client: &mut postgres::Client) -> Result<Vec<&'static str>, postgres::Error> {

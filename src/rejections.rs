@@ -3,14 +3,108 @@
 //! row is written and the rejection deleted in one transaction; the unique Kafka coordinates of
 //! the audit table make a second write of the same offset impossible.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::process::ExitCode;
 
+use clap::Subcommand;
 use postgres::Client;
 
-use crate::pipeline::Message;
-use crate::sink::{copy_rows, SinkError, AUDIT, TRANSACTIONS};
-use crate::transform::rules::Rules;
-use crate::transform::{transform, Outcome};
+use crate::config::{self, rules::Rules};
+use crate::sink::{self, copy_rows, SinkError, AUDIT, TRANSACTIONS};
+use crate::transform::transform;
+use crate::types::{Message, Outcome};
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// List stored rejections, oldest first.
+    List {
+        #[command(flatten)]
+        select: Select,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Show one rejection whole: coordinates, reason, error, key, headers and value.
+    Show { id: i64 },
+    /// Run rejections through the current transform and settings (after a fix or a settings
+    /// change) and write, exactly once, what now becomes an audit row.
+    Replay {
+        #[command(flatten)]
+        select: Select,
+        /// Say what would happen, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete rejections (needs --yes).
+    Purge {
+        #[command(flatten)]
+        select: Select,
+        /// Every rejection.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Which rejections: all given filters apply.
+#[derive(clap::Args)]
+pub struct Select {
+    /// Rejection id (repeatable).
+    #[arg(long = "id")]
+    ids: Vec<i64>,
+    /// not_json, not_a_change_event, unknown_operation, invalid_field, invalid_key, database_refused
+    #[arg(long)]
+    reason: Option<String>,
+    #[arg(long)]
+    topic: Option<String>,
+    /// Rejected before this time, e.g. 2026-01-31 or "2026-01-31 12:00+00".
+    #[arg(long)]
+    before: Option<String>,
+}
+
+impl Select {
+    fn selection(&self) -> Selection {
+        Selection {
+            ids: self.ids.clone(),
+            reason: self.reason.clone(),
+            topic: self.topic.clone(),
+            before: self.before.clone(),
+        }
+    }
+}
+
+/// Runs one `cdc-audit rejections` command against the database the settings name.
+pub fn command(raw: &BTreeMap<String, String>, command: &Command) -> Result<ExitCode, String> {
+    let mut client = sink::connect_with_settings(raw)?;
+    match command {
+        Command::List { select, limit } => {
+            print!("{}", list(&mut client, &select.selection(), *limit)?)
+        }
+        Command::Show { id } => print!("{}", show(&mut client, *id)?),
+        Command::Replay { select, dry_run } => {
+            let rules = config::rules_from_settings(raw).map_err(|e| e.to_string())?;
+            let done = replay(&mut client, &select.selection(), &rules, *dry_run)?;
+            println!(
+                "{}{} written, {} skipped, {} still rejected",
+                if *dry_run { "dry run: " } else { "" },
+                done.written,
+                done.skipped,
+                done.still_rejected
+            );
+        }
+        Command::Purge { select, all, yes } => {
+            if !yes {
+                return Err("purge deletes rejections for good: add --yes".into());
+            }
+            println!(
+                "{} rejections deleted",
+                purge(&mut client, &select.selection(), *all)?
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 /// Which rejections a command applies to.
 #[derive(Debug, Default, Clone)]

@@ -1,6 +1,7 @@
 //! Starting the service from a validated config: pool, migrations, HTTP, systemd notifications,
 //! signal handling, then the pipeline until shutdown.
 
+use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
@@ -9,9 +10,11 @@ use crate::config::Config;
 use crate::events::Stats;
 use crate::http::{self, HttpState, ReadySettings};
 use crate::migrate;
-use crate::pipeline::{self, Control, Exit, Shared, Tracker};
+use crate::pipeline::{self, Shared};
 use crate::sink;
 use crate::systemd::Notifier;
+use crate::tracker::Tracker;
+use crate::types::{Control, Exit};
 
 /// Runs the pipeline until `control.shutdown` is set, then drains.
 pub fn run(config: Config, control: Arc<Control>, stats: Arc<Stats>) -> Result<Exit, String> {
@@ -22,11 +25,7 @@ pub fn run(config: Config, control: Arc<Control>, stats: Arc<Stats>) -> Result<E
         config.database_ca_file.as_deref(),
     )?;
     if config.migrate {
-        let mut conn = pool
-            .get()
-            .map_err(|e| format!("cannot connect to the database to migrate: {e}"))?;
-        migrate::migrate(&mut conn)
-            .map_err(|e| format!("migration failed: {}", sink::with_causes(&e)))?;
+        migrate::with_pool(&pool)?;
     }
     let tracker = Arc::new(Tracker::default());
     let http = match config.http_addr {
@@ -117,4 +116,21 @@ pub fn install_signal_handlers(control: &Control) -> Result<(), String> {
             .map_err(|e| format!("signal handler: {e}"))?;
     }
     Ok(())
+}
+
+/// `cdc-audit run`: the service until SIGTERM or SIGINT; exit 0 when every batch read was
+/// committed, 2 when the shutdown deadline passed first.
+pub fn command(config: Config) -> Result<ExitCode, String> {
+    let control = Arc::new(Control::default());
+    install_signal_handlers(&control)?;
+    match run(config, control, Arc::new(Stats::new()))? {
+        Exit::Drained => {
+            log::info!("shut down cleanly: every batch read was committed");
+            Ok(ExitCode::SUCCESS)
+        }
+        Exit::DeadlineExceeded { in_flight } => {
+            log::error!("shutdown deadline passed with {in_flight} batches unwritten; they will be read again");
+            Ok(ExitCode::from(2))
+        }
+    }
 }

@@ -17,8 +17,9 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::events::{now_ms, Stats};
-use crate::pipeline::{Batch, Control, Exit, Load, Message, Tp, Tracker};
-use crate::sink::Pool;
+use crate::sink::{self, Pool};
+use crate::tracker::Tracker;
+use crate::types::{Batch, Control, Exit, Load, Message, Tp};
 
 /// How long the poll thread waits for room downstream before it polls again.
 const ROOM_WAIT: Duration = Duration::from_millis(50);
@@ -162,42 +163,13 @@ impl AuditContext {
     /// Stored positions of these partitions, or `None` when the database cannot be read now
     /// (the partitions then start from Kafka's committed offset and the writer's fence decides).
     fn stored_positions(&self, tps: &[Tp]) -> Option<HashMap<Tp, i64>> {
-        let mut conn = match self.pool.get() {
-            Ok(c) => c,
-            Err(e) => {
+        sink::stored_positions(&self.pool, &self.group, tps)
+            .map_err(|e| {
                 log::warn!(
                     "cannot read stored positions ({e}); starting from Kafka's committed offsets"
-                );
-                return None;
-            }
-        };
-        let topics: Vec<&str> = tps.iter().map(|tp| &*tp.topic).collect();
-        let rows = conn.query(
-            "SELECT topic, partition, next_offset FROM audit_positions \
-             WHERE consumer_group = $1 AND topic = ANY($2)",
-            &[&self.group, &topics],
-        );
-        match rows {
-            Ok(rows) => Some(
-                rows.iter()
-                    .map(|r| {
-                        (
-                            Tp {
-                                topic: Arc::from(r.get::<_, &str>(0)),
-                                partition: r.get(1),
-                            },
-                            r.get(2),
-                        )
-                    })
-                    .collect(),
-            ),
-            Err(e) => {
-                log::warn!(
-                    "cannot read stored positions ({e}); starting from Kafka's committed offsets"
-                );
-                None
-            }
-        }
+                )
+            })
+            .ok()
     }
 }
 
@@ -388,12 +360,16 @@ impl Source {
             control,
             stats,
             batch_size: config.batch_size,
-            full: Load::batches(config, 1),
+            full: Load::batches(config.batch_size, config.batch_bytes, 1),
             linger: config.batch_linger,
             idle_linger: config.batch_idle_linger,
             writers: config.writers,
             last_idle_check: Instant::now(),
-            ready_budget: Load::batches(config, config.channel_capacity),
+            ready_budget: Load::batches(
+                config.batch_size,
+                config.batch_bytes,
+                config.channel_capacity,
+            ),
             shutdown_timeout: config.shutdown_timeout,
             cursors: HashMap::new(),
             ready: VecDeque::new(),

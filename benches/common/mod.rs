@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
+use cdc_audit::config::rules::Rules;
 use cdc_audit::demo::{self, Record};
-use cdc_audit::pipeline::{Batch, Message, Tp, Transformed};
 use cdc_audit::sink::{copy_rows, write_batch, AUDIT};
-use cdc_audit::transform::rules::Rules;
-use cdc_audit::transform::{transform, Outcome};
+use cdc_audit::transform::transform;
+use cdc_audit::types::Outcome;
+use cdc_audit::types::{Batch, Message, Tp, Transformed};
 
 /// (Re)creates database `name` on the server and migrates it; returns its URL.
 pub fn fresh_database(admin: &mut postgres::Client, server: &str, name: &str) -> String {

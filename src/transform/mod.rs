@@ -4,20 +4,20 @@
 //! column rule asks for a change.
 
 pub mod decode;
+pub mod inspect;
 pub mod json;
 pub mod mongo;
-pub mod rules;
+pub mod stage;
 
 use std::borrow::Cow;
-use std::fmt;
 
 use serde_json::value::RawValue;
 
+use crate::config::rules::{Action, Rules, TableRules};
 use crate::pgcopy::Tuple;
-use crate::pipeline::Message;
+use crate::types::{Message, Outcome, RejectKind, Rejection, Row, Skip};
 use decode::StructSchema;
 use json::{is_object, jsonb_safe, scalar_text, skip_ws, Members, ObjectWriter};
-use rules::{Action, Rules, TableRules};
 
 /// Columns of `audit_logging` filled by COPY, in the order [`AuditRecord::encode`] writes them.
 pub const AUDIT_COLUMNS: &str = "source_database, source_schema, source_table, operation_type, \
@@ -34,88 +34,6 @@ const TRANSACTION_FIELDS: i16 = 8;
 
 /// The placeholder Debezium sends for an unchanged TOASTed (or otherwise unavailable) column.
 const UNAVAILABLE: &str = "__debezium_unavailable_value";
-
-/// What became of one message.
-#[derive(Debug)]
-pub enum Outcome {
-    /// One `audit_logging` row.
-    Row(Row),
-    /// One `audit_transactions` row (a BEGIN or END of the transaction metadata topic).
-    Transaction(Vec<u8>),
-    /// Nothing to store; its offset still counts as consumed.
-    Skipped(Skip),
-    Rejected(Rejection),
-}
-
-/// An audit row encoded as a binary COPY tuple, with its source commit time for the
-/// end-to-end latency metric.
-#[derive(Debug)]
-pub struct Row {
-    pub bytes: Vec<u8>,
-    pub source_time_us: Option<i64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Skip {
-    /// A null value, Debezium's marker for log compaction after a delete.
-    Tombstone,
-    /// A Debezium heartbeat (`__debezium-heartbeat.*`): liveness, not a change.
-    Heartbeat,
-    /// A table left out by `CDC_AUDIT_INCLUDE_TABLES` / `CDC_AUDIT_EXCLUDE_TABLES`.
-    Filtered,
-}
-
-/// Why a message could not become an audit row; stored with its raw bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub kind: RejectKind,
-    pub error: String,
-}
-
-/// The fixed set of rejection reasons (a bounded metric label and a column value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RejectKind {
-    /// Not UTF-8 JSON at all.
-    NotJson,
-    /// JSON, but not a change event this version understands.
-    NotAChangeEvent,
-    /// A change event with an operation code outside Debezium's set.
-    UnknownOperation,
-    /// A field of the right name but the wrong type or value.
-    InvalidField,
-    /// The message key is present but not JSON.
-    InvalidKey,
-    /// PostgreSQL refused the row (found by splitting the batch).
-    DatabaseRefused,
-}
-
-impl RejectKind {
-    pub const ALL: [RejectKind; 6] = [
-        RejectKind::NotJson,
-        RejectKind::NotAChangeEvent,
-        RejectKind::UnknownOperation,
-        RejectKind::InvalidField,
-        RejectKind::InvalidKey,
-        RejectKind::DatabaseRefused,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectKind::NotJson => "not_json",
-            RejectKind::NotAChangeEvent => "not_a_change_event",
-            RejectKind::UnknownOperation => "unknown_operation",
-            RejectKind::InvalidField => "invalid_field",
-            RejectKind::InvalidKey => "invalid_key",
-            RejectKind::DatabaseRefused => "database_refused",
-        }
-    }
-}
-
-impl fmt::Display for RejectKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 fn reject(kind: RejectKind, error: impl Into<String>) -> Rejection {
     Rejection {
@@ -1069,7 +987,7 @@ mod tests {
     #[test]
     fn excluded_tables_are_skipped() {
         let rules = Rules {
-            exclude: vec![rules::Glob::new("d.*")],
+            exclude: vec![crate::config::rules::Glob::new("d.*")],
             ..Rules::default()
         };
         let m = msg(

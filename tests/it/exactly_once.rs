@@ -6,9 +6,9 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cdc_audit::demo::Record;
-use cdc_audit::pipeline::{Batch, Message, Tp, Transformed};
 use cdc_audit::sink::{write_batch, Written};
 use cdc_audit::transform::transform;
+use cdc_audit::types::{Batch, Message, Tp, Transformed};
 
 use crate::proxy::{self, Proxy};
 use crate::util::{
@@ -241,7 +241,7 @@ fn batch(records: &[Record], start: Option<i64>, offsets: std::ops::Range<i64>) 
             headers: Vec::new(),
         })
         .collect();
-    let rules = cdc_audit::transform::rules::Rules::default();
+    let rules = cdc_audit::config::rules::Rules::default();
     let outcomes = messages.iter().map(|m| transform(m, &rules)).collect();
     let batch = Batch {
         id: 0,

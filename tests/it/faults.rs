@@ -296,9 +296,10 @@ fn produce_bytes(kafka: &Kafka, topic: &str, value: &[u8]) {
 /// not deliver messages that large at all, so this test starts after the consumer.)
 #[test]
 fn a_10_mb_change_event_is_stored_whole() {
-    use cdc_audit::pipeline::{Batch, Message, Tp, Transformed};
+    use cdc_audit::config::rules::Rules;
     use cdc_audit::sink::{write_batch, Written};
-    use cdc_audit::transform::{rules::Rules, transform};
+    use cdc_audit::transform::transform;
+    use cdc_audit::types::{Batch, Message, Tp, Transformed};
     use std::sync::Arc;
     let db = TestDb::new("big");
     db.migrate();

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cdc_audit::config::rules::Rules;
 use cdc_audit::demo::Record;
-use cdc_audit::pipeline::Message;
 use cdc_audit::transform::describe;
-use cdc_audit::transform::rules::Rules;
+use cdc_audit::types::Message;
 use serde_json::Value;
 
 use crate::util::{config, wait_until, InProcess, Kafka, TestDb};

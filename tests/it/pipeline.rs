@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use cdc_audit::demo::{poison, Record};
-use cdc_audit::pipeline::Exit;
+use cdc_audit::types::Exit;
 
 use crate::util::{
     assert_exactly_once, config, generate, wait_until, InProcess, Kafka, TestDb, PARTITIONS,

@@ -3,9 +3,10 @@
 
 use std::sync::{Arc, OnceLock};
 
-use cdc_audit::pipeline::Message;
-use cdc_audit::transform::rules::Rules;
-use cdc_audit::transform::{describe, transform, Outcome};
+use cdc_audit::config::rules::Rules;
+use cdc_audit::transform::{describe, transform};
+use cdc_audit::types::Message;
+use cdc_audit::types::Outcome;
 use proptest::prelude::*;
 
 fn message(key: Option<Vec<u8>>, value: Option<Vec<u8>>) -> Message {
@@ -30,7 +31,7 @@ fn busy_rules() -> &'static Rules {
         .unwrap(),
         hash_key: Some(b"0123456789abcdef".to_vec()),
         change_user_column: Some("last_name".into()),
-        exclude: vec![cdc_audit::transform::rules::Glob::new("*.skipme")],
+        exclude: vec![cdc_audit::config::rules::Glob::new("*.skipme")],
         ..Rules::default()
     })
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cdc_audit::config::{Config, Topics};
 use cdc_audit::demo::{self, Generator, Record};
 use cdc_audit::events::Stats;
-use cdc_audit::pipeline::{Control, Exit};
+use cdc_audit::types::{Control, Exit};
 use rdkafka::mocking::MockCluster;
 use serde_json::Value;
 

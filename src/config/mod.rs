@@ -6,7 +6,9 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::transform::rules::{Action, Glob, Rules};
+pub mod rules;
+
+use rules::{Action, Glob, Rules};
 
 /// Prefix of every setting; `CDC_AUDIT_KAFKA_<PROPERTY>` passes a librdkafka property through.
 pub const PREFIX: &str = "CDC_AUDIT_";
@@ -785,6 +787,20 @@ fn mask_password_param(tail: &str) -> String {
         })
         .collect();
     format!("{path}?{}", query.join("&"))
+}
+
+/// The settings table for `check-config --help`.
+pub fn settings_help() -> String {
+    let mut out = String::from("Settings (environment variables):\n");
+    for s in SETTINGS {
+        let default = s
+            .default
+            .map(|d| format!(" [default: {d}]"))
+            .unwrap_or_default();
+        out.push_str(&format!("  {:<32} {}{default}\n", s.name, s.help));
+    }
+    out.push_str("  CDC_AUDIT_KAFKA_<PROPERTY>       any librdkafka property, e.g. CDC_AUDIT_KAFKA_MAX_POLL_INTERVAL_MS=6000\n");
+    out
 }
 
 #[cfg(test)]

@@ -1,0 +1,14 @@
+//! The writer pool's side of the pipeline, and everything that writes the trail: connecting,
+//! what a database error means, the fenced batch transaction, and the writer threads.
+//! Files here import each other directly, never through this module's re-exports, which are for
+//! the rest of the crate.
+
+mod connect;
+mod error;
+mod fence;
+mod writer;
+
+pub use connect::{connect, connect_with_settings, pool, tls, Pool};
+pub use error::{classify, with_causes, ErrorClass, SinkError};
+pub use fence::{copy_rows, stored_positions, write_batch, Target, Written, AUDIT, TRANSACTIONS};
+pub use writer::{Queue, Writer};

@@ -1,0 +1,190 @@
+//! A writer thread: takes transformed batches from the writers' queue and writes each one in
+//! its fenced transaction, retrying for as long as its partition's epoch lasts.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::connect::Pool;
+use super::error::{Backoff, ErrorClass};
+use super::fence::{write_batch, Written};
+use crate::events::{now_ms, Stats};
+use crate::tracker::Tracker;
+use crate::types::{Control, Finish, Outcome, Row, Tp, Transformed};
+
+/// The writers' end of the transform stage, shared by all of them.
+#[derive(Clone)]
+pub struct Queue {
+    /// Batches to write; it holds at most one batch per partition.
+    pub batches: Receiver<Transformed>,
+    /// Tells the transform stage a partition's batch is done, so its next one may come.
+    pub done: Sender<Tp>,
+}
+
+/// A writer thread: takes transformed batches from the queue and commits each one.
+pub struct Writer {
+    id: usize,
+    queue: Queue,
+    pool: Pool,
+    group: String,
+    tracker: Arc<Tracker>,
+    control: Arc<Control>,
+    stats: Arc<Stats>,
+}
+
+impl Writer {
+    pub fn new(
+        id: usize,
+        queue: Queue,
+        pool: Pool,
+        group: String,
+        tracker: Arc<Tracker>,
+        control: Arc<Control>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Writer {
+            id,
+            queue,
+            pool,
+            group,
+            tracker,
+            control,
+            stats,
+        }
+    }
+
+    pub fn run(self) {
+        let depth = self.stats.channel_depth.with_label_values(&["writers"]);
+        for batch in &self.queue.batches {
+            depth.set(self.queue.batches.len() as i64);
+            let how = self.write(&batch);
+            self.tracker.finish(&batch.batch.tp, batch.batch.epoch, how);
+            // Only fails once the transform stage is gone, and then nothing waits for it.
+            let _ = self.queue.done.send(batch.batch.tp.clone());
+        }
+        log::debug!("writer {} finished", self.id);
+    }
+
+    /// Writes one batch, retrying for as long as it takes, unless its epoch ends first.
+    fn write(&self, t: &Transformed) -> Finish {
+        let b = &t.batch;
+        let mut backoff = Backoff::new();
+        let mut isolate = false;
+        loop {
+            if !self.tracker.is_current(&b.tp, b.epoch) || self.control.abandoned() {
+                self.stats.batches_dropped.inc();
+                log::debug!(
+                    "batch {} {}[{}] dropped: its epoch ended",
+                    b.id,
+                    b.tp.topic,
+                    b.tp.partition
+                );
+                return Finish::Dropped;
+            }
+            let started = Instant::now();
+            let busy = &self.stats.health.writer_busy_since_ms[self.id];
+            busy.store(now_ms(), Ordering::Release);
+            let result = match self.pool.get() {
+                Ok(mut conn) => write_batch(&mut conn, &self.group, t, isolate)
+                    .map_err(|e| (e.class(), e.to_string())),
+                Err(e) => Err((
+                    ErrorClass::Retriable,
+                    format!("no database connection: {e}"),
+                )),
+            };
+            busy.store(0, Ordering::Release);
+            self.stats
+                .health
+                .writes_failing
+                .store(result.is_err(), Ordering::Release);
+            match result {
+                Ok(Written::Committed {
+                    next,
+                    missing,
+                    rows,
+                    transactions,
+                    rejected,
+                    skips,
+                    skipped,
+                }) => {
+                    self.stats
+                        .batch_committed(b, rows, skipped, started.elapsed());
+                    self.stats.transaction_events.inc_by(transactions as u64);
+                    let now_us = now_ms() * 1000;
+                    for outcome in t.outcomes.iter().skip(skipped) {
+                        if let Outcome::Row(Row {
+                            source_time_us: Some(at),
+                            ..
+                        }) = outcome
+                        {
+                            self.stats
+                                .end_to_end_seconds
+                                .observe((now_us - at).max(0) as f64 / 1e6);
+                        }
+                    }
+                    for skip in skips {
+                        self.stats.skipped(skip);
+                    }
+                    for gap in &missing {
+                        self.stats.offsets_missing(&b.tp, gap);
+                    }
+                    for kind in &rejected {
+                        self.stats.rejected(*kind);
+                    }
+                    if !rejected.is_empty() {
+                        log::warn!(
+                            "batch {}: {} messages stored as rejections",
+                            b.id,
+                            rejected.len()
+                        );
+                    }
+                    return Finish::Committed { next };
+                }
+                Ok(Written::Behind { stored }) => {
+                    self.stats.rewinds.inc();
+                    log::warn!(
+                        "batch {} {}[{}] starts at {:?} but the stored position is {stored}: reading again from there",
+                        b.id, b.tp.topic, b.tp.partition, b.start
+                    );
+                    return Finish::Rewind { stored };
+                }
+                Err((ErrorClass::Data, e)) if !isolate => {
+                    log::warn!(
+                        "batch {}: a row was refused ({e}); splitting the batch to isolate it",
+                        b.id
+                    );
+                    isolate = true;
+                }
+                Err((class, e)) => {
+                    let wait = backoff.next();
+                    self.stats.write_retries.inc();
+                    if class == ErrorClass::Fatal {
+                        log::error!(
+                            "batch {} {}[{}]: {e}; a person must fix this; retrying in {wait:?}",
+                            b.id,
+                            b.tp.topic,
+                            b.tp.partition
+                        );
+                    } else {
+                        log::warn!(
+                            "batch {} {}[{}]: {e}; retrying in {wait:?}",
+                            b.id,
+                            b.tp.topic,
+                            b.tp.partition
+                        );
+                    }
+                    self.sleep(wait);
+                }
+            }
+        }
+    }
+
+    fn sleep(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !self.control.abandoned() {
+            std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
+        }
+    }
+}

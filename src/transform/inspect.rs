@@ -1,0 +1,31 @@
+//! `cdc-audit inspect`: the transform's answer for one message read from files. The only file
+//! reading under `transform/`, and never on the pipeline's path.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::describe;
+use crate::config;
+use crate::types::Message;
+
+/// `cdc-audit inspect`: what the service would store for one message whose value (and key) are
+/// files, under the column and table rules of `raw`; a JSON description.
+pub fn inspect(
+    raw: &BTreeMap<String, String>,
+    value: Option<&Path>,
+    key: Option<&Path>,
+    topic: &str,
+) -> Result<String, String> {
+    let rules = config::rules_from_settings(raw).map_err(|e| e.to_string())?;
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let msg = Message {
+        topic: topic.into(),
+        partition: 0,
+        offset: 0,
+        timestamp_ms: None,
+        key: key.map(read).transpose()?,
+        payload: value.map(read).transpose()?,
+        headers: Vec::new(),
+    };
+    serde_json::to_string_pretty(&describe(&msg, &rules)).map_err(|e| e.to_string())
+}

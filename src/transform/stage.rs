@@ -1,0 +1,268 @@
+//! The transform stage: the thread between the source and the writers that runs the transform
+//! on rayon and keeps, per partition, the batches waiting for the one the writers have (lanes).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Select, Sender};
+use prometheus::IntGauge;
+use rayon::prelude::*;
+
+use super::transform;
+use crate::config::rules::Rules;
+use crate::types::{Batch, Load, Tp, Transformed};
+
+/// The transform stage: one thread that takes batches in order, transforms each one's messages
+/// in parallel on rayon, and hands them to the writers, which share one queue. A partition has at
+/// most one batch with the writers (queued or being written); its next batches wait here,
+/// transformed and in order, until a writer says it is done with that one. So any free writer
+/// takes any partition's batch (no writer idles while another has a backlog), and each partition's
+/// batches are still written one after the other.
+pub struct TransformStage {
+    pub input: Receiver<Batch>,
+    /// From the writers: the partition of each batch they are done with, written or not.
+    pub done: Receiver<Tp>,
+    pub rules: Arc<Rules>,
+    pub output: Sender<Transformed>,
+    /// What may wait here before the stage stops taking batches from the source.
+    pub budget: Load,
+    pub waiting_gauge: IntGauge,
+}
+
+/// Per partition, transformed batches waiting for the one the writers have.
+#[derive(Default)]
+struct Lanes {
+    /// Partitions with a batch at the writers, and what waits behind it.
+    out: HashMap<Tp, VecDeque<Transformed>>,
+    waiting: Load,
+}
+
+impl TransformStage {
+    pub fn run(self) {
+        let mut lanes = Lanes::default();
+        let mut input_open = true;
+        loop {
+            if !input_open && lanes.out.is_empty() {
+                return; // the source is gone and every batch is done: the writers finish
+            }
+            let mut select = Select::new();
+            let take = input_open && !lanes.waiting.reaches(self.budget);
+            let input = take.then(|| select.recv(&self.input));
+            let done = select.recv(&self.done);
+            let op = select.select();
+            let next = if Some(op.index()) == input {
+                match op.recv(&self.input) {
+                    Ok(batch) => lanes.push(self.transform(batch)),
+                    Err(_) => {
+                        input_open = false;
+                        None
+                    }
+                }
+            } else {
+                debug_assert_eq!(op.index(), done);
+                match op.recv(&self.done) {
+                    Ok(tp) => lanes.done(&tp),
+                    Err(_) => break,
+                }
+            };
+            self.waiting_gauge
+                .set(lanes.out.values().map(VecDeque::len).sum::<usize>() as i64);
+            if let Some(batch) = next {
+                if self.output.send(batch).is_err() {
+                    break;
+                }
+            }
+        }
+        log::error!("the writers are gone; stopping the transform stage");
+    }
+
+    fn transform(&self, batch: Batch) -> Transformed {
+        let rules = &*self.rules;
+        let outcomes = batch
+            .messages
+            .par_iter()
+            .map(|m| transform(m, rules))
+            .collect();
+        Transformed { batch, outcomes }
+    }
+}
+
+impl Lanes {
+    /// A new batch: returned to go to the writers if its partition has none there, else queued.
+    fn push(&mut self, batch: Transformed) -> Option<Transformed> {
+        match self.out.get_mut(&batch.batch.tp) {
+            Some(queue) => {
+                self.waiting += batch.batch.load();
+                queue.push_back(batch);
+                None
+            }
+            None => {
+                self.out.insert(batch.batch.tp.clone(), VecDeque::new());
+                Some(batch)
+            }
+        }
+    }
+
+    /// The writers are done with `tp`'s batch: its next one, if any, goes to them.
+    fn done(&mut self, tp: &Tp) -> Option<Transformed> {
+        let queue = self.out.get_mut(tp)?;
+        match queue.pop_front() {
+            Some(next) => {
+                self.waiting -= next.batch.load();
+                Some(next)
+            }
+            None => {
+                self.out.remove(tp);
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use crossbeam_channel::{bounded, unbounded, RecvTimeoutError};
+
+    use super::*;
+    use crate::types::Message;
+
+    fn tp(p: i32) -> Tp {
+        Tp {
+            topic: Arc::from("t"),
+            partition: p,
+        }
+    }
+
+    /// A batch of `messages` messages of 10 bytes each.
+    fn batch(p: i32, id: u64, messages: usize) -> Batch {
+        let message = |offset| Message {
+            topic: Arc::from("t"),
+            partition: p,
+            offset,
+            timestamp_ms: None,
+            key: Some(b"key".to_vec()),
+            payload: Some(b"payload".to_vec()),
+            headers: Vec::new(),
+        };
+        let messages: Vec<Message> = (0..messages as i64).map(message).collect();
+        Batch {
+            id,
+            tp: tp(p),
+            epoch: 1,
+            start: None,
+            end: messages.len() as i64,
+            log_start: None,
+            bytes: messages.iter().map(Message::size).sum(),
+            messages,
+            created: Instant::now(),
+        }
+    }
+
+    fn stage(
+        budget: Load,
+    ) -> (
+        Sender<Batch>,
+        Sender<Tp>,
+        Receiver<Transformed>,
+        TransformStage,
+    ) {
+        let (input, input_rx) = bounded(8);
+        let (done, done_rx) = unbounded();
+        let (output_tx, output) = bounded(8);
+        let stage = TransformStage {
+            input: input_rx,
+            done: done_rx,
+            rules: Arc::new(Rules::default()),
+            output: output_tx,
+            budget,
+            waiting_gauge: IntGauge::new("waiting", "test").unwrap(),
+        };
+        (input, done, output, stage)
+    }
+
+    /// The id of the next batch handed to the writers.
+    fn next_id(output: &Receiver<Transformed>) -> Result<u64, RecvTimeoutError> {
+        output
+            .recv_timeout(Duration::from_secs(5))
+            .map(|t| t.batch.id)
+    }
+
+    #[test]
+    fn a_partitions_next_batch_waits_for_the_writers_and_other_partitions_do_not() {
+        let (input, done, output, stage) = stage(Load {
+            messages: 11,
+            bytes: usize::MAX,
+        });
+        let handle = thread::spawn(move || stage.run());
+        let batches = [
+            batch(0, 1, 5),
+            batch(0, 2, 10),
+            batch(1, 3, 5),
+            batch(0, 4, 5),
+            batch(1, 5, 5),
+        ];
+        for b in batches {
+            input.send(b).unwrap();
+        }
+        let next = || next_id(&output);
+        assert_eq!(next(), Ok(1));
+        assert_eq!(next(), Ok(3), "partition 1 is not held up by partition 0");
+        assert!(
+            output.recv_timeout(Duration::from_millis(200)).is_err(),
+            "partition 0's second batch waits until the writers are done with its first"
+        );
+        assert_eq!(input.len(), 1, "15 messages waiting: the budget is spent");
+
+        done.send(tp(0)).unwrap();
+        assert_eq!(next(), Ok(2));
+        done.send(tp(0)).unwrap();
+        assert_eq!(next(), Ok(4), "in order, one at a time");
+        done.send(tp(1)).unwrap();
+        assert_eq!(next(), Ok(5));
+
+        drop(input);
+        for p in [1, 0] {
+            assert!(!handle.is_finished(), "batches are still out");
+            done.send(tp(p)).unwrap();
+        }
+        handle.join().unwrap();
+        assert!(output.recv().is_err(), "the writers' queue closes");
+    }
+
+    #[test]
+    fn the_lanes_budget_counts_bytes_too() {
+        let (input, done, output, stage) = stage(Load {
+            messages: 1000,
+            bytes: 100,
+        });
+        let handle = thread::spawn(move || stage.run());
+        for b in [
+            batch(0, 1, 1),
+            batch(0, 2, 9),
+            batch(0, 3, 1),
+            batch(0, 4, 1),
+        ] {
+            input.send(b).unwrap();
+        }
+        let next = || next_id(&output);
+        assert_eq!(next(), Ok(1));
+        thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            input.len(),
+            1,
+            "10 messages but 100 bytes waiting: the byte budget is spent"
+        );
+        done.send(tp(0)).unwrap();
+        assert_eq!(next(), Ok(2));
+        for id in [3, 4] {
+            done.send(tp(0)).unwrap();
+            assert_eq!(next(), Ok(id));
+        }
+        drop(input);
+        done.send(tp(0)).unwrap();
+        handle.join().unwrap();
+    }
+}

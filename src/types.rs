@@ -1,0 +1,281 @@
+//! The vocabulary every stage speaks: a message, a partition, a batch and its load, what the
+//! transform made of each message, how a writer finished, and the flags every stage reads. A leaf:
+//! it imports no other module of the crate, so imports can point the way data flows.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A Kafka message copied out of librdkafka's buffer, so it can cross threads.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Message {
+    /// The bytes the message holds (payload, key and headers): what batches and budgets count.
+    pub fn size(&self) -> usize {
+        let len = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, Vec::len);
+        len(&self.payload)
+            + len(&self.key)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + len(v))
+                .sum::<usize>()
+    }
+}
+
+/// A topic partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tp {
+    pub topic: Arc<str>,
+    pub partition: i32,
+}
+
+/// Consecutive messages of one partition. It covers the offsets `[start, end)`: `start` is the
+/// consumer's position before the batch (known from the stored position or the previous batch),
+/// so offsets Kafka skips (compaction, transaction markers) are covered too.
+#[derive(Debug)]
+pub struct Batch {
+    pub id: u64,
+    pub tp: Tp,
+    /// The assignment epoch the batch was read under; a batch of an older epoch is never written.
+    pub epoch: u64,
+    /// `None` when the partition started from Kafka's committed offset (the database was not
+    /// reachable at assignment): the writer then checks the stored position against the first offset.
+    pub start: Option<i64>,
+    pub end: i64,
+    /// The partition's first offset as the broker gave it when the source saw a hole of more
+    /// than one offset in this batch: what lies below it retention removed; what Kafka did not
+    /// deliver at or past it was an aborted transaction's or compacted. `None`: no such hole,
+    /// or the broker did not answer.
+    pub log_start: Option<i64>,
+    pub messages: Vec<Message>,
+    /// The sum of the messages' [`Message::size`].
+    pub bytes: usize,
+    pub created: Instant,
+}
+
+impl Batch {
+    pub fn load(&self) -> Load {
+        Load {
+            messages: self.messages.len(),
+            bytes: self.bytes,
+        }
+    }
+}
+
+/// Messages and their bytes, as buffers count them: a budget is spent when either is reached,
+/// so read-ahead sized in batches holds as many messages of small events and no more bytes of
+/// large ones than `CDC_AUDIT_BATCH_BYTES` allows a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+impl Load {
+    /// `n` batches, each full at `messages` messages or `bytes` bytes.
+    pub fn batches(messages: usize, bytes: usize, n: usize) -> Load {
+        Load { messages, bytes }.times(n)
+    }
+
+    pub fn times(self, n: usize) -> Load {
+        Load {
+            messages: self.messages.saturating_mul(n),
+            bytes: self.bytes.saturating_mul(n),
+        }
+    }
+
+    pub fn reaches(&self, budget: Load) -> bool {
+        self.messages >= budget.messages || self.bytes >= budget.bytes
+    }
+}
+
+impl std::ops::AddAssign for Load {
+    fn add_assign(&mut self, other: Load) {
+        self.messages += other.messages;
+        self.bytes += other.bytes;
+    }
+}
+
+impl std::iter::Sum for Load {
+    fn sum<I: Iterator<Item = Load>>(loads: I) -> Load {
+        loads.fold(Load::default(), |mut total, load| {
+            total += load;
+            total
+        })
+    }
+}
+
+impl std::ops::SubAssign for Load {
+    fn sub_assign(&mut self, other: Load) {
+        self.messages -= other.messages;
+        self.bytes -= other.bytes;
+    }
+}
+
+/// A batch after the transform: each message with what became of it, in offset order.
+#[derive(Debug)]
+pub struct Transformed {
+    pub batch: Batch,
+    pub outcomes: Vec<Outcome>,
+}
+
+/// How a writer finished with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Written (or found already written); the partition's stored position is now `next`.
+    Committed { next: i64 },
+    /// Not written: its epoch ended (revoke, rewind) or shutdown abandoned it.
+    Dropped,
+    /// Not written: the stored position is behind the batch; read again from `stored`.
+    Rewind { stored: i64 },
+}
+
+/// What became of one message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// One `audit_logging` row.
+    Row(Row),
+    /// One `audit_transactions` row (a BEGIN or END of the transaction metadata topic).
+    Transaction(Vec<u8>),
+    /// Nothing to store; its offset still counts as consumed.
+    Skipped(Skip),
+    Rejected(Rejection),
+}
+
+/// An audit row encoded as a binary COPY tuple, with its source commit time for the
+/// end-to-end latency metric.
+#[derive(Debug)]
+pub struct Row {
+    pub bytes: Vec<u8>,
+    pub source_time_us: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// A null value, Debezium's marker for log compaction after a delete.
+    Tombstone,
+    /// A Debezium heartbeat (`__debezium-heartbeat.*`): liveness, not a change.
+    Heartbeat,
+    /// A table left out by `CDC_AUDIT_INCLUDE_TABLES` / `CDC_AUDIT_EXCLUDE_TABLES`.
+    Filtered,
+}
+
+/// Why a message could not become an audit row; stored with its raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub kind: RejectKind,
+    pub error: String,
+}
+
+/// The fixed set of rejection reasons (a bounded metric label and a column value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectKind {
+    /// Not UTF-8 JSON at all.
+    NotJson,
+    /// JSON, but not a change event this version understands.
+    NotAChangeEvent,
+    /// A change event with an operation code outside Debezium's set.
+    UnknownOperation,
+    /// A field of the right name but the wrong type or value.
+    InvalidField,
+    /// The message key is present but not JSON.
+    InvalidKey,
+    /// PostgreSQL refused the row (found by splitting the batch).
+    DatabaseRefused,
+}
+
+impl RejectKind {
+    pub const ALL: [RejectKind; 6] = [
+        RejectKind::NotJson,
+        RejectKind::NotAChangeEvent,
+        RejectKind::UnknownOperation,
+        RejectKind::InvalidField,
+        RejectKind::InvalidKey,
+        RejectKind::DatabaseRefused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::NotJson => "not_json",
+            RejectKind::NotAChangeEvent => "not_a_change_event",
+            RejectKind::UnknownOperation => "unknown_operation",
+            RejectKind::InvalidField => "invalid_field",
+            RejectKind::InvalidKey => "invalid_key",
+            RejectKind::DatabaseRefused => "database_refused",
+        }
+    }
+}
+
+impl fmt::Display for RejectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A run of offsets Kafka did not deliver, as recorded in `audit_gaps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub offsets: Range<i64>,
+    /// `None` when the partition's first offset was not known.
+    pub cause: Option<GapCause>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapCause {
+    /// Below the partition's first offset: retention deleted them before they were read.
+    Retention,
+    /// At or past the partition's first offset, yet not delivered: an aborted transaction's
+    /// records and marker, or records compaction removed.
+    NotDelivered,
+}
+
+impl GapCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapCause::Retention => "retention",
+            GapCause::NotDelivered => "not_delivered",
+        }
+    }
+}
+
+/// Flags shared by every stage.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Set by SIGTERM/SIGINT (or the demo): stop polling, drain, leave.
+    pub shutdown: Arc<AtomicBool>,
+    /// Set when the shutdown deadline passed: writers stop retrying and drop what they hold.
+    pub abandon: AtomicBool,
+}
+
+impl Control {
+    pub fn stop(&self) {
+        self.shutdown.store(true, Ordering::Release);
+    }
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+    pub fn abandoned(&self) -> bool {
+        self.abandon.load(Ordering::Acquire)
+    }
+}
+
+/// How the pipeline ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Every in-flight batch was committed (or dropped to be re-read) before the deadline.
+    Drained,
+    /// The deadline passed with batches still being written; they will be read again.
+    DeadlineExceeded { in_flight: usize },
+}
