@@ -10,3 +10,11 @@ GRANT SELECT, INSERT, DELETE ON audit_rejections TO cdc_audit_service;
 -- Positions move forward with every batch.
 GRANT SELECT, INSERT, UPDATE ON audit_positions TO cdc_audit_service;
 GRANT SELECT ON cdc_audit_migrations, audit_transaction_summary TO cdc_audit_service;
+
+-- Reading the trail, and nothing else: `cdc-audit history`, `as-of`, `transaction`, `tables`,
+-- the audit_trail view and the audit_* functions (SECURITY INVOKER: they read as the reader).
+-- No rejections (they keep raw messages, unmasked) and no positions.
+CREATE ROLE cdc_audit_reader LOGIN;    -- then: ALTER ROLE cdc_audit_reader PASSWORD '...';
+GRANT USAGE ON SCHEMA public TO cdc_audit_reader;
+GRANT SELECT ON audit_logging, audit_transactions, audit_gaps, audit_transaction_summary,
+    audit_trail TO cdc_audit_reader;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::ClientConfig;
@@ -65,8 +66,12 @@ pub struct Generator {
     tx_left: u32,
     /// The JSON converter's schema envelope on keys and values (`schemas.enable=true`).
     schemas: bool,
+    /// Most transactions begin with a context message, as an application sets it.
+    context: bool,
     pub changes: usize,
     pub tombstones: usize,
+    /// Context messages (`op: "m"`, prefix `audit`) on `<prefix>.message`.
+    pub messages: usize,
 }
 
 const FIRST: &[&str] = &[
@@ -91,6 +96,8 @@ const PRODUCTS: &[&str] = &[
     "spare tire",
 ];
 const USERS: &[&str] = &["app", "batch_job", "alice", "bob"];
+/// The application's users, as its context messages name them.
+const APP_USERS: &[&str] = &["alice", "bob", "carol", "dmitri", "eve.ops"];
 
 impl Generator {
     pub fn new(prefix: &str, seed: u64) -> Self {
@@ -139,9 +146,18 @@ impl Generator {
             tx_id: 500,
             tx_left: 0,
             schemas: true,
+            context: false,
             changes: 0,
             tombstones: 0,
+            messages: 0,
         }
+    }
+
+    /// Four transactions in five begin with a context message naming the application's user and
+    /// the request (`pg_logical_emit_message(true, 'audit', ...)`), on `<prefix>.message`.
+    pub fn with_context(mut self) -> Self {
+        self.context = true;
+        self
     }
 
     /// Events as the JSON converter sends them with `schemas.enable=false`: the bare payload,
@@ -152,10 +168,35 @@ impl Generator {
     }
 
     pub fn topics(&self) -> Vec<String> {
-        self.tables
-            .iter()
+        let tables = self.tables.iter();
+        let mut topics: Vec<String> = tables
             .map(|t| format!("{}.inventory.{}", self.prefix, t.name))
-            .collect()
+            .collect();
+        if self.context {
+            topics.push(format!("{}.message", self.prefix));
+        }
+        topics
+    }
+
+    /// The context message that opens the current transaction, as Debezium's PostgreSQL
+    /// connector publishes a transactional logical decoding message.
+    fn context_message(&mut self, now_ms: i64) -> Record {
+        let user = APP_USERS[self.rand(APP_USERS.len())];
+        let context = json!({"user": user, "request_id": format!("r-{}", self.tx_id)});
+        let content = base64::engine::general_purpose::STANDARD.encode(context.to_string());
+        let value = json!({
+            "op": "m", "ts_ms": now_ms,
+            "source": {"version": "2.7.3.Final", "connector": "postgresql", "name": self.prefix, "ts_ms": now_ms - 40,
+                       "snapshot": "false", "db": "inventory", "schema": "", "table": "",
+                       "txId": self.tx_id, "lsn": self.lsn, "xmin": null},
+            "message": {"prefix": "audit", "content": content}
+        });
+        self.messages += 1;
+        Record {
+            topic: format!("{}.message", self.prefix),
+            key: Some(json!({"prefix": "audit"}).to_string()),
+            value: Some(value.to_string()),
+        }
     }
 
     fn rand(&mut self, n: usize) -> usize {
@@ -254,15 +295,20 @@ impl Generator {
                 }
             }
         };
-        if self.tx_left == 0 {
-            self.tx_id += 1;
-            self.tx_left = 1 + self.rand(3) as u32;
-        }
-        self.tx_left -= 1;
-        self.lsn += 200 + self.rand(400) as i64;
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
+        let mut out = Vec::new();
+        if self.tx_left == 0 {
+            self.tx_id += 1;
+            self.tx_left = 1 + self.rand(3) as u32;
+            if self.context && self.rand(5) > 0 {
+                self.lsn += 100;
+                out.push(self.context_message(now_ms));
+            }
+        }
+        self.tx_left -= 1;
+        self.lsn += 200 + self.rand(400) as i64;
         let table = &self.tables[t];
         let payload = json!({
             "before": before, "after": after,
@@ -289,11 +335,11 @@ impl Generator {
             (key_payload.to_string(), payload.to_string())
         };
         self.changes += 1;
-        let mut out = vec![Record {
+        out.push(Record {
             topic: topic.clone(),
             key: Some(key.clone()),
             value: Some(value),
-        }];
+        });
         if op == "d" {
             self.tombstones += 1;
             out.push(Record {
@@ -426,7 +472,7 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
 fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
     let cluster = MockCluster::new(1).map_err(|e| format!("mock cluster: {e}"))?;
     let bootstrap = cluster.bootstrap_servers();
-    let mut generator = Generator::new("demo", 42);
+    let mut generator = Generator::new("demo", 42).with_context();
     for topic in generator.topics() {
         cluster
             .create_topic(&topic, args.partitions, 1)
@@ -445,8 +491,8 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         args.partitions
     );
     println!(
-        "producing {} change events + {} tombstones + {} malformed messages ...",
-        generator.changes, generator.tombstones, args.poison
+        "producing {} change events + {} context messages + {} tombstones + {} malformed messages ...",
+        generator.changes, generator.messages, generator.tombstones, args.poison
     );
     produce(&bootstrap, &records)?;
 
@@ -538,7 +584,13 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         ));
     }
     let mut client = connect(url)?;
-    summary(&mut client, &stats, generator.changes, total, elapsed)
+    summary(
+        &mut client,
+        &stats,
+        generator.changes + generator.messages,
+        total,
+        elapsed,
+    )
 }
 
 fn rejection_count(stats: &Stats) -> u64 {
@@ -561,7 +613,7 @@ fn summary(
     let rejections: i64 = q(client, "SELECT count(*) FROM audit_rejections")?[0].get(0);
     let secs = elapsed.as_secs_f64();
     println!("\nsummary");
-    println!("  messages consumed   {total} ({changes} change events, the rest tombstones and malformed)");
+    println!("  messages consumed   {total} ({changes} change events and context messages, the rest tombstones and malformed)");
     println!("  audit rows          {rows}");
     println!(
         "  tombstones skipped  {}",
@@ -580,22 +632,25 @@ fn summary(
     for r in q(client, "SELECT source_table, operation_type, count(*) FROM audit_logging GROUP BY 1, 2 ORDER BY 1, 2")? {
         println!("  {:<12} {:<8} {:>7}", r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, i64>(2));
     }
-    println!("\nsample audit rows");
+    println!(
+        "\nsample audit rows (audit_trail: the actor and request from the transaction's context)"
+    );
     let sample = "SELECT source_table, operation_type, primary_key::text, coalesce(changed_columns::text, ''), \
-                  coalesce(change_user, ''), \
+                  coalesce(actor, ''), coalesce(context ->> 'request_id', '-'), \
                   coalesce(transaction_id, ''), lsn, kafka_topic || '[' || kafka_partition || ']@' || kafka_offset \
-                  FROM audit_logging WHERE operation_type = 'UPDATE' ORDER BY id LIMIT 5";
+                  FROM audit_trail WHERE operation_type = 'UPDATE' ORDER BY id LIMIT 5";
     for r in q(client, sample)? {
         println!(
-            "  {} {} key={} changed={} by={} tx={} lsn={} at {}",
+            "  {} {} key={} changed={} by={} request={} tx={} lsn={} at {}",
             r.get::<_, String>(0),
             r.get::<_, String>(1),
             r.get::<_, String>(2),
             r.get::<_, String>(3),
             r.get::<_, String>(4),
             r.get::<_, String>(5),
-            r.get::<_, Option<String>>(6).unwrap_or_default(),
-            r.get::<_, String>(7)
+            r.get::<_, String>(6),
+            r.get::<_, Option<String>>(7).unwrap_or_default(),
+            r.get::<_, String>(8)
         );
     }
     println!("\nrejections");

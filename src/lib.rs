@@ -19,6 +19,7 @@ pub mod demo;
 pub mod http;
 pub mod logging;
 pub mod migrate;
+pub mod query;
 pub mod rejections;
 pub mod service;
 pub mod systemd;

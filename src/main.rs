@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use cdc_audit::config::{self, Config};
+use cdc_audit::query::cli as query;
 use cdc_audit::{demo, http, logging, migrate, rejections, service, transform};
 
 #[derive(Parser)]
@@ -38,6 +39,17 @@ enum Command {
     /// Validate the settings and print the effective values, secrets masked; exit 1 on error.
     #[command(after_help = config::settings_help())]
     CheckConfig,
+    /// A record's changes in source order: when, what, who (the application's user), the
+    /// columns each update changed, and the transaction.
+    History(query::HistoryArgs),
+    /// A table's rows as the trail says they were at a moment (or one row, with --key), and
+    /// from when that reconstruction is reliable.
+    AsOf(query::AsOfArgs),
+    /// Everything one source transaction did, with its context and whether all of it is here;
+    /// or, with --context FIELD=VALUE, the transactions whose context has that field.
+    Transaction(query::TransactionArgs),
+    /// The tables the trail holds row changes of.
+    Tables,
     /// Look at, replay or purge the messages stored in audit_rejections.
     Rejections {
         #[command(subcommand)]
@@ -77,10 +89,17 @@ fn load(cli: &Cli) -> Result<Config, String> {
     Config::from_settings(&raw_settings(cli)?).map_err(|e| e.to_string())
 }
 
-/// Prints a command's output and exits 0.
+/// Prints a command's output and exits 0; a reader that stopped early (`| head`) is no error.
 fn print(output: String) -> ExitCode {
-    println!("{output}");
-    ExitCode::SUCCESS
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{output}").and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("cdc-audit: cannot write the output: {e}");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
 }
 
 fn main() -> ExitCode {
@@ -97,6 +116,18 @@ fn main() -> ExitCode {
                 .collect();
             print(lines.join("\n"))
         }),
+        Command::History(args) => raw_settings(&cli)
+            .and_then(|raw| query::history(&raw, args))
+            .map(print),
+        Command::AsOf(args) => raw_settings(&cli)
+            .and_then(|raw| query::as_of(&raw, args))
+            .map(print),
+        Command::Transaction(args) => raw_settings(&cli)
+            .and_then(|raw| query::transaction(&raw, args))
+            .map(print),
+        Command::Tables => raw_settings(&cli)
+            .and_then(|raw| query::tables(&raw))
+            .map(print),
         Command::Rejections { command } => {
             raw_settings(&cli).and_then(|raw| rejections::command(&raw, command))
         }

@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0005_gap_cause.sql",
         include_str!("../schema/0005_gap_cause.sql"),
     ),
+    (
+        6,
+        "0006_context_history.sql",
+        include_str!("../schema/0006_context_history.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed key of the advisory lock that serialises migrations.

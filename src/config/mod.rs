@@ -148,6 +148,16 @@ pub const SETTINGS: &[Setting] = &[
         default: None,
         help: "row column whose value is stored as change_user, e.g. updated_by",
     },
+    Setting {
+        name: "CDC_AUDIT_CONTEXT_PREFIXES",
+        default: Some(rules::DEFAULT_CONTEXT_PREFIX),
+        help: "logical decoding message prefixes (PostgreSQL) and statement comment markers (MySQL) that carry the application's context, comma-separated, or `none`",
+    },
+    Setting {
+        name: "CDC_AUDIT_ACTOR_FIELD",
+        default: Some(rules::DEFAULT_ACTOR_FIELD),
+        help: "context field that names who made a change",
+    },
 ];
 
 /// A setting that could not be accepted.
@@ -653,6 +663,15 @@ impl Config {
                 "CDC_AUDIT_CHANGE_USER_COLUMN",
                 r.change_user_column.clone().unwrap_or_default(),
             ),
+            (
+                "CDC_AUDIT_CONTEXT_PREFIXES",
+                if r.context_prefixes.is_empty() {
+                    "none".into()
+                } else {
+                    r.context_prefixes.join(",")
+                },
+            ),
+            ("CDC_AUDIT_ACTOR_FIELD", r.actor_field.clone()),
         ];
         out.extend(
             optional
@@ -712,12 +731,43 @@ fn rules<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<Rules, ConfigErro
             allowed: "CDC_AUDIT_COLUMN_RULES has a `hash` rule, which needs a secret key of at least 16 bytes".into(),
         });
     }
+    let name_like = |v: &str| {
+        !v.is_empty() && v.len() <= 64 && !v.contains(|c: char| c.is_whitespace() || c == ',')
+    };
+    let context_prefixes = match get("CDC_AUDIT_CONTEXT_PREFIXES") {
+        None => vec![rules::DEFAULT_CONTEXT_PREFIX.to_string()],
+        Some("none") => Vec::new(),
+        Some(v) => {
+            let prefixes: Vec<&str> = v.split(',').map(str::trim).collect();
+            if !prefixes.iter().all(|p| name_like(p) && !p.contains("*/")) {
+                return Err(invalid(
+                    "CDC_AUDIT_CONTEXT_PREFIXES",
+                    v,
+                    "comma-separated prefixes of up to 64 characters without spaces, such as audit,app_context; or none",
+                ));
+            }
+            prefixes.into_iter().map(str::to_string).collect()
+        }
+    };
+    let actor_field = match get("CDC_AUDIT_ACTOR_FIELD") {
+        None => rules::DEFAULT_ACTOR_FIELD.to_string(),
+        Some(v) if name_like(v) => v.to_string(),
+        Some(v) => {
+            return Err(invalid(
+                "CDC_AUDIT_ACTOR_FIELD",
+                v,
+                "one field name of up to 64 characters without spaces or commas, such as user",
+            ))
+        }
+    };
     Ok(Rules {
         include: globs("CDC_AUDIT_INCLUDE_TABLES")?,
         exclude: globs("CDC_AUDIT_EXCLUDE_TABLES")?,
         columns,
         change_user_column: get("CDC_AUDIT_CHANGE_USER_COLUMN").map(str::to_string),
         hash_key,
+        context_prefixes,
+        actor_field,
     })
 }
 

@@ -71,14 +71,37 @@ impl std::fmt::Display for ColumnRule {
     }
 }
 
-/// The transform's settings. The default audits every table and every column as sent.
-#[derive(Debug, Clone, Default)]
+/// The transform's settings. The default audits every table and every column as sent, and reads
+/// the application's context from `audit` messages and comments, its actor from `user`.
+#[derive(Debug, Clone)]
 pub struct Rules {
     pub include: Vec<Glob>,
     pub exclude: Vec<Glob>,
     pub columns: Vec<ColumnRule>,
     pub change_user_column: Option<String>,
     pub hash_key: Option<Vec<u8>>,
+    /// Prefixes of PostgreSQL logical decoding messages, and markers of MySQL statement
+    /// comments (`/* audit {...} */`), that carry the application's context.
+    pub context_prefixes: Vec<String>,
+    /// The context field that names who made the change.
+    pub actor_field: String,
+}
+
+pub const DEFAULT_CONTEXT_PREFIX: &str = "audit";
+pub const DEFAULT_ACTOR_FIELD: &str = "user";
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            include: Vec::new(),
+            exclude: Vec::new(),
+            columns: Vec::new(),
+            change_user_column: None,
+            hash_key: None,
+            context_prefixes: vec![DEFAULT_CONTEXT_PREFIX.to_string()],
+            actor_field: DEFAULT_ACTOR_FIELD.to_string(),
+        }
+    }
 }
 
 /// The column rules that apply to one table.

@@ -3,6 +3,7 @@
 //! the text Debezium sent unless the schema, MongoDB's Extended JSON, the TOAST placeholder or a
 //! column rule asks for a change.
 
+pub mod context;
 pub mod decode;
 pub mod inspect;
 pub mod json;
@@ -24,8 +25,8 @@ pub const AUDIT_COLUMNS: &str = "source_database, source_schema, source_table, o
     change_timestamp, captured_at, old_data, new_data, primary_key, changed_columns, \
     unavailable_columns, change_user, transaction_id, transaction_order, transaction_collection_order, \
     lsn, connector, is_snapshot, source_metadata, change_detail, kafka_topic, kafka_partition, \
-    kafka_offset, kafka_timestamp";
-const AUDIT_FIELDS: i16 = 24;
+    kafka_offset, kafka_timestamp, context, actor";
+const AUDIT_FIELDS: i16 = 26;
 
 /// Columns of `audit_transactions` filled by COPY.
 pub const TRANSACTION_COLUMNS: &str = "transaction_id, status, event_count, data_collections, \
@@ -70,6 +71,10 @@ pub struct AuditRecord<'a> {
     /// Operation details that are not row images: MongoDB's update description, patch and
     /// filter; a schema change's DDL and table changes.
     pub change_detail: Option<String>,
+    /// The application's context this event carries (a context message, a statement comment),
+    /// and who it names.
+    pub context: Option<String>,
+    pub actor: Option<String>,
 }
 
 /// A BEGIN or END event of the transaction metadata topic.
@@ -549,6 +554,20 @@ fn change<'a>(
     let new_data = after.map(|a| rewrite(a, after_schema, &table_rules, &mut unavailable));
     let primary_key = primary_key(msg.key.as_deref(), mongo, &table_rules)?;
     let mut change_detail = if mongo { mongo_detail(event) } else { None };
+    let found = match event.object("message") {
+        Some(message) if op == "m" => context::from_message(&message, &source, rules),
+        _ => source
+            .text("query")
+            .map_or(context::Found::None, |q| context::from_query(&q, rules)),
+    };
+    let (context, actor) = match found {
+        context::Found::None => (None, None),
+        context::Found::Context(c) => (Some(c.json), c.actor),
+        context::Found::Invalid(reason) => {
+            add_detail(&mut change_detail, "context_error", &json::quote(&reason));
+            (None, None)
+        }
+    };
     let (old_data, new_data) = escape_nul(&mut change_detail, old_data, new_data);
 
     let transaction = event.object("transaction");
@@ -582,6 +601,8 @@ fn change<'a>(
         is_snapshot: snapshot_flag(&source) || op == "r",
         source_metadata: source_raw,
         change_detail,
+        context,
+        actor,
     })))
 }
 
@@ -608,15 +629,17 @@ fn escape_nul<'a>(
     };
     let (before, after) = (escape("before", before), escape("after", after));
     if any {
-        let originals = originals.finish();
-        *detail = Some(match detail.take() {
-            Some(d) if d.len() > 2 => {
-                format!("{},\"original_images\":{originals}}}", &d[..d.len() - 1])
-            }
-            _ => format!("{{\"original_images\":{originals}}}"),
-        });
+        add_detail(detail, "original_images", &originals.finish());
     }
     (before, after)
+}
+
+/// Adds a member (its value as JSON text) to `change_detail`, an object made here.
+fn add_detail(detail: &mut Option<String>, name: &str, value: &str) {
+    *detail = Some(match detail.take() {
+        Some(d) if d.len() > 2 => format!("{},\"{name}\":{value}}}", &d[..d.len() - 1]),
+        _ => format!("{{\"{name}\":{value}}}"),
+    });
 }
 
 fn transaction<'a>(event: &Members<'a>) -> Result<Interpreted<'a>, Rejection> {
@@ -725,6 +748,8 @@ impl AuditRecord<'_> {
         t.int4(msg.partition);
         t.int8(msg.offset);
         t.timestamptz(msg.timestamp_ms.map(|ms| ms.saturating_mul(1_000)));
+        jsonb(&mut t, self.context.as_deref());
+        t.text(self.actor.as_deref());
         buf
     }
 }
@@ -768,6 +793,7 @@ pub fn describe(msg: &Message, rules: &Rules) -> serde_json::Value {
                 "transaction_collection_order": r.transaction_collection_order, "lsn": r.lsn,
                 "connector": r.connector, "is_snapshot": r.is_snapshot,
                 "source_metadata": parse(r.source_metadata), "change_detail": parse(r.change_detail.as_deref()),
+                "context": parse(r.context.as_deref()), "actor": r.actor,
             }
         }),
         Ok(Interpreted::Transaction(t)) => json!({

@@ -23,8 +23,9 @@ const LAYERS: &[&[&str]] = &[
     &["source"],
     // Wiring only.
     &["pipeline"],
-    // What reads the trail or watches the service.
-    &["migrate", "rejections", "http"],
+    // What reads the trail, and what serves it and watches the service.
+    &["migrate", "rejections", "query"],
+    &["http"],
     &["service"],
     &["logging", "demo"],
     &["main"],

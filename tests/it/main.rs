@@ -5,6 +5,7 @@ mod cli;
 mod exactly_once;
 mod faults;
 mod fixtures;
+mod history;
 mod layout;
 mod ops;
 mod pipeline;

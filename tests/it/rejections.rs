@@ -137,8 +137,12 @@ fn the_service_runs_with_least_privilege_and_the_trail_is_append_only() {
     let role = format!("svc_{}", db.name);
     let sql =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema/roles.sql")).unwrap();
+    let reader = format!("reader_{}", db.name);
     db.client()
-        .batch_execute(&sql.replace("cdc_audit_service", &role))
+        .batch_execute(
+            &sql.replace("cdc_audit_service", &role)
+                .replace("cdc_audit_reader", &reader),
+        )
         .unwrap();
     let as_service = {
         let mut c: postgres::Config = db.url.parse().unwrap();
@@ -184,7 +188,9 @@ fn the_service_runs_with_least_privilege_and_the_trail_is_append_only() {
         );
     }
     drop(svc);
-    db.client()
-        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
-        .unwrap();
+    for r in [role, reader] {
+        db.client()
+            .batch_execute(&format!("DROP OWNED BY {r}; DROP ROLE {r}"))
+            .unwrap();
+    }
 }

@@ -1,0 +1,233 @@
+//! Reading the trail: a record's history, a table as of a moment, a source transaction, the
+//! transactions of a context field, the tables. Each answer comes from one SQL function of
+//! `schema/0006_context_history.sql`, with the user's input as parameters (never as query text),
+//! so the CLI, the HTTP API and any SQL client get the same answer.
+
+pub mod cli;
+
+use postgres::Client;
+use serde_json::Value;
+
+/// A question the trail could not answer, in words a user can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryError(pub String);
+
+impl std::fmt::Display for QueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<postgres::Error> for QueryError {
+    fn from(e: postgres::Error) -> Self {
+        QueryError(match e.as_db_error() {
+            Some(db) => match db.hint() {
+                Some(hint) => format!("{} ({hint})", db.message()),
+                None => db.message().to_string(),
+            },
+            None => crate::sink::with_causes(&e),
+        })
+    }
+}
+
+/// Most changes one history answer holds.
+pub const MAX_LIMIT: i64 = 100_000;
+
+/// A key as the user gave it: a JSON object, or one key column's bare JSON value.
+pub fn parse_key(text: &str) -> Result<Value, QueryError> {
+    serde_json::from_str::<Value>(text.trim())
+        .ok()
+        .filter(|v| !v.is_null() && !v.is_array())
+        .ok_or_else(|| {
+            QueryError(format!(
+                "KEY {text:?} is not JSON of a key: give the key as a JSON object, such as \
+                 '{{\"id\": 1004}}', or one key column's value, such as 1004 or '\"A-17\"'"
+            ))
+        })
+}
+
+/// Reads `text` as a time, as PostgreSQL reads a timestamptz (ISO 8601 and its relatives; no
+/// zone means UTC); the error names `what`.
+pub fn parse_time(client: &mut Client, what: &str, text: &str) -> Result<String, QueryError> {
+    let parsed = client.query_one("SELECT to_jsonb($1::text::timestamptz) #>> '{}'", &[&text]);
+    parsed.map(|row| row.get(0)).map_err(|_| {
+        QueryError(format!(
+            "{what} {text:?} is not a time: give one such as 2026-11-29T12:00:00Z, \
+             '2026-11-29 12:00:00+01' or 2026-11-29"
+        ))
+    })
+}
+
+/// Answers in UTC, whatever the server's or role's time zone.
+pub fn prepare(client: &mut Client) -> Result<(), QueryError> {
+    client.batch_execute("SET TIME ZONE 'UTC'")?;
+    Ok(())
+}
+
+/// Rows of a query that selects one jsonb, as JSON values.
+fn json_rows(
+    client: &mut Client,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> Result<Vec<Value>, QueryError> {
+    client
+        .query(sql, params)?
+        .iter()
+        .map(|row| from_json(&row.get::<_, String>(0)))
+        .collect()
+}
+
+/// A record's changes, the last `limit` of them, in source order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct History {
+    pub table: String,
+    pub key: Value,
+    /// All the record's changes, of which `changes` are the last.
+    pub total: i64,
+    pub changes: Vec<Value>,
+}
+
+pub fn history(
+    client: &mut Client,
+    table: &str,
+    key: &Value,
+    limit: i64,
+) -> Result<History, QueryError> {
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(QueryError(format!(
+            "--limit {limit} is out of range: 1 to {MAX_LIMIT}"
+        )));
+    }
+    let resolved = resolve(client, table)?;
+    let key_text = key.to_string();
+    let rows = client.query(
+        "SELECT row::text, total FROM ( \
+             SELECT to_jsonb(h) - 'ordinality' AS row, h.ordinality AS n, \
+                    count(*) OVER () AS total \
+               FROM audit_history($1, $2::text::jsonb) WITH ORDINALITY AS h \
+              ORDER BY h.ordinality DESC LIMIT $3) last ORDER BY n",
+        &[&resolved, &key_text, &limit],
+    )?;
+    let total = rows.first().map_or(0, |r| r.get(1));
+    let changes = rows
+        .iter()
+        .map(|r| from_json(&r.get::<_, String>(0)))
+        .collect::<Result<_, _>>()?;
+    Ok(History {
+        table: resolved,
+        key: key.clone(),
+        total,
+        changes,
+    })
+}
+
+fn from_json(text: &str) -> Result<Value, QueryError> {
+    serde_json::from_str(text)
+        .map_err(|e| QueryError(format!("PostgreSQL sent JSON this cannot read: {e}")))
+}
+
+/// The one table a name means (qualified, or an unambiguous suffix).
+pub fn resolve(client: &mut Client, table: &str) -> Result<String, QueryError> {
+    let row = client.query_one("SELECT qualified FROM audit_resolve_table($1)", &[&table])?;
+    Ok(row.get(0))
+}
+
+/// A table as the trail says it was at a moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AsOf {
+    pub table: String,
+    pub at: String,
+    /// From when the reconstruction is reliable, and on what it rests: `truncate`, `snapshot`
+    /// or `none`.
+    pub reliable_from: Option<String>,
+    pub basis: String,
+    /// Holes Kafka left in the table's topics (`audit_gaps`).
+    pub gaps: i64,
+    pub rows: Vec<Value>,
+}
+
+pub fn as_of(
+    client: &mut Client,
+    table: &str,
+    at: &str,
+    key: Option<&Value>,
+) -> Result<AsOf, QueryError> {
+    let at = parse_time(client, "--at", at)?;
+    let resolved = resolve(client, table)?;
+    let basis = client.query_one(
+        "SELECT to_jsonb(b.reliable_from) #>> '{}', b.basis, b.gaps \
+           FROM audit_as_of_basis($1, $2::text::timestamptz) b",
+        &[&resolved, &at],
+    )?;
+    let key_text = key.map(Value::to_string);
+    let rows = json_rows(
+        client,
+        "SELECT to_jsonb(r)::text FROM audit_as_of($1, $2::text::timestamptz, $3::text::jsonb) r",
+        &[&resolved, &at, &key_text],
+    )?;
+    Ok(AsOf {
+        table: resolved,
+        at,
+        reliable_from: basis.get(0),
+        basis: basis.get(1),
+        gaps: basis.get(2),
+        rows,
+    })
+}
+
+/// Everything one source transaction did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transaction {
+    pub id: String,
+    pub changes: Vec<Value>,
+}
+
+pub fn transaction(client: &mut Client, id: &str) -> Result<Transaction, QueryError> {
+    let changes = json_rows(
+        client,
+        "SELECT to_jsonb(t)::text FROM audit_transaction($1) t",
+        &[&id],
+    )?;
+    Ok(Transaction {
+        id: id.to_string(),
+        changes,
+    })
+}
+
+/// The transactions whose context has `field` = `value`.
+pub fn transactions_by_context(
+    client: &mut Client,
+    field: &str,
+    value: &str,
+) -> Result<Vec<Value>, QueryError> {
+    json_rows(
+        client,
+        "SELECT to_jsonb(t)::text FROM audit_transactions_by_context($1, $2) t",
+        &[&field, &value],
+    )
+}
+
+/// The tables the trail holds row changes of, by qualified name.
+pub fn tables(client: &mut Client) -> Result<Vec<String>, QueryError> {
+    let rows = client.query("SELECT qualified FROM audit_tables() ORDER BY 1", &[])?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_a_json_object_or_one_bare_value() {
+        assert_eq!(
+            parse_key(r#"{"id": 1004}"#),
+            Ok(serde_json::json!({"id": 1004}))
+        );
+        assert_eq!(parse_key("1004"), Ok(serde_json::json!(1004)));
+        assert_eq!(parse_key(r#""A-17""#), Ok(serde_json::json!("A-17")));
+        for bad in [r#"{"id": 10"#, "A-17", "", "null", "[1, 2]"] {
+            let e = parse_key(bad).unwrap_err();
+            assert!(e.0.contains("is not JSON of a key"), "{bad}: {e}");
+        }
+    }
+}
