@@ -19,11 +19,27 @@ CREATE INDEX audit_logging_context_transaction ON audit_logging
 CREATE INDEX audit_logging_context ON audit_logging USING gin (context jsonb_path_ops)
     WHERE context IS NOT NULL;
 
--- One record's changes, a table's records, and the list of tables: the row changes and
--- truncates of each table, by key. NULL database or schema names index as ''.
-CREATE INDEX audit_logging_record ON audit_logging
-    ((coalesce(source_database, '')), (coalesce(source_schema, '')), source_table, primary_key)
+-- One record's changes: row changes by key. A hash index, not a btree: keys arrive in no
+-- order, and a btree on jsonb tripled the insert time of the trail where this adds a fraction
+-- (BENCHMARKS.md). The same key in another table is filtered out after.
+CREATE INDEX audit_logging_key ON audit_logging USING hash (primary_key)
+    WHERE operation_type IN ('INSERT', 'UPDATE', 'DELETE', 'READ');
+
+-- The tables the trail holds: few distinct values, stored once each (btree deduplication), each
+-- insert at the end of its table's run. NULL database or schema names index as ''.
+CREATE INDEX audit_logging_tables ON audit_logging
+    ((coalesce(source_database, '')), (coalesce(source_schema, '')), source_table)
     WHERE operation_type IN ('INSERT', 'UPDATE', 'DELETE', 'READ', 'TRUNCATE');
+
+-- The moments from which a table is known whole: its truncates, and the ends of its snapshots.
+CREATE INDEX audit_logging_truncates ON audit_logging (source_table, change_timestamp)
+    WHERE operation_type = 'TRUNCATE';
+CREATE INDEX audit_logging_snapshot_ends ON audit_logging (source_table, change_timestamp)
+    WHERE operation_type = 'READ'
+      AND source_metadata ->> 'snapshot' IN ('last', 'last_in_data_collection');
+-- Without the mark (older connectors), the last snapshot read before a moment.
+CREATE INDEX audit_logging_reads ON audit_logging (source_table, change_timestamp)
+    WHERE operation_type = 'READ';
 
 -- Every change with who made it and the context it was made in: its own context (MySQL), else
 -- its source transaction's context messages merged in order (a later field wins), else the
@@ -49,7 +65,7 @@ LEFT JOIN LATERAL (
 ) c ON true
 WHERE NOT (a.operation_type = 'MESSAGE' AND a.context IS NOT NULL);
 
--- The tables the trail holds row changes of, found by skipping through audit_logging_record
+-- The tables the trail holds row changes of, found by skipping through audit_logging_tables
 -- (one index probe a table, not a scan of the trail). `qualified` is db.schema.table, or db.table
 -- where the source has no schemas (MySQL, MongoDB).
 CREATE FUNCTION audit_tables()
@@ -152,17 +168,26 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN lsn ~ '^[0-9]{1,30}$' THEN lsn::numeric END
 $$;
 
+-- A record's row changes, found through its key (audit_logging_key), in no order. The key is
+-- looked up first, on its own: the planner would otherwise walk the whole table by name.
+CREATE FUNCTION audit_record_changes(db text, sch text, tbl text, key jsonb)
+RETURNS SETOF audit_logging LANGUAGE sql STABLE AS $$
+    WITH by_key AS MATERIALIZED (
+        SELECT * FROM audit_logging a
+         WHERE a.primary_key = key AND a.operation_type IN ('INSERT', 'UPDATE', 'DELETE', 'READ'))
+    SELECT * FROM by_key b
+     WHERE coalesce(b.source_database, '') = coalesce(db, '')
+       AND coalesce(b.source_schema, '') = coalesce(sch, '')
+       AND b.source_table = tbl
+$$;
+
 -- The image of a row change's record just before it in source order (the previous change's
 -- after image): what an update without a before image changed from.
 CREATE FUNCTION audit_previous_image(a audit_logging) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
-    SELECT p.new_data FROM audit_logging p
-     WHERE coalesce(p.source_database, '') = coalesce(a.source_database, '')
-       AND coalesce(p.source_schema, '') = coalesce(a.source_schema, '')
-       AND p.source_table = a.source_table
-       AND p.operation_type IN ('INSERT', 'UPDATE', 'DELETE', 'READ', 'TRUNCATE')
-       AND p.primary_key = a.primary_key
-       AND (p.change_timestamp, coalesce(audit_source_position(p.lsn), -1), p.kafka_partition, p.kafka_offset)
+    SELECT p.new_data
+      FROM audit_record_changes(a.source_database, a.source_schema, a.source_table, a.primary_key) p
+     WHERE (p.change_timestamp, coalesce(audit_source_position(p.lsn), -1), p.kafka_partition, p.kafka_offset)
          < (a.change_timestamp, coalesce(audit_source_position(a.lsn), -1), a.kafka_partition, a.kafka_offset)
      ORDER BY p.change_timestamp DESC, coalesce(audit_source_position(p.lsn), -1) DESC,
               p.kafka_partition DESC, p.kafka_offset DESC
@@ -193,12 +218,7 @@ BEGIN
            h.kafka_topic, h.kafka_partition, h.kafka_offset
       FROM (SELECT a.*, lag(a.new_data) OVER w AS previous,
                    row_number() OVER w AS n
-              FROM audit_logging a
-             WHERE coalesce(a.source_database, '') = coalesce(t.source_database, '')
-               AND coalesce(a.source_schema, '') = coalesce(t.source_schema, '')
-               AND a.source_table = t.source_table
-               AND a.operation_type IN ('INSERT', 'UPDATE', 'DELETE', 'READ', 'TRUNCATE')
-               AND a.primary_key = k
+              FROM audit_record_changes(t.source_database, t.source_schema, t.source_table, k) a
             WINDOW w AS (ORDER BY a.change_timestamp, audit_source_position(a.lsn),
                                   a.kafka_partition, a.kafka_offset)) h
       JOIN audit_trail tr ON tr.id = h.id
@@ -218,6 +238,8 @@ DECLARE
     t record;
     truncated timestamptz;
     snapshot timestamptz;
+    last_read timestamptz;
+    streamed timestamptz;
 BEGIN
     SELECT * INTO t FROM audit_resolve_table(source_table);
     SELECT max(a.change_timestamp) INTO truncated FROM audit_logging a
@@ -234,21 +256,26 @@ BEGIN
        AND a.source_metadata ->> 'snapshot' IN ('last', 'last_in_data_collection')
        AND a.change_timestamp <= at;
     IF snapshot IS NULL THEN
-        SELECT r.last INTO snapshot FROM (
-            SELECT max(a.change_timestamp) AS last FROM audit_logging a
-             WHERE coalesce(a.source_database, '') = coalesce(t.source_database, '')
+        SELECT max(a.change_timestamp) INTO last_read FROM audit_logging a
+         WHERE coalesce(a.source_database, '') = coalesce(t.source_database, '')
+           AND coalesce(a.source_schema, '') = coalesce(t.source_schema, '')
+           AND a.source_table = t.source_table
+           AND a.operation_type = 'READ'
+           AND a.source_metadata ->> 'snapshot' IS DISTINCT FROM 'incremental'
+           AND a.change_timestamp <= at;
+        IF last_read IS NOT NULL THEN
+            -- Streaming follows a snapshot: a change after its last read means it had ended.
+            SELECT a.change_timestamp INTO streamed FROM audit_logging a
+             WHERE a.source_table = t.source_table
+               AND a.change_timestamp > last_read AND a.change_timestamp <= at
+               AND coalesce(a.source_database, '') = coalesce(t.source_database, '')
                AND coalesce(a.source_schema, '') = coalesce(t.source_schema, '')
-               AND a.source_table = t.source_table
-               AND a.operation_type = 'READ'
-               AND a.source_metadata ->> 'snapshot' IS DISTINCT FROM 'incremental'
-               AND a.change_timestamp <= at) r
-         WHERE EXISTS (
-            SELECT 1 FROM audit_logging a
-             WHERE coalesce(a.source_database, '') = coalesce(t.source_database, '')
-               AND coalesce(a.source_schema, '') = coalesce(t.source_schema, '')
-               AND a.source_table = t.source_table
                AND a.operation_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
-               AND a.change_timestamp > r.last AND a.change_timestamp <= at);
+             ORDER BY a.change_timestamp LIMIT 1;
+            IF streamed IS NOT NULL THEN
+                snapshot := last_read;
+            END IF;
+        END IF;
     END IF;
     RETURN QUERY SELECT t.qualified,
         coalesce(truncated, snapshot),
@@ -294,14 +321,19 @@ BEGIN
     RETURN QUERY
     SELECT l.primary_key, l.new_data, l.change_timestamp, l.operation_type, l.transaction_id
       FROM (SELECT DISTINCT ON (a.primary_key) a.*
-              FROM audit_logging a
-             WHERE coalesce(a.source_database, '') = coalesce(t.source_database, '')
-               AND coalesce(a.source_schema, '') = coalesce(t.source_schema, '')
-               AND a.source_table = t.source_table
-               AND a.operation_type IN ('INSERT', 'UPDATE', 'DELETE', 'READ', 'TRUNCATE')
-               AND a.primary_key IS NOT NULL
-               AND (k IS NULL OR a.primary_key = k)
-               AND a.change_timestamp <= at
+              FROM (SELECT * FROM audit_record_changes(t.source_database, t.source_schema,
+                                                       t.source_table, k)
+                     WHERE k IS NOT NULL
+                    UNION ALL
+                    SELECT * FROM audit_logging r
+                     WHERE k IS NULL
+                       AND coalesce(r.source_database, '') = coalesce(t.source_database, '')
+                       AND coalesce(r.source_schema, '') = coalesce(t.source_schema, '')
+                       AND r.source_table = t.source_table
+                       AND r.operation_type IN ('INSERT', 'UPDATE', 'DELETE', 'READ')
+                       AND r.primary_key IS NOT NULL
+                       AND r.change_timestamp <= at) a
+             WHERE a.change_timestamp <= at
              ORDER BY a.primary_key, a.change_timestamp DESC,
                       audit_source_position(a.lsn) DESC NULLS LAST,
                       a.kafka_partition DESC, a.kafka_offset DESC) l

@@ -173,6 +173,28 @@ fn bad_boolean_is_refused() {
 }
 
 #[test]
+fn bad_context_settings_are_refused() {
+    refused(
+        &[("CDC_AUDIT_CONTEXT_PREFIXES", "audit, app context")],
+        &[
+            "CDC_AUDIT_CONTEXT_PREFIXES=\"audit, app context\"",
+            "without spaces",
+        ],
+    );
+    refused(
+        &[("CDC_AUDIT_ACTOR_FIELD", "user,id")],
+        &["CDC_AUDIT_ACTOR_FIELD=\"user,id\"", "one field name"],
+    );
+    let env = [VALID, &[("CDC_AUDIT_CONTEXT_PREFIXES", "audit,app_ctx")]].concat();
+    let out = String::from_utf8_lossy(&cdc_audit(&["check-config"], &env).stdout).into_owned();
+    assert!(
+        out.contains("CDC_AUDIT_CONTEXT_PREFIXES=audit,app_ctx")
+            && out.contains("CDC_AUDIT_ACTOR_FIELD=user"),
+        "{out}"
+    );
+}
+
+#[test]
 fn auto_commit_cannot_be_turned_on() {
     refused(
         &[("CDC_AUDIT_KAFKA_ENABLE_AUTO_COMMIT", "true")],
