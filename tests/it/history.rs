@@ -134,6 +134,38 @@ struct Oracle {
     history: BTreeMap<i64, Vec<(String, Value, Vec<String>)>>,
 }
 
+impl Oracle {
+    /// A row read by the snapshot (`r`) or inserted (`c`): its event, and the map's new state.
+    fn put(
+        &mut self,
+        events: &mut Vec<Event>,
+        op: &str,
+        id: i64,
+        row: Value,
+        at: (i64, i64, i64),
+        marker: &str,
+    ) {
+        let (ts, lsn, tx) = at;
+        events.push(change(
+            "items",
+            op,
+            Some(id),
+            None,
+            Some(&row),
+            ts,
+            lsn,
+            tx,
+            marker,
+        ));
+        let name = if op == "r" { "READ" } else { "INSERT" };
+        self.table.insert(id, row.clone());
+        self.history
+            .entry(id)
+            .or_default()
+            .push((name.into(), row, vec![]));
+    }
+}
+
 const T0: i64 = 1_790_000_000_000_000; // 2026-09-21, in microseconds
 
 fn row(id: i64, rng: &mut Rng) -> Value {
@@ -168,23 +200,7 @@ fn generate_and_write(db: &TestDb) -> Oracle {
         };
         ts += 1_000;
         lsn += 10;
-        events.push(change(
-            "items",
-            "r",
-            Some(next_id),
-            None,
-            Some(&r),
-            ts,
-            lsn,
-            tx,
-            marker,
-        ));
-        oracle.table.insert(next_id, r.clone());
-        oracle
-            .history
-            .entry(next_id)
-            .or_default()
-            .push(("READ".into(), r, vec![]));
+        oracle.put(&mut events, "r", next_id, r, (ts, lsn, tx), marker);
         record(&mut oracle, ts);
         next_id += 1;
     }
@@ -199,23 +215,7 @@ fn generate_and_write(db: &TestDb) -> Oracle {
             deleted.extend(oracle.history.keys().copied());
             let r = row(next_id, &mut rng);
             lsn += 10;
-            events.push(change(
-                "items",
-                "c",
-                Some(next_id),
-                None,
-                Some(&r),
-                ts,
-                lsn,
-                tx,
-                "false",
-            ));
-            oracle.table.insert(next_id, r.clone());
-            oracle
-                .history
-                .entry(next_id)
-                .or_default()
-                .push(("INSERT".into(), r, vec![]));
+            oracle.put(&mut events, "c", next_id, r, (ts, lsn, tx), "false");
             next_id += 1;
             record(&mut oracle, ts);
             continue;
@@ -232,23 +232,7 @@ fn generate_and_write(db: &TestDb) -> Oracle {
                     next_id - 1
                 };
                 let r = row(id, &mut rng);
-                events.push(change(
-                    "items",
-                    "c",
-                    Some(id),
-                    None,
-                    Some(&r),
-                    ts,
-                    lsn,
-                    tx,
-                    "false",
-                ));
-                oracle.table.insert(id, r.clone());
-                oracle
-                    .history
-                    .entry(id)
-                    .or_default()
-                    .push(("INSERT".into(), r, vec![]));
+                oracle.put(&mut events, "c", id, r, (ts, lsn, tx), "false");
             }
             3..=7 => {
                 let id = live[rng.below(live.len() as u64) as usize];
@@ -429,63 +413,27 @@ fn context_names_the_actor_of_its_own_transaction_only() {
     );
     // Two transactions interleave; their context messages arrive on another topic, one of
     // them after the changes it describes.
-    let changes = vec![
+    let update = |id: i64, email: &str, at: i64, tx: i64| {
+        let after = customer(id, email);
         change(
             "customers",
             "u",
-            Some(1),
+            Some(id),
             None,
-            Some(&customer(1, "a1")),
-            T0 + 10,
-            110,
-            801,
+            Some(&after),
+            T0 + at,
+            100 + at,
+            tx,
             "false",
-        ),
-        change(
-            "customers",
-            "u",
-            Some(2),
-            None,
-            Some(&customer(2, "b1")),
-            T0 + 20,
-            120,
-            802,
-            "false",
-        ),
-        change(
-            "customers",
-            "u",
-            Some(1),
-            None,
-            Some(&customer(1, "a2")),
-            T0 + 30,
-            130,
-            801,
-            "false",
-        ),
-        change(
-            "customers",
-            "u",
-            Some(2),
-            None,
-            Some(&customer(2, "b2")),
-            T0 + 40,
-            140,
-            802,
-            "false",
-        ),
+        )
+    };
+    let changes = [
+        update(1, "a1", 10, 801),
+        update(2, "b1", 20, 802),
+        update(1, "a2", 30, 801),
+        update(2, "b2", 40, 802),
         // No context: the change-user column names who did it.
-        change(
-            "customers",
-            "u",
-            Some(3),
-            None,
-            Some(&customer(3, "c1")),
-            T0 + 50,
-            150,
-            803,
-            "false",
-        ),
+        update(3, "c1", 50, 803),
     ];
     write(&db, "pg.inventory.customers", &changes);
     write(&db, "pg.message", &[context_message(&a, T0 + 5, 105, 801)]);
