@@ -517,6 +517,7 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         ready_max_lag: None,
         stall_timeout: Duration::from_secs(120),
         log_format: crate::config::LogFormat::Text,
+        api: None,
         rules: crate::config::rules::Rules {
             change_user_column: Some("updated_by".into()),
             ..Default::default()

@@ -15,6 +15,7 @@ pub mod source;
 pub mod transform;
 
 // What runs and watches them, and the tools beside them.
+pub mod api;
 pub mod demo;
 pub mod http;
 pub mod logging;

@@ -50,6 +50,9 @@ enum Command {
     Transaction(query::TransactionArgs),
     /// The tables the trail holds row changes of.
     Tables,
+    /// Serve the read API (CDC_AUDIT_API_ADDR, CDC_AUDIT_API_TOKEN) alone, without consuming:
+    /// for a reader host that should not run the pipeline.
+    Serve,
     /// Look at, replay or purge the messages stored in audit_rejections.
     Rejections {
         #[command(subcommand)]
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
         Command::Tables => raw_settings(&cli)
             .and_then(|raw| query::tables(&raw))
             .map(print),
+        Command::Serve => raw_settings(&cli).and_then(|raw| service::serve(&raw)),
         Command::Rejections { command } => {
             raw_settings(&cli).and_then(|raw| rejections::command(&raw, command))
         }

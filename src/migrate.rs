@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0006_context_history.sql",
         include_str!("../schema/0006_context_history.sql"),
     ),
+    (
+        7,
+        "0007_read_api.sql",
+        include_str!("../schema/0007_read_api.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed key of the advisory lock that serialises migrations.

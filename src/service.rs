@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 
-use crate::config::Config;
+use crate::api;
+use crate::config::{self, Config};
 use crate::events::Stats;
 use crate::http::{self, HttpState, ReadySettings};
 use crate::migrate;
@@ -27,6 +28,7 @@ pub fn run(config: Config, control: Arc<Control>, stats: Arc<Stats>) -> Result<E
     if config.migrate {
         migrate::with_pool(&pool)?;
     }
+    let api = config.api.as_ref().map(api::spawn).transpose()?;
     let tracker = Arc::new(Tracker::default());
     let http = match config.http_addr {
         Some(addr) => {
@@ -73,6 +75,9 @@ pub fn run(config: Config, control: Arc<Control>, stats: Arc<Stats>) -> Result<E
     notifier.notify("STOPPING=1");
     if let Some(state) = http {
         state.stopped.store(true, Ordering::Release);
+    }
+    if let Some(api) = api {
+        api.stop();
     }
     result.map_err(|e| e.to_string())
 }
@@ -133,4 +138,23 @@ pub fn command(config: Config) -> Result<ExitCode, String> {
             Ok(ExitCode::from(2))
         }
     }
+}
+
+/// `cdc-audit serve`: the read API alone, without consuming, until SIGTERM or SIGINT; for a
+/// reader host that should not run the pipeline.
+pub fn serve(raw: &std::collections::BTreeMap<String, String>) -> Result<ExitCode, String> {
+    let settings = config::api_from_settings(raw)
+        .map_err(|e| e.to_string())?
+        .ok_or(
+        "CDC_AUDIT_API_ADDR is not set: serve needs the address to listen on, e.g. 127.0.0.1:9188",
+    )?;
+    let control = Control::default();
+    install_signal_handlers(&control)?;
+    let api = api::spawn(&settings)?;
+    println!("serving the read API on http://{}/api/v1/", api.addr);
+    while !control.shutting_down() {
+        thread::sleep(std::time::Duration::from_millis(100));
+    }
+    api.stop();
+    Ok(ExitCode::SUCCESS)
 }

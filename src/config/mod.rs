@@ -109,6 +109,31 @@ pub const SETTINGS: &[Setting] = &[
         help: "address of /health/live, /health/ready, /metrics and /status; `off` to disable",
     },
     Setting {
+        name: "CDC_AUDIT_API_ADDR",
+        default: Some("off"),
+        help: "ip:port of the read API (/api/v1/...), a listener of its own; `off` to disable",
+    },
+    Setting {
+        name: "CDC_AUDIT_API_TOKEN",
+        default: None,
+        help: "bearer token every API request must carry, at least 16 characters (or CDC_AUDIT_API_TOKEN_FILE)",
+    },
+    Setting {
+        name: "CDC_AUDIT_API_TOKEN_FILE",
+        default: None,
+        help: "file holding the API's bearer token",
+    },
+    Setting {
+        name: "CDC_AUDIT_API_DATABASE_URL",
+        default: None,
+        help: "the API's own connections, best as the cdc_audit_reader role (default: the database URL)",
+    },
+    Setting {
+        name: "CDC_AUDIT_API_STATEMENT_TIMEOUT_MS",
+        default: Some("10000"),
+        help: "longest one API query may run, 100..=600000",
+    },
+    Setting {
         name: "CDC_AUDIT_READY_MAX_LAG",
         default: None,
         help: "not ready while the total consumer lag is over this many messages",
@@ -258,6 +283,98 @@ pub struct Config {
     pub ready_max_lag: Option<i64>,
     pub stall_timeout: Duration,
     pub log_format: LogFormat,
+    /// The read API, when `CDC_AUDIT_API_ADDR` is set.
+    pub api: Option<ApiSettings>,
+}
+
+/// The read API's settings: its listener, token and own connections.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiSettings {
+    pub addr: std::net::SocketAddr,
+    pub token: String,
+    pub database_url: String,
+    pub database_ca_file: Option<std::path::PathBuf>,
+    pub statement_timeout: Duration,
+}
+
+impl fmt::Debug for ApiSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiSettings")
+            .field("addr", &self.addr)
+            .field("token", &"****")
+            .field("database_url", &mask_url(&self.database_url))
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
+}
+
+/// Only the read API's settings (for `cdc-audit serve`, which needs no broker): `None` when
+/// `CDC_AUDIT_API_ADDR` is off.
+pub fn api_from_settings(
+    raw: &BTreeMap<String, String>,
+) -> Result<Option<ApiSettings>, ConfigError> {
+    let get = |name: &str| raw.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let addr = match get("CDC_AUDIT_API_ADDR").unwrap_or("off") {
+        "off" => return Ok(None),
+        v => v.parse().map_err(|_| {
+            invalid(
+                "CDC_AUDIT_API_ADDR",
+                v,
+                "ip:port, e.g. 127.0.0.1:9188, or off",
+            )
+        })?,
+    };
+    let token = match (get("CDC_AUDIT_API_TOKEN"), get("CDC_AUDIT_API_TOKEN_FILE")) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Conflict {
+                message: "CDC_AUDIT_API_TOKEN and CDC_AUDIT_API_TOKEN_FILE are both set: set one of them".into(),
+            })
+        }
+        (None, None) => {
+            return Err(ConfigError::Missing {
+                setting: "CDC_AUDIT_API_TOKEN".into(),
+                allowed: "CDC_AUDIT_API_ADDR is set: the API needs a bearer token of at least 16 characters (or CDC_AUDIT_API_TOKEN_FILE)".into(),
+            })
+        }
+        (Some(token), None) => token.to_string(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| invalid("CDC_AUDIT_API_TOKEN_FILE", path, &format!("a readable file ({e})")))?
+            .trim()
+            .to_string(),
+    };
+    if token.chars().count() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            "CDC_AUDIT_API_TOKEN",
+            "****",
+            "a token of at least 16 characters, without spaces",
+        ));
+    }
+    let database_url = get("CDC_AUDIT_API_DATABASE_URL")
+        .or_else(|| get("CDC_AUDIT_DATABASE_URL"))
+        .or_else(|| get("DATABASE_URL"))
+        .ok_or_else(|| ConfigError::Missing {
+            setting: "CDC_AUDIT_API_DATABASE_URL".into(),
+            allowed: "set it (or CDC_AUDIT_DATABASE_URL) to the audit database, best as the cdc_audit_reader role".into(),
+        })?
+        .to_string();
+    let timeout = get("CDC_AUDIT_API_STATEMENT_TIMEOUT_MS").unwrap_or("10000");
+    let statement_timeout = match timeout.parse::<u64>() {
+        Ok(ms) if (100..=600_000).contains(&ms) => Duration::from_millis(ms),
+        _ => {
+            return Err(invalid(
+                "CDC_AUDIT_API_STATEMENT_TIMEOUT_MS",
+                timeout,
+                "milliseconds, 100 to 600000",
+            ))
+        }
+    };
+    Ok(Some(ApiSettings {
+        addr,
+        token,
+        database_url,
+        database_ca_file: get("CDC_AUDIT_DATABASE_CA_FILE").map(std::path::PathBuf::from),
+        statement_timeout,
+    }))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -544,6 +661,14 @@ impl Config {
             3_600_000,
         )?);
         let log_format = log_format(get("CDC_AUDIT_LOG_FORMAT"))?;
+        let api = api_from_settings(raw)?;
+        if let (Some(api), Some(http)) = (&api, http_addr) {
+            if api.addr == http {
+                return Err(ConfigError::Conflict {
+                    message: format!("CDC_AUDIT_API_ADDR and CDC_AUDIT_HTTP_ADDR are both {http}: the read API needs a listener of its own"),
+                });
+            }
+        }
 
         Ok(Config {
             bootstrap_servers,
@@ -567,6 +692,7 @@ impl Config {
             ready_max_lag,
             stall_timeout,
             log_format,
+            api,
         })
     }
 
@@ -616,6 +742,12 @@ impl Config {
                 self.http_addr.map_or("off".into(), |a| a.to_string()),
             ),
             (
+                "CDC_AUDIT_API_ADDR".into(),
+                self.api
+                    .as_ref()
+                    .map_or("off".into(), |a| a.addr.to_string()),
+            ),
+            (
                 "CDC_AUDIT_STALL_TIMEOUT_MS".into(),
                 self.stall_timeout.as_millis().to_string(),
             ),
@@ -634,7 +766,22 @@ impl Config {
         }
         let r = &self.rules;
         let globs = |g: &[Glob]| g.iter().map(Glob::as_str).collect::<Vec<_>>().join(",");
+        let api = self.api.as_ref();
         let optional = [
+            (
+                "CDC_AUDIT_API_TOKEN",
+                api.map_or(String::new(), |_| "****".into()),
+            ),
+            (
+                "CDC_AUDIT_API_DATABASE_URL",
+                api.map_or(String::new(), |a| mask_url(&a.database_url)),
+            ),
+            (
+                "CDC_AUDIT_API_STATEMENT_TIMEOUT_MS",
+                api.map_or(String::new(), |a| {
+                    a.statement_timeout.as_millis().to_string()
+                }),
+            ),
             (
                 "CDC_AUDIT_DATABASE_CA_FILE",
                 self.database_ca_file

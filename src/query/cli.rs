@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use clap::ValueEnum;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::sink;
 
@@ -79,11 +79,9 @@ fn text<'a>(value: &'a Value, field: &str) -> &'a str {
 pub fn history(raw: &BTreeMap<String, String>, args: &HistoryArgs) -> Result<String, String> {
     let key = super::parse_key(&args.key).map_err(|e| e.to_string())?;
     let mut client = reader(raw)?;
-    let h = super::history(&mut client, &args.table, &key, args.limit).map_err(|e| e.0)?;
+    let h = super::history(&mut client, &args.table, &key, args.limit).map_err(|e| e.message)?;
     if args.format == Format::Json {
-        return Ok(pretty(&json!({
-            "table": h.table, "key": h.key, "total": h.total, "changes": h.changes
-        })));
+        return Ok(pretty(&h.to_json()));
     }
     let mut out = format!("{} {}: ", h.table, h.key);
     match (h.total, h.changes.len() as i64) {
@@ -174,12 +172,10 @@ pub fn as_of(raw: &BTreeMap<String, String>, args: &AsOfArgs) -> Result<String, 
         .transpose()
         .map_err(|e| e.to_string())?;
     let mut client = reader(raw)?;
-    let a = super::as_of(&mut client, &args.table, &args.at, key.as_ref()).map_err(|e| e.0)?;
+    let a =
+        super::as_of(&mut client, &args.table, &args.at, key.as_ref()).map_err(|e| e.message)?;
     if args.format == Format::Json {
-        return Ok(pretty(&json!({
-            "table": a.table, "at": a.at, "reliable_from": a.reliable_from,
-            "basis": a.basis, "gaps": a.gaps, "rows": a.rows
-        })));
+        return Ok(pretty(&a.to_json()));
     }
     let mut out = format!("{} as of {}: {} rows", a.table, a.at, a.rows.len());
     out.push('\n');
@@ -245,7 +241,8 @@ pub fn transaction(
     };
     let mut client = reader(raw)?;
     if let Some((field, value)) = filter {
-        let found = super::transactions_by_context(&mut client, &field, &value).map_err(|e| e.0)?;
+        let found =
+            super::transactions_by_context(&mut client, &field, &value).map_err(|e| e.message)?;
         if args.format == Format::Json {
             return Ok(pretty(&Value::Array(found)));
         }
@@ -264,9 +261,9 @@ pub fn transaction(
         return Ok(out);
     }
     let id = args.id.as_deref().unwrap_or_default();
-    let t = super::transaction(&mut client, id).map_err(|e| e.0)?;
+    let t = super::transaction(&mut client, id).map_err(|e| e.message)?;
     if args.format == Format::Json {
-        return Ok(pretty(&json!({"transaction": t.id, "changes": t.changes})));
+        return Ok(pretty(&t.to_json()));
     }
     let Some(first) = t.changes.first() else {
         return Err(format!(
@@ -319,7 +316,7 @@ pub fn transaction(
 /// `cdc-audit tables`.
 pub fn tables(raw: &BTreeMap<String, String>) -> Result<String, String> {
     let mut client = reader(raw)?;
-    let tables = super::tables(&mut client).map_err(|e| e.0)?;
+    let tables = super::tables(&mut client).map_err(|e| e.message)?;
     if tables.is_empty() {
         return Ok("the trail holds no row changes yet".into());
     }
@@ -328,6 +325,8 @@ pub fn tables(raw: &BTreeMap<String, String>) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

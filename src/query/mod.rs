@@ -6,27 +6,65 @@
 pub mod cli;
 
 use postgres::Client;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// A question the trail could not answer, in words a user can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueryError(pub String);
+pub struct QueryError {
+    pub message: String,
+    pub kind: ErrorKind,
+}
+
+/// Whose the fault is: the question's (HTTP 400), the database's availability (503), or ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Invalid,
+    Unavailable,
+    Internal,
+}
+
+impl QueryError {
+    pub fn invalid(message: impl Into<String>) -> QueryError {
+        QueryError {
+            message: message.into(),
+            kind: ErrorKind::Invalid,
+        }
+    }
+}
 
 impl std::fmt::Display for QueryError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
 impl From<postgres::Error> for QueryError {
     fn from(e: postgres::Error) -> Self {
-        QueryError(match e.as_db_error() {
+        let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+        if code == "42883" || code == "42P01" {
+            return QueryError {
+                message: format!(
+                    "{}: is this database migrated? (cdc-audit migrate)",
+                    e.as_db_error().map_or("", |db| db.message())
+                ),
+                kind: ErrorKind::Unavailable,
+            };
+        }
+        let kind = match code.get(..2) {
+            // Data exceptions: what the question said (an unknown table, a bad key or time).
+            Some("22") => ErrorKind::Invalid,
+            // Connections, resources, operator intervention (a statement timeout).
+            Some("08" | "53" | "57") | None => ErrorKind::Unavailable,
+            _ => ErrorKind::Internal,
+        };
+        let message = match e.as_db_error() {
             Some(db) => match db.hint() {
                 Some(hint) => format!("{} ({hint})", db.message()),
                 None => db.message().to_string(),
             },
             None => crate::sink::with_causes(&e),
-        })
+        };
+        QueryError { message, kind }
     }
 }
 
@@ -39,7 +77,7 @@ pub fn parse_key(text: &str) -> Result<Value, QueryError> {
         .ok()
         .filter(|v| !v.is_null() && !v.is_array())
         .ok_or_else(|| {
-            QueryError(format!(
+            QueryError::invalid(format!(
                 "KEY {text:?} is not JSON of a key: give the key as a JSON object, such as \
                  '{{\"id\": 1004}}', or one key column's value, such as 1004 or '\"A-17\"'"
             ))
@@ -51,7 +89,7 @@ pub fn parse_key(text: &str) -> Result<Value, QueryError> {
 pub fn parse_time(client: &mut Client, what: &str, text: &str) -> Result<String, QueryError> {
     let parsed = client.query_one("SELECT to_jsonb($1::text::timestamptz) #>> '{}'", &[&text]);
     parsed.map(|row| row.get(0)).map_err(|_| {
-        QueryError(format!(
+        QueryError::invalid(format!(
             "{what} {text:?} is not a time: give one such as 2026-11-29T12:00:00Z, \
              '2026-11-29 12:00:00+01' or 2026-11-29"
         ))
@@ -94,7 +132,7 @@ pub fn history(
     limit: i64,
 ) -> Result<History, QueryError> {
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(QueryError(format!(
+        return Err(QueryError::invalid(format!(
             "--limit {limit} is out of range: 1 to {MAX_LIMIT}"
         )));
     }
@@ -121,9 +159,18 @@ pub fn history(
     })
 }
 
+impl History {
+    /// The answer as the CLI's `--format json` and the API give it.
+    pub fn to_json(&self) -> Value {
+        json!({"table": self.table, "key": self.key, "total": self.total, "changes": self.changes})
+    }
+}
+
 fn from_json(text: &str) -> Result<Value, QueryError> {
-    serde_json::from_str(text)
-        .map_err(|e| QueryError(format!("PostgreSQL sent JSON this cannot read: {e}")))
+    serde_json::from_str(text).map_err(|e| QueryError {
+        message: format!("PostgreSQL sent JSON this cannot read: {e}"),
+        kind: ErrorKind::Internal,
+    })
 }
 
 /// The one table a name means (qualified, or an unambiguous suffix).
@@ -144,6 +191,15 @@ pub struct AsOf {
     /// Holes Kafka left in the table's topics (`audit_gaps`).
     pub gaps: i64,
     pub rows: Vec<Value>,
+}
+
+impl AsOf {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "table": self.table, "at": self.at, "reliable_from": self.reliable_from,
+            "basis": self.basis, "gaps": self.gaps, "rows": self.rows
+        })
+    }
 }
 
 pub fn as_of(
@@ -182,6 +238,12 @@ pub struct Transaction {
     pub changes: Vec<Value>,
 }
 
+impl Transaction {
+    pub fn to_json(&self) -> Value {
+        json!({"transaction": self.id, "changes": self.changes})
+    }
+}
+
 pub fn transaction(client: &mut Client, id: &str) -> Result<Transaction, QueryError> {
     let changes = json_rows(
         client,
@@ -207,6 +269,75 @@ pub fn transactions_by_context(
     )
 }
 
+/// What a search of the changes asks; `None` is any.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Search {
+    pub table: Option<String>,
+    pub key: Option<Value>,
+    pub actor: Option<String>,
+    pub operation: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub transaction: Option<String>,
+    /// The cursor: only changes older than (with an id below) this one.
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+/// Most changes one page of a search holds.
+pub const MAX_PAGE: i64 = 1000;
+
+/// A page of changes, newest first, and the cursor of the next page when there may be one.
+pub fn changes(client: &mut Client, search: &Search) -> Result<Value, QueryError> {
+    if !(1..=MAX_PAGE).contains(&search.limit) {
+        return Err(QueryError::invalid(format!(
+            "limit {} is out of range: 1 to {MAX_PAGE}",
+            search.limit
+        )));
+    }
+    let from = search
+        .from
+        .as_deref()
+        .map(|t| parse_time(client, "from", t))
+        .transpose()?;
+    let to = search
+        .to
+        .as_deref()
+        .map(|t| parse_time(client, "to", t))
+        .transpose()?;
+    let key = search.key.as_ref().map(Value::to_string);
+    let limit = search.limit as i32;
+    let rows = json_rows(
+        client,
+        "SELECT to_jsonb(c)::text FROM audit_changes($1, $2::text::jsonb, $3, $4, \
+             $5::text::timestamptz, $6::text::timestamptz, $7, $8, $9) c",
+        &[
+            &search.table,
+            &key,
+            &search.actor,
+            &search.operation,
+            &from,
+            &to,
+            &search.transaction,
+            &search.before,
+            &limit,
+        ],
+    )?;
+    let next = (rows.len() as i64 == search.limit)
+        .then(|| rows.last().and_then(|r| r.get("id")).cloned())
+        .flatten();
+    Ok(json!({"changes": rows, "next_cursor": next}))
+}
+
+/// Each table the trail holds, with its number of row changes and the first and last of them.
+pub fn table_summary(client: &mut Client) -> Result<Vec<Value>, QueryError> {
+    json_rows(
+        client,
+        "SELECT to_jsonb(t)::text FROM audit_table_summary() t",
+        &[],
+    )
+}
+
 /// The tables the trail holds row changes of, by qualified name.
 pub fn tables(client: &mut Client) -> Result<Vec<String>, QueryError> {
     let rows = client.query("SELECT qualified FROM audit_tables() ORDER BY 1", &[])?;
@@ -227,7 +358,8 @@ mod tests {
         assert_eq!(parse_key(r#""A-17""#), Ok(serde_json::json!("A-17")));
         for bad in [r#"{"id": 10"#, "A-17", "", "null", "[1, 2]"] {
             let e = parse_key(bad).unwrap_err();
-            assert!(e.0.contains("is not JSON of a key"), "{bad}: {e}");
+            assert!(e.message.contains("is not JSON of a key"), "{bad}: {e}");
+            assert_eq!(e.kind, ErrorKind::Invalid);
         }
     }
 }

@@ -54,6 +54,37 @@ pub fn pool(url: &str, size: u32, ca_file: Option<&Path>) -> Result<Pool, String
         .build_unchecked(manager))
 }
 
+/// A pool for reading the trail (the read API): its sessions are read-only, answer in UTC, and
+/// stop any statement after `statement_timeout`.
+pub fn reader_pool(
+    url: &str,
+    size: u32,
+    ca_file: Option<&Path>,
+    statement_timeout: Duration,
+) -> Result<Pool, String> {
+    let manager = PostgresConnectionManager::new(connection_config(url)?, tls(ca_file)?);
+    Ok(r2d2::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_secs(5))
+        .connection_customizer(Box::new(ReadOnly(statement_timeout)))
+        .build_unchecked(manager))
+}
+
+/// Sets up each connection of a reader pool once, when it is opened.
+#[derive(Debug)]
+struct ReadOnly(Duration);
+
+impl r2d2::CustomizeConnection<postgres::Client, postgres::Error> for ReadOnly {
+    fn on_acquire(&self, client: &mut postgres::Client) -> Result<(), postgres::Error> {
+        client.batch_execute(&format!(
+            "SET default_transaction_read_only = on; SET TIME ZONE 'UTC'; \
+             SET statement_timeout = {}",
+            self.0.as_millis()
+        ))
+    }
+}
+
 /// One connection outside the pool (tools, the demo), with the same TLS and timeouts.
 pub fn connect(url: &str, ca_file: Option<&Path>) -> Result<postgres::Client, String> {
     connection_config(url)?.connect(tls(ca_file)?).map_err(|e| {

@@ -8,7 +8,7 @@ mod error;
 mod fence;
 mod writer;
 
-pub use connect::{connect, connect_with_settings, pool, tls, Pool};
+pub use connect::{connect, connect_with_settings, pool, reader_pool, tls, Pool};
 pub use error::{classify, with_causes, ErrorClass, SinkError};
 pub use fence::{copy_rows, stored_positions, write_batch, Target, Written, AUDIT, TRANSACTIONS};
 pub use writer::{Queue, Writer};

@@ -20,10 +20,10 @@ use cdc_audit::types::{Batch, Message, Tp, Transformed};
 use crate::util::TestDb;
 
 /// One Kafka record: key and value as Debezium's JSON converter writes them without schemas.
-type Event = (Option<String>, String);
+pub type Event = (Option<String>, String);
 
 /// Writes `events` as one batch at the next offsets of `topic`'s partition 0.
-fn write(db: &TestDb, topic: &str, events: &[Event]) {
+pub fn write(db: &TestDb, topic: &str, events: &[Event]) {
     let topic: Arc<str> = Arc::from(topic);
     let mut client = db.client();
     let start: i64 = client
@@ -77,7 +77,7 @@ fn write(db: &TestDb, topic: &str, events: &[Event]) {
 
 /// A PostgreSQL connector's change event on `inventory.public.<table>`.
 #[allow(clippy::too_many_arguments)]
-fn change(
+pub fn change(
     table: &str,
     op: &str,
     key: Option<i64>,
@@ -101,7 +101,7 @@ fn change(
 }
 
 /// A transactional logical decoding message with prefix `audit` and this context.
-fn context_message(context: &Value, ts_us: i64, lsn: i64, tx: i64) -> Event {
+pub fn context_message(context: &Value, ts_us: i64, lsn: i64, tx: i64) -> Event {
     let content = base64::engine::general_purpose::STANDARD.encode(context.to_string());
     let value = json!({
         "op": "m", "ts_ms": ts_us / 1000,
@@ -166,7 +166,7 @@ impl Oracle {
     }
 }
 
-const T0: i64 = 1_790_000_000_000_000; // 2026-09-21, in microseconds
+pub const T0: i64 = 1_790_000_000_000_000; // 2026-09-21, in microseconds
 
 fn row(id: i64, rng: &mut Rng) -> Value {
     let by = ["app", "batch"][rng.below(2) as usize];

@@ -25,7 +25,7 @@ const LAYERS: &[&[&str]] = &[
     &["pipeline"],
     // What reads the trail, and what serves it and watches the service.
     &["migrate", "rejections", "query"],
-    &["http"],
+    &["http", "api"],
     &["service"],
     &["logging", "demo"],
     &["main"],

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, real PostgreSQL, real Kafka protocol (librdkafka's mock
 //! cluster), each test in its own database and cluster so they run in parallel.
 
+mod api;
 mod cli;
 mod exactly_once;
 mod faults;

@@ -213,6 +213,7 @@ pub fn config(kafka: &Kafka, db: &TestDb, group: &str) -> Config {
         ready_max_lag: None,
         stall_timeout: Duration::from_secs(120),
         log_format: cdc_audit::config::LogFormat::Text,
+        api: None,
         rules: Default::default(),
         kafka: fast_group_settings()
             .into_iter()
