@@ -34,6 +34,10 @@ pub struct DemoArgs {
     /// Keep the demo database afterwards (it is dropped by default).
     #[arg(long)]
     pub keep: bool,
+    /// Afterwards, keep the database and serve the explorer page and the read API on it (on
+    /// 127.0.0.1:9188, else a free port) until Ctrl-C; prints the URL and a fresh token.
+    #[arg(long)]
+    pub explore: bool,
     /// Writer threads.
     #[arg(long, default_value_t = 2)]
     pub writers: usize,
@@ -63,6 +67,8 @@ pub struct Generator {
     seed: u64,
     lsn: i64,
     tx_id: i64,
+    /// The LSN where the current transaction began: its block id is "txId:lsn", as Debezium's.
+    tx_lsn: i64,
     tx_left: u32,
     /// The JSON converter's schema envelope on keys and values (`schemas.enable=true`).
     schemas: bool,
@@ -144,6 +150,7 @@ impl Generator {
             seed: seed | 1,
             lsn: 33_000_000,
             tx_id: 500,
+            tx_lsn: 0,
             tx_left: 0,
             schemas: true,
             context: false,
@@ -301,6 +308,7 @@ impl Generator {
         let mut out = Vec::new();
         if self.tx_left == 0 {
             self.tx_id += 1;
+            self.tx_lsn = self.lsn;
             self.tx_left = 1 + self.rand(3) as u32;
             if self.context && self.rand(5) > 0 {
                 self.lsn += 100;
@@ -316,7 +324,7 @@ impl Generator {
                        "snapshot": "false", "db": "inventory", "sequence": format!("[\"{}\",\"{}\"]", self.lsn - 200, self.lsn),
                        "schema": "public", "table": table.name, "txId": self.tx_id, "lsn": self.lsn, "xmin": null},
             "op": op, "ts_ms": now_ms,
-            "transaction": {"id": format!("{}:{}", self.tx_id, self.lsn), "total_order": 1, "data_collection_order": 1}
+            "transaction": {"id": format!("{}:{}", self.tx_id, self.tx_lsn), "total_order": 1, "data_collection_order": 1}
         });
         let topic = format!("{}.inventory.{}", self.prefix, table.name);
         let key_payload = json!({"id": id});
@@ -460,13 +468,52 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
         .batch_execute(&format!("CREATE DATABASE {dbname}"))
         .map_err(|e| format!("create database {dbname}: {e}"))?;
     println!("demo database: {dbname} (fresh; nothing else is touched)");
-    let result = demo(args, &with_dbname(&server, &dbname));
-    if args.keep {
+    let url = with_dbname(&server, &dbname);
+    let result = demo(args, &url);
+    let result = match result {
+        Ok(()) if args.explore => explore(&url),
+        other => other,
+    };
+    if args.keep || args.explore {
         println!("kept database {dbname}; drop it with: DROP DATABASE {dbname};");
     } else if let Err(e) = admin.batch_execute(&format!("DROP DATABASE {dbname} WITH (FORCE)")) {
         eprintln!("could not drop {dbname}: {e}");
     }
     result
+}
+
+/// Serves the explorer on the demo's database until SIGINT or SIGTERM.
+fn explore(url: &str) -> Result<(), String> {
+    use std::io::Read;
+    let mut random = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .map_err(|e| format!("a token needs /dev/urandom: {e}"))?;
+    let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let settings = |addr: &str| crate::config::ApiSettings {
+        addr: addr
+            .parse()
+            .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        token: token.clone(),
+        database_url: url.to_string(),
+        database_ca_file: None,
+        statement_timeout: Duration::from_secs(10),
+    };
+    let api = crate::api::spawn(&settings("127.0.0.1:9188"))
+        .or_else(|_| crate::api::spawn(&settings("127.0.0.1:0")))?;
+    let control = Control::default();
+    crate::service::install_signal_handlers(&control)?;
+    println!("\nexplorer: http://{}/#token={token}", api.addr);
+    println!(
+        "read API: http://{}/api/v1/ (Authorization: Bearer {token})",
+        api.addr
+    );
+    println!("Ctrl-C stops it");
+    while !control.shutting_down() {
+        thread::sleep(Duration::from_millis(100));
+    }
+    api.stop();
+    Ok(())
 }
 
 fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {

@@ -22,6 +22,10 @@ use crate::sink::{self, Pool};
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// The explorer: one self-contained page (HTML, CSS, plain JavaScript) served at `/`. It holds
+/// no data; it asks the API with the token the user gives it.
+pub const PAGE: &str = include_str!("page.html");
+
 /// Every path the API answers, as the OpenAPI document names them.
 pub const PATHS: &[&str] = &[
     "/api/v1/openapi.json",
@@ -93,7 +97,7 @@ pub fn spawn(settings: &ApiSettings) -> Result<Api, String> {
             })
             .map_err(|e| e.to_string())?;
     }
-    log::info!("read API on http://{addr}/api/v1/ (bearer token required)");
+    log::info!("read API on http://{addr}/api/v1/ and the explorer on http://{addr}/ (bearer token required)");
     Ok(Api { addr, stopped })
 }
 
@@ -152,6 +156,23 @@ fn respond(request: Request, status: u16, body: &Value) {
 }
 
 fn handle(state: &State, request: Request) {
+    let path = request.url().split(['?', '#']).next().unwrap_or("");
+    if matches!(path, "/" | "/index.html") && matches!(request.method(), Method::Get | Method::Head)
+    {
+        let response = Response::from_string(PAGE)
+            .with_header(header("Content-Type", "text/html; charset=utf-8"))
+            .with_header(header(
+                "Content-Security-Policy",
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ))
+            .with_header(header("X-Content-Type-Options", "nosniff"))
+            .with_header(header("Referrer-Policy", "no-referrer"));
+        if let Err(e) = request.respond(response) {
+            log::debug!("api response: {e}");
+        }
+        return;
+    }
     let answer = answer(state, &request);
     match answer {
         Ok(body) => respond(request, 200, &body),

@@ -151,9 +151,15 @@ pub fn history(
         .iter()
         .map(|r| from_json(&r.get::<_, String>(0)))
         .collect::<Result<_, _>>()?;
+    // The key as stored: a single column's bare value named with its column.
+    let key = client.query_one(
+        "SELECT audit_key(r.source_database, r.source_schema, r.source_table, $2::text::jsonb)::text \
+           FROM audit_resolve_table($1) r",
+        &[&resolved, &key_text],
+    )?;
     Ok(History {
         table: resolved,
-        key: key.clone(),
+        key: from_json(&key.get::<_, String>(0))?,
         total,
         changes,
     })

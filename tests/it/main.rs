@@ -2,6 +2,7 @@
 //! cluster), each test in its own database and cluster so they run in parallel.
 
 mod api;
+mod browser;
 mod cli;
 mod exactly_once;
 mod faults;
