@@ -80,6 +80,10 @@ struct Args {
     /// The service's writers, and the ceiling's connections.
     #[arg(long, default_value_t = 2)]
     writers: usize,
+    /// While one instance drains the backlog, its read API is asked in a loop (a record's
+    /// history, a page of changes, a record as of now, the tables), to show what it costs them.
+    #[arg(long)]
+    api_load: bool,
     /// The latency phase's rate, as a share of the measured drain rate.
     #[arg(long, default_value_t = 0.5)]
     latency_share: f64,
@@ -488,6 +492,10 @@ fn committed(client: &mut postgres::Client, group: &str) -> i64 {
         .map_or(0, |r| r.get(0))
 }
 
+/// The read API's token in the `--api-load` phase.
+const API_TOKEN: &str = "bench-token-0123456789";
+
+#[allow(clippy::too_many_arguments)]
 fn service(
     bootstrap: &str,
     topics: &[String],
@@ -495,6 +503,7 @@ fn service(
     group: &str,
     args: &Args,
     n: usize,
+    api: Option<&str>,
 ) -> Process {
     let http = format!("127.0.0.1:{}", free_port());
     let mut command = Command::new(env!("CARGO_BIN_EXE_cdc-audit"));
@@ -528,6 +537,11 @@ fn service(
         .stderr(log_file(&format!("cdc-audit-bench-{group}-{n}.log")));
     if let Some(capacity) = args.channel_capacity {
         command.env("CDC_AUDIT_CHANNEL_CAPACITY", capacity.to_string());
+    }
+    if let Some(api) = api {
+        command
+            .env("CDC_AUDIT_API_ADDR", api)
+            .env("CDC_AUDIT_API_TOKEN", API_TOKEN);
     }
     command.envs(
         std::env::vars().filter(|(k, _)| k.starts_with("CDC_AUDIT_") && k != "CDC_AUDIT_BENCH_LOG"),
@@ -850,7 +864,17 @@ fn main() {
     let mut client = cdc_audit::sink::connect(&url_one, None).unwrap();
     checkpoint(&mut admin);
     let broker_cpu = common::cpu_seconds(broker.pid()).unwrap_or(0.0);
-    let one = service(&bootstrap, &all_topics, &url_one, "bench-one", &args, 1);
+    let api = args.api_load.then(|| format!("127.0.0.1:{}", free_port()));
+    let one = service(
+        &bootstrap,
+        &all_topics,
+        &url_one,
+        "bench-one",
+        &args,
+        1,
+        api.as_deref(),
+    );
+    let loader = api.clone().map(ApiLoad::start);
     let d = drain(
         &mut client,
         "bench-one",
@@ -860,6 +884,7 @@ fn main() {
         args.writers,
     );
     let broker_cpu = common::cpu_seconds(broker.pid()).unwrap_or(0.0) - broker_cpu;
+    let api_report = loader.map(ApiLoad::stop);
     let ceiling_after = measure_ceiling(&mut admin);
     drop(backlog);
     let ceiling = ceiling_before.max(ceiling_after);
@@ -882,6 +907,9 @@ fn main() {
         d.machine_busy * 100.0,
         d.batches_line(),
     ));
+    if let Some(report) = api_report {
+        say(report);
+    }
 
     // 3. Latency at a share of the drain rate (half by default), the instance caught up, on the
     // live topics with ordinary producer batching (no seek happens while the service keeps up).
@@ -1068,8 +1096,24 @@ fn main() {
     if !args.one_instance {
         let url_two = common::fresh_database(&mut admin, &server, &db("two"));
         let mut client_two = cdc_audit::sink::connect(&url_two, None).unwrap();
-        let a = service(&bootstrap, &backlog_topics, &url_two, "bench-two", &args, 1);
-        let b = service(&bootstrap, &backlog_topics, &url_two, "bench-two", &args, 2);
+        let a = service(
+            &bootstrap,
+            &backlog_topics,
+            &url_two,
+            "bench-two",
+            &args,
+            1,
+            None,
+        );
+        let b = service(
+            &bootstrap,
+            &backlog_topics,
+            &url_two,
+            "bench-two",
+            &args,
+            2,
+            None,
+        );
         let d2 = drain(
             &mut client_two,
             "bench-two",
@@ -1117,4 +1161,96 @@ fn main() {
     if failed {
         std::process::exit(1);
     }
+}
+
+/// The read API asked in a loop, one request after the other, while the service drains.
+struct ApiLoad {
+    stop: Arc<AtomicBool>,
+    handle: thread::JoinHandle<String>,
+}
+
+impl ApiLoad {
+    fn start(addr: String) -> ApiLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = thread::spawn(move || {
+            let mut times: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+            let (mut failed, mut seed) = (0, 0x9e37_79b9_u64);
+            let mut refused = BTreeMap::new();
+            while !flag.load(Ordering::Acquire) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let id = 1001 + seed % 50_000;
+                let (kind, path) = match seed % 4 {
+                    0 => (
+                        "history",
+                        format!("/api/v1/history?table=customers&key={id}"),
+                    ),
+                    1 => ("changes", "/api/v1/changes?limit=50".to_string()),
+                    2 => (
+                        "as-of",
+                        format!("/api/v1/as-of?table=orders&at=2100-01-01&key={id}"),
+                    ),
+                    _ => ("tables", "/api/v1/tables".to_string()),
+                };
+                let started = Instant::now();
+                match api_get(&addr, &path) {
+                    Some(200) => times.entry(kind).or_default().push(started.elapsed()),
+                    Some(status) => *refused.entry(status).or_insert(0) += 1,
+                    // Not listening yet, while the service starts.
+                    None => {
+                        failed += 1;
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+            let answers: Vec<String> = times
+                .iter_mut()
+                .map(|(kind, times)| {
+                    times.sort();
+                    let at = |q: f64| {
+                        times
+                            .get(((times.len().max(1) - 1) as f64 * q) as usize)
+                            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+                    };
+                    format!(
+                        "{kind} {} (p50 {:.1} ms, p99 {:.1} ms)",
+                        times.len(),
+                        at(0.5),
+                        at(0.99)
+                    )
+                })
+                .collect();
+            format!(
+                "read API asked in a loop meanwhile, one request after the other: {}; \
+                 other statuses {refused:?}, {failed} connections refused while it started",
+                answers.join(", ")
+            )
+        });
+        ApiLoad { stop, handle }
+    }
+
+    fn stop(self) -> String {
+        self.stop.store(true, Ordering::Release);
+        self.handle
+            .join()
+            .unwrap_or_else(|_| "the API loader panicked".into())
+    }
+}
+
+/// GET `path` from the API at `addr` with the bench's token; the status, if it answered.
+fn api_get(addr: &str, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: bench\r\nAuthorization: Bearer {API_TOKEN}\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
 }

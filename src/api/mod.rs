@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -39,6 +39,9 @@ pub const PATHS: &[&str] = &[
 
 const MAX_URL: usize = 4096;
 
+/// How long `/api/v1/tables` answers from its last count.
+const TABLES_FRESH: Duration = Duration::from_secs(10);
+
 /// A running API: stop it with [`Api::stop`].
 pub struct Api {
     pub addr: SocketAddr,
@@ -53,6 +56,9 @@ impl Api {
 
 struct State {
     pool: Pool,
+    /// The tables' summary counts every row change of each table: it is reused for
+    /// `TABLES_FRESH`, so a page polling it does not make PostgreSQL count all the time.
+    tables: Mutex<Option<(Instant, Value)>>,
     /// SHA-256 of the token: compared digest to digest, so the comparison takes the same time
     /// whatever the guess, and its length is not given away either.
     token_digest: [u8; 32],
@@ -78,6 +84,7 @@ pub fn spawn(settings: &ApiSettings) -> Result<Api, String> {
         .ok_or_else(|| format!("{} is not an IP address", settings.addr))?;
     let state = Arc::new(State {
         pool,
+        tables: Mutex::new(None),
         token_digest: Sha256::digest(settings.token.as_bytes()).into(),
     });
     let server = Arc::new(server);
@@ -191,7 +198,12 @@ fn authorized(state: &State, request: &Request) -> bool {
         .headers()
         .iter()
         .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+        .and_then(|h| {
+            let value = h.value.as_str();
+            // The scheme's name is case-insensitive (RFC 9110).
+            let scheme = value.get(..7)?;
+            scheme.eq_ignore_ascii_case("bearer ").then(|| &value[7..])
+        })
         .unwrap_or("");
     let digest: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
     digest
@@ -256,7 +268,15 @@ fn answer(state: &State, request: &Request) -> Result<Value, Refusal> {
     let value = match route {
         "/api/v1/tables" => {
             params.done()?;
-            json!({"tables": query::table_summary(&mut client)?})
+            let mut cached = state.tables.lock().unwrap_or_else(|e| e.into_inner());
+            match cached.as_ref() {
+                Some((at, value)) if at.elapsed() < TABLES_FRESH => value.clone(),
+                _ => {
+                    let value = json!({"tables": query::table_summary(&mut client)?});
+                    *cached = Some((Instant::now(), value.clone()));
+                    value
+                }
+            }
         }
         "/api/v1/history" => {
             let table = params.required("table")?;
