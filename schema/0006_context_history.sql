@@ -313,8 +313,7 @@ BEGIN
      WHERE coalesce(a.source_database, '') = coalesce(t.source_database, '')
        AND coalesce(a.source_schema, '') = coalesce(t.source_schema, '')
        AND a.source_table = t.source_table
-       AND a.operation_type IN ('INSERT', 'UPDATE', 'DELETE', 'READ', 'TRUNCATE')
-       AND a.operation_type = 'TRUNCATE' AND a.primary_key IS NULL
+       AND a.operation_type = 'TRUNCATE'
        AND a.change_timestamp <= at
      ORDER BY a.change_timestamp DESC, audit_source_position(a.lsn) DESC NULLS LAST
      LIMIT 1;

@@ -195,6 +195,61 @@ fn bad_context_settings_are_refused() {
 }
 
 #[test]
+fn the_read_api_settings_are_checked_and_its_token_never_printed() {
+    let token = "api-secret-token-42";
+    let env = [
+        VALID,
+        &[
+            ("CDC_AUDIT_API_ADDR", "127.0.0.1:9188"),
+            ("CDC_AUDIT_API_TOKEN", token),
+        ],
+    ]
+    .concat();
+    let out = cdc_audit(&["check-config"], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("CDC_AUDIT_API_ADDR=127.0.0.1:9188")
+            && stdout.contains("CDC_AUDIT_API_TOKEN=****")
+            && !stdout.contains(token),
+        "{stdout}"
+    );
+    refused(
+        &[("CDC_AUDIT_API_ADDR", "127.0.0.1:9188")],
+        &["CDC_AUDIT_API_TOKEN", "at least 16 characters"],
+    );
+    refused(
+        &[
+            ("CDC_AUDIT_API_ADDR", "127.0.0.1:9188"),
+            ("CDC_AUDIT_API_TOKEN", "short"),
+        ],
+        &["CDC_AUDIT_API_TOKEN", "at least 16 characters"],
+    );
+    refused(
+        &[
+            ("CDC_AUDIT_API_ADDR", "localhost"),
+            ("CDC_AUDIT_API_TOKEN", token),
+        ],
+        &["CDC_AUDIT_API_ADDR=\"localhost\"", "ip:port"],
+    );
+    refused(
+        &[
+            ("CDC_AUDIT_API_ADDR", "0.0.0.0:9187"),
+            ("CDC_AUDIT_API_TOKEN", token),
+        ],
+        &["a listener of its own"],
+    );
+    refused(
+        &[
+            ("CDC_AUDIT_API_ADDR", "127.0.0.1:9188"),
+            ("CDC_AUDIT_API_TOKEN", token),
+            ("CDC_AUDIT_API_STATEMENT_TIMEOUT_MS", "5"),
+        ],
+        &["CDC_AUDIT_API_STATEMENT_TIMEOUT_MS=\"5\"", "100 to 600000"],
+    );
+}
+
+#[test]
 fn auto_commit_cannot_be_turned_on() {
     refused(
         &[("CDC_AUDIT_KAFKA_ENABLE_AUTO_COMMIT", "true")],
