@@ -1,7 +1,8 @@
 //! Reading the trail: a record's history, a table as of a moment, a source transaction, the
-//! transactions of a context field, the tables. Each answer comes from one SQL function of
-//! `schema/0006_context_history.sql`, with the user's input as parameters (never as query text),
-//! so the CLI, the HTTP API and any SQL client get the same answer.
+//! transactions of a context field, a page of changes, the tables. Each answer comes from one SQL
+//! function of `schema/0006_context_history.sql` or `0007_read_api.sql`, with the user's input as
+//! parameters (never as query text), so the CLI, the read API and any SQL client get the same
+//! answer.
 
 pub mod cli;
 
@@ -88,12 +89,15 @@ pub fn parse_key(text: &str) -> Result<Value, QueryError> {
 /// zone means UTC); the error names `what`.
 pub fn parse_time(client: &mut Client, what: &str, text: &str) -> Result<String, QueryError> {
     let parsed = client.query_one("SELECT to_jsonb($1::text::timestamptz) #>> '{}'", &[&text]);
-    parsed.map(|row| row.get(0)).map_err(|_| {
-        QueryError::invalid(format!(
-            "{what} {text:?} is not a time: give one such as 2026-11-29T12:00:00Z, \
+    parsed
+        .map(|row| row.get(0))
+        .map_err(|e| match QueryError::from(e) {
+            e if e.kind == ErrorKind::Invalid => QueryError::invalid(format!(
+                "{what} {text:?} is not a time: give one such as 2026-11-29T12:00:00Z, \
              '2026-11-29 12:00:00+01' or 2026-11-29"
-        ))
-    })
+            )),
+            other => other,
+        })
 }
 
 /// Answers in UTC, whatever the server's or role's time zone.
@@ -133,7 +137,7 @@ pub fn history(
 ) -> Result<History, QueryError> {
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(QueryError::invalid(format!(
-            "--limit {limit} is out of range: 1 to {MAX_LIMIT}"
+            "limit {limit} is out of range: 1 to {MAX_LIMIT}"
         )));
     }
     let resolved = resolve(client, table)?;

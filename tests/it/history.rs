@@ -681,7 +681,7 @@ fn the_cli_answers_and_names_what_is_wrong_with_a_question() {
         (&["history", "customers", "1"][..], "ambiguous table \"customers\": it could be crm.public.customers, inventory.public.customers"),
         (&["history", "inventory.customers", "{\"id\": 7"][..], "is not JSON of a key"),
         (&["as-of", "inventory.public.customers", "--at", "yesterday-ish"][..], "--at \"yesterday-ish\" is not a time"),
-        (&["history", "inventory.public.customers", "7", "--limit", "0"][..], "--limit 0 is out of range"),
+        (&["history", "inventory.public.customers", "7", "--limit", "0"][..], "limit 0 is out of range"),
         (&["transaction", "--context", "request_id"][..], "is not FIELD=VALUE"),
         (&["history", "inventory.public.customers", "7", "--format", "yaml"][..], "invalid value 'yaml' for '--format"),
     ] {
