@@ -4,6 +4,7 @@
 mod api;
 mod browser;
 mod cli;
+mod crash;
 mod exactly_once;
 mod faults;
 mod fixtures;
