@@ -82,9 +82,11 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
-/// The environment over the env-file, before validation.
+/// The environment over the env-file, every name a setting's, before validation.
 fn raw_settings(cli: &Cli) -> Result<BTreeMap<String, String>, String> {
-    config::gather(std::env::vars(), cli.config.as_deref()).map_err(|e| e.to_string())
+    let raw = config::gather(std::env::vars(), cli.config.as_deref()).map_err(|e| e.to_string())?;
+    config::check_names(&raw).map_err(|e| e.to_string())?;
+    Ok(raw)
 }
 
 /// The validated settings.

@@ -308,6 +308,22 @@ impl fmt::Debug for ApiSettings {
     }
 }
 
+/// Refuses a `CDC_AUDIT_*` name that is not a setting (a typo would otherwise be ignored).
+pub fn check_names(raw: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for key in raw.keys() {
+        let known = key == "DATABASE_URL"
+            || key == "CDC_AUDIT_CONFIG_FILE"
+            || key.starts_with(KAFKA_PREFIX)
+            || SETTINGS.iter().any(|s| s.name == key);
+        if !known {
+            return Err(ConfigError::Unknown {
+                setting: key.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Only the read API's settings (for `cdc-audit serve`, which needs no broker): `None` when
 /// `CDC_AUDIT_API_ADDR` is off.
 pub fn api_from_settings(
@@ -454,17 +470,7 @@ fn unquote(value: &str) -> &str {
 impl Config {
     /// Validates raw settings. `CDC_AUDIT_CONFIG_FILE` is accepted as the file's own name.
     pub fn from_settings(raw: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
-        for key in raw.keys() {
-            let known = key == "DATABASE_URL"
-                || key == "CDC_AUDIT_CONFIG_FILE"
-                || key.starts_with(KAFKA_PREFIX)
-                || SETTINGS.iter().any(|s| s.name == key);
-            if !known {
-                return Err(ConfigError::Unknown {
-                    setting: key.clone(),
-                });
-            }
-        }
+        check_names(raw)?;
         let get = |name: &str| raw.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
 
         let bootstrap_servers = get("CDC_AUDIT_BOOTSTRAP_SERVERS")

@@ -165,6 +165,21 @@ fn misspelt_setting_is_refused() {
 }
 
 #[test]
+fn the_reading_commands_refuse_a_misspelt_setting_too() {
+    for args in [&["tables"][..], &["serve"], &["history", "customers", "1"]] {
+        let out = cdc_audit(
+            args,
+            &[("CDC_AUDIT_DATABSE_URL", "postgres://x@localhost/db")],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("CDC_AUDIT_DATABSE_URL is not a setting"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn bad_boolean_is_refused() {
     refused(
         &[("CDC_AUDIT_MIGRATE", "maybe")],
