@@ -440,3 +440,78 @@ fn offsets_deleted_by_retention_before_they_were_read_are_recorded_as_a_gap() {
         .collect();
     assert_eq!(offsets, [0, 1, 5, 6, 7, 8, 9, 10, 11, 12]);
 }
+
+#[test]
+fn an_instance_frozen_past_its_session_wakes_as_a_zombie_and_writes_nothing_twice() {
+    let db = TestDb::new("zombie");
+    let kafka = Kafka::new("zombie");
+    let records = generate("zombie", 41, 4_000);
+    let total = records.len() as i64;
+    let (first, second) = records.split_at(records.len() / 3);
+    kafka.produce(first);
+    // The zombie holds what it reads for seconds (a long linger), so that it is frozen with
+    // batches in hand and wakes up to write them.
+    let zombie = Service::spawn(
+        &kafka,
+        &db,
+        "g",
+        &[
+            ("CDC_AUDIT_BATCH_LINGER_MS", "4000"),
+            ("CDC_AUDIT_BATCH_IDLE_LINGER_MS", "4000"),
+            ("CDC_AUDIT_BATCH_SIZE", "100000"),
+            ("RUST_LOG", "info,cdc_audit::sink=debug"),
+        ],
+    );
+    let other = Service::spawn(&kafka, &db, "g", &[]);
+    let assigned = |s: &Service| s.log_text().matches("partitions assigned").count();
+    wait_until(Duration::from_secs(180), "both instances assigned", || {
+        assigned(&zombie) >= 1 && assigned(&other) >= 1
+    });
+    let signal = |name: &str, s: &Service| {
+        let ok = std::process::Command::new("kill")
+            .args([name, &s.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    // Frozen while its lingering batches wait, for longer than the 6 s session timeout: the
+    // group gives all partitions to the other instance, which writes everything.
+    kafka.produce(&second[..second.len() / 2]);
+    thread::sleep(Duration::from_millis(1500));
+    signal("-STOP", &zombie);
+    kafka.produce(&second[second.len() / 2..]);
+    wait_until(
+        Duration::from_secs(180),
+        "the other instance takes over",
+        || assigned(&other) >= 2,
+    );
+    wait_until(
+        Duration::from_secs(180),
+        "everything committed by the other",
+        || db.committed("g") == total,
+    );
+    // The zombie wakes with its old batches: they must not be written again.
+    signal("-CONT", &zombie);
+    thread::sleep(Duration::from_secs(8));
+    zombie.sigterm();
+    let (code, log) = zombie.wait(Duration::from_secs(60));
+    assert!(code == Some(0) || code == Some(2), "{log}");
+    // It woke with batches in hand: dropped because their epoch ended (librdkafka revoked the
+    // partitions on waking), or found already written by the database's fence.
+    let fenced = log.lines().any(|l| {
+        l.split("batch committed: 0 rows, ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+    });
+    assert!(
+        log.contains("dropped: its epoch ended") || fenced,
+        "the zombie held no batch when it woke, so the test proved nothing:\n{log}"
+    );
+    other.sigterm();
+    let (code, log) = other.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(db.committed("g"), total);
+    assert_exactly_once(&db, &records);
+}
