@@ -13,7 +13,7 @@ use crate::util::{
 };
 
 /// A PostgreSQL server of the test's own, removed when dropped.
-struct PrivatePostgres {
+pub struct PrivatePostgres {
     dir: PathBuf,
     bin: PathBuf,
     port: u16,
@@ -31,7 +31,7 @@ fn running_as_root() -> bool {
 }
 
 impl PrivatePostgres {
-    fn start() -> PrivatePostgres {
+    pub fn start() -> PrivatePostgres {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("Debian's PostgreSQL server binaries in /usr/lib/postgresql")
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
@@ -95,7 +95,7 @@ impl PrivatePostgres {
         self.dir.join("data").display().to_string()
     }
 
-    fn ctl_start(&self) {
+    pub fn ctl_start(&self) {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=50",
             self.port,
@@ -118,15 +118,15 @@ impl PrivatePostgres {
     }
 
     /// Kills the server without a checkpoint; the next start recovers from the WAL.
-    fn crash(&self) {
+    pub fn crash(&self) {
         self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "stop"]);
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 }

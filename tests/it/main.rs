@@ -3,6 +3,7 @@
 
 mod api;
 mod browser;
+mod chaos;
 mod cli;
 mod crash;
 mod exactly_once;
