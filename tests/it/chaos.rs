@@ -6,6 +6,12 @@
 //! CI runs it for 45 s. `CDC_AUDIT_CHAOS_SECONDS=3600` runs it longer, `CDC_AUDIT_CHAOS_SEED=N`
 //! replays a schedule (the seed is printed first):
 //! `CDC_AUDIT_CHAOS_SECONDS=600 cargo test --test it chaos -- --nocapture`.
+//!
+//! The zombie and the broker outage are faults of the group protocol, and librdkafka's mock
+//! cluster (in this test's process) can abort on them: a member that sends JoinGroup again while
+//! the mock still holds its first one trips `rd_kafka_mock_cgrp_classic_member_add`'s assertion
+//! and takes the whole test binary down. They run only with `CDC_AUDIT_CHAOS_GROUP_FAULTS=1`
+//! until the chaos run has a real broker (issue 19).
 
 use std::collections::BTreeMap;
 use std::thread;
@@ -53,6 +59,7 @@ fn chaos_of_random_faults_loses_duplicates_and_reorders_nothing() {
         | 1;
     eprintln!("chaos: seed {seed}, {seconds} s (CDC_AUDIT_CHAOS_SEED={seed} replays the schedule)");
     let mut dice = Dice(seed);
+    let group_faults = std::env::var_os("CDC_AUDIT_CHAOS_GROUP_FAULTS").is_some();
 
     let pg = PrivatePostgres::start();
     let db = TestDb {
@@ -88,7 +95,7 @@ fn chaos_of_random_faults_loses_duplicates_and_reorders_nothing() {
     while started.elapsed() < Duration::from_secs(seconds) {
         thread::sleep(Duration::from_millis(1_500 + dice.roll(3_000)));
         let which = dice.roll(instances.len() as u64) as usize;
-        let fault = match dice.roll(6) {
+        let fault = match dice.roll(if group_faults { 6 } else { 3 }) {
             0 => {
                 let victim = instances.swap_remove(which);
                 victim.sigkill();
@@ -105,6 +112,12 @@ fn chaos_of_random_faults_loses_duplicates_and_reorders_nothing() {
                 );
                 instances.push(spawn());
                 "SIGTERM and restart"
+            }
+            2 if !group_faults => {
+                pg.crash();
+                thread::sleep(Duration::from_millis(500 + dice.roll(2_500)));
+                pg.ctl_start();
+                "database crash (immediate stop, recovery)"
             }
             2 => {
                 // Frozen past its 6 s session: the group moves on without it, then it wakes.
