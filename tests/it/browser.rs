@@ -4,7 +4,7 @@
 //! reads its timeline and diff, and follows the link to the change's transaction.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,17 +14,9 @@ use serde_json::{json, Value};
 use cdc_audit::config::ApiSettings;
 use cdc_audit::demo::Generator;
 
-use crate::util::{config, wait_until, InProcess, Kafka, TestDb, PARTITIONS};
+use crate::util::{config, free_port, wait_until, InProcess, Kafka, TestDb, PARTITIONS};
 
 const TOKEN: &str = "browser-token-0123456789";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A WebDriver session of headless Chromium, through a chromedriver of its own.
 struct Browser {

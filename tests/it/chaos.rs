@@ -18,20 +18,15 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::crash::PrivatePostgres;
-use crate::util::{
-    assert_exactly_once, generate, produce_over, wait_until, Kafka, Service, TestDb,
-};
+use crate::util::{assert_exactly_once, generate, produce_over, wait_until, Dice, Kafka, Service};
 
-/// The schedule's dice.
-struct Dice(u64);
-
-impl Dice {
-    fn roll(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
+#[derive(Clone, Copy)]
+enum Fault {
+    Kill,
+    Term,
+    Zombie,
+    DatabaseCrash,
+    BrokerDown,
 }
 
 fn signal(name: &str, service: &Service) {
@@ -59,15 +54,15 @@ fn chaos_of_random_faults_loses_duplicates_and_reorders_nothing() {
         | 1;
     eprintln!("chaos: seed {seed}, {seconds} s (CDC_AUDIT_CHAOS_SEED={seed} replays the schedule)");
     let mut dice = Dice(seed);
-    let group_faults = std::env::var_os("CDC_AUDIT_CHAOS_GROUP_FAULTS").is_some();
+    use Fault::*;
+    let kinds: &[Fault] = if std::env::var_os("CDC_AUDIT_CHAOS_GROUP_FAULTS").is_some() {
+        &[Kill, Term, Zombie, DatabaseCrash, BrokerDown, BrokerDown]
+    } else {
+        &[Kill, Term, DatabaseCrash]
+    };
 
     let pg = PrivatePostgres::start();
-    let db = TestDb {
-        name: "postgres".into(),
-        url: pg.url(),
-        server: pg.url(),
-        owned: false,
-    };
+    let db = pg.db();
     // Migrated once here: an instance restarted while the database is down still starts.
     db.migrate();
     let kafka = Kafka::new("chaos");
@@ -95,14 +90,14 @@ fn chaos_of_random_faults_loses_duplicates_and_reorders_nothing() {
     while started.elapsed() < Duration::from_secs(seconds) {
         thread::sleep(Duration::from_millis(1_500 + dice.roll(3_000)));
         let which = dice.roll(instances.len() as u64) as usize;
-        let fault = match dice.roll(if group_faults { 6 } else { 3 }) {
-            0 => {
+        let fault = match kinds[dice.roll(kinds.len() as u64) as usize] {
+            Fault::Kill => {
                 let victim = instances.swap_remove(which);
                 victim.sigkill();
                 instances.push(spawn());
                 "SIGKILL and restart"
             }
-            1 => {
+            Fault::Term => {
                 let victim = instances.swap_remove(which);
                 victim.sigterm();
                 let (code, log) = victim.wait(Duration::from_secs(90));
@@ -113,26 +108,20 @@ fn chaos_of_random_faults_loses_duplicates_and_reorders_nothing() {
                 instances.push(spawn());
                 "SIGTERM and restart"
             }
-            2 if !group_faults => {
-                pg.crash();
-                thread::sleep(Duration::from_millis(500 + dice.roll(2_500)));
-                pg.ctl_start();
-                "database crash (immediate stop, recovery)"
-            }
-            2 => {
+            Fault::Zombie => {
                 // Frozen past its 6 s session: the group moves on without it, then it wakes.
                 signal("-STOP", &instances[which]);
                 thread::sleep(Duration::from_secs(8));
                 signal("-CONT", &instances[which]);
                 "zombie (SIGSTOP past the session, SIGCONT)"
             }
-            3 => {
+            Fault::DatabaseCrash => {
                 pg.crash();
                 thread::sleep(Duration::from_millis(500 + dice.roll(2_500)));
                 pg.ctl_start();
                 "database crash (immediate stop, recovery)"
             }
-            _ => {
+            Fault::BrokerDown => {
                 kafka.cluster.broker_down(1).unwrap();
                 thread::sleep(Duration::from_millis(500 + dice.roll(2_500)));
                 kafka.cluster.broker_up(1).unwrap();

@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::util::{
-    assert_exactly_once, config, generate, produce_over, wait_until, InProcess, Kafka, TestDb,
+    assert_exactly_once, config, free_port, generate, produce_over, wait_until, InProcess, Kafka,
+    TestDb,
 };
 
 /// A PostgreSQL server of the test's own, removed when dropped.
@@ -38,11 +39,7 @@ impl PrivatePostgres {
             .filter(|p| p.join("pg_ctl").is_file())
             .max()
             .expect("pg_ctl under /usr/lib/postgresql/*/bin");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let dir = std::env::temp_dir().join(format!("cdc-audit-pg-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let pg = PrivatePostgres { dir, bin, port };
@@ -54,12 +51,11 @@ impl PrivatePostgres {
                 .unwrap();
             assert!(owned.success());
         }
-        let data = pg.dir.join("data");
         pg.run(
             "initdb",
             &[
                 "-D",
-                &data.display().to_string(),
+                &pg.data(),
                 "-A",
                 "trust",
                 "-U",
@@ -71,21 +67,23 @@ impl PrivatePostgres {
         pg
     }
 
-    /// A server binary as the `postgres` user (initdb refuses root).
-    fn run(&self, program: &str, args: &[&str]) {
+    /// A server binary, run as the `postgres` user (initdb refuses root).
+    fn command(&self, program: &str) -> Command {
         let program = self.bin.join(program);
-        let mut command = if running_as_root() {
+        if running_as_root() {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(&program);
             c
         } else {
             Command::new(&program)
-        };
-        let out = command.args(args).output().unwrap();
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = self.command(program).args(args).output().unwrap();
         assert!(
             out.status.success(),
-            "{} {args:?}: {}{}",
-            program.display(),
+            "{program} {args:?}: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
@@ -122,6 +120,16 @@ impl PrivatePostgres {
         self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "stop"]);
     }
 
+    /// The server's own database; the handle does not drop it (the server goes).
+    pub fn db(&self) -> TestDb {
+        TestDb {
+            name: "postgres".into(),
+            url: self.url(),
+            server: self.url(),
+            owned: false,
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
@@ -133,20 +141,10 @@ impl PrivatePostgres {
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        let _ = Command::new(self.bin.join("pg_ctl"))
-            .arg("--version")
-            .output();
         if Path::new(&self.data()).join("postmaster.pid").exists() {
             let data = self.data();
-            let program = self.bin.join("pg_ctl");
-            let mut command = if running_as_root() {
-                let mut c = Command::new("runuser");
-                c.args(["-u", "postgres", "--"]).arg(&program);
-                c
-            } else {
-                Command::new(&program)
-            };
-            let _ = command
+            let _ = self
+                .command("pg_ctl")
                 .args(["-D", &data, "-m", "immediate", "stop"])
                 .output();
         }
@@ -157,13 +155,7 @@ impl Drop for PrivatePostgres {
 #[test]
 fn database_crashes_mid_stream_lose_and_duplicate_nothing() {
     let pg = PrivatePostgres::start();
-    // The private server's own database; the handle does not drop it (the server goes).
-    let db = TestDb {
-        name: "postgres".into(),
-        url: pg.url(),
-        server: pg.url(),
-        owned: false,
-    };
+    let db = pg.db();
     let kafka = Kafka::new("pgcrash");
     let records = generate("pgcrash", 31, 6_000);
     let total = records.len() as i64;

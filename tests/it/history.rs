@@ -17,7 +17,7 @@ use cdc_audit::transform::decode::iso_micros;
 use cdc_audit::transform::transform;
 use cdc_audit::types::{Batch, Message, Tp, Transformed};
 
-use crate::util::TestDb;
+use crate::util::{Dice, TestDb};
 
 /// One Kafka record: key and value as Debezium's JSON converter writes them without schemas.
 pub type Event = (Option<String>, String);
@@ -113,18 +113,6 @@ pub fn context_message(context: &Value, ts_us: i64, lsn: i64, tx: i64) -> Event 
     (Some(r#"{"prefix":"audit"}"#.into()), value.to_string())
 }
 
-/// Deterministic choices.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// The oracle: the table as a map, after each event; the time of each event.
 struct Oracle {
     table: BTreeMap<i64, Value>,
@@ -168,16 +156,16 @@ impl Oracle {
 
 pub const T0: i64 = 1_790_000_000_000_000; // 2026-09-21, in microseconds
 
-fn row(id: i64, rng: &mut Rng) -> Value {
-    let by = ["app", "batch"][rng.below(2) as usize];
-    json!({"id": id, "name": format!("item-{}", rng.below(1000)),
-           "price": rng.below(10_000) as f64 / 100.0, "stock": rng.below(50), "updated_by": by})
+fn row(id: i64, rng: &mut Dice) -> Value {
+    let by = ["app", "batch"][rng.roll(2) as usize];
+    json!({"id": id, "name": format!("item-{}", rng.roll(1000)),
+           "price": rng.roll(10_000) as f64 / 100.0, "stock": rng.roll(50), "updated_by": by})
 }
 
 /// Generates a snapshot, then inserts, updates, deletes, keys inserted again after their delete,
 /// and a truncate followed in its own transaction by an insert; writes them in batches.
 fn generate_and_write(db: &TestDb) -> Oracle {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Dice(0x9e37_79b9_7f4a_7c15);
     let mut oracle = Oracle {
         table: BTreeMap::new(),
         moments: Vec::new(),
@@ -205,7 +193,7 @@ fn generate_and_write(db: &TestDb) -> Oracle {
         next_id += 1;
     }
     for step in 0..400 {
-        ts += 1_000 + rng.below(2_000) as i64;
+        ts += 1_000 + rng.roll(2_000) as i64;
         lsn += 100;
         tx += 1;
         if step == 250 {
@@ -221,12 +209,12 @@ fn generate_and_write(db: &TestDb) -> Oracle {
             continue;
         }
         let live: Vec<i64> = oracle.table.keys().copied().collect();
-        let choice = rng.below(10);
+        let choice = rng.roll(10);
         match choice {
             // An insert: a new key, or one deleted before (inserted again).
             _ if live.is_empty() || choice < 3 || (live.len() < 5 && choice < 6) => {
-                let id = if !deleted.is_empty() && rng.below(3) == 0 {
-                    deleted.swap_remove(rng.below(deleted.len() as u64) as usize)
+                let id = if !deleted.is_empty() && rng.roll(3) == 0 {
+                    deleted.swap_remove(rng.roll(deleted.len() as u64) as usize)
                 } else {
                     next_id += 1;
                     next_id - 1
@@ -235,12 +223,12 @@ fn generate_and_write(db: &TestDb) -> Oracle {
                 oracle.put(&mut events, "c", id, r, (ts, lsn, tx), "false");
             }
             3..=7 => {
-                let id = live[rng.below(live.len() as u64) as usize];
+                let id = live[rng.roll(live.len() as u64) as usize];
                 let old = oracle.table[&id].clone();
                 let mut new = old.clone();
                 let mut changed = Vec::new();
                 for column in ["name", "price", "stock"] {
-                    if rng.below(2) == 0 {
+                    if rng.roll(2) == 0 {
                         let fresh = row(id, &mut rng)[column].clone();
                         if fresh != old[column] {
                             changed.push(column.to_string());
@@ -250,7 +238,7 @@ fn generate_and_write(db: &TestDb) -> Oracle {
                 }
                 // Half the updates come without a before image (PostgreSQL's default replica
                 // identity): the diff is then taken against the version before it.
-                let before = (rng.below(2) == 0).then_some(&old);
+                let before = (rng.roll(2) == 0).then_some(&old);
                 events.push(change(
                     "items",
                     "u",
@@ -270,7 +258,7 @@ fn generate_and_write(db: &TestDb) -> Oracle {
                     .push(("UPDATE".into(), new, changed));
             }
             _ => {
-                let id = live[rng.below(live.len() as u64) as usize];
+                let id = live[rng.roll(live.len() as u64) as usize];
                 let old = oracle.table.remove(&id).unwrap();
                 events.push(change(
                     "items",

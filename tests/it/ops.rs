@@ -2,7 +2,6 @@
 //! promtool on the metrics and the shipped rules, systemd's notification protocol and unit
 //! verifier, JSON logs, and the `healthcheck` subcommand.
 
-use std::net::TcpListener;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
@@ -11,15 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::proxy::{self, Proxy};
-use crate::util::{generate, run_ok, wait_until, Kafka, Service, TestDb};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::util::{free_port, generate, run_ok, wait_until, Kafka, Service, TestDb};
 
 fn have(tool: &str) -> bool {
     Command::new("sh")

@@ -522,3 +522,25 @@ fn check_exactly_once(db: &TestDb, produced: &[Record], in_offset_order: bool) {
         .get(0);
     assert_eq!(caught, 0, "duplicates reached the unique constraint");
 }
+
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Deterministic choices from a seed (xorshift), for generated test data and fault schedules.
+pub struct Dice(pub u64);
+
+impl Dice {
+    /// A number below `n`.
+    pub fn roll(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
