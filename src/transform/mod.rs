@@ -554,11 +554,15 @@ fn change<'a>(
     let new_data = after.map(|a| rewrite(a, after_schema, &table_rules, &mut unavailable));
     let primary_key = primary_key(msg.key.as_deref(), mongo, &table_rules)?;
     let mut change_detail = if mongo { mongo_detail(event) } else { None };
-    let found = match event.object("message") {
-        Some(message) if op == "m" => context::from_message(&message, &source, rules),
-        _ => source
+    // Only a logical message (PostgreSQL) or a row event's statement (MySQL) carries context.
+    let found = if op == "m" {
+        event.object("message").map_or(context::Found::None, |m| {
+            context::from_message(&m, &source, rules)
+        })
+    } else {
+        source
             .text("query")
-            .map_or(context::Found::None, |q| context::from_query(&q, rules)),
+            .map_or(context::Found::None, |q| context::from_query(&q, rules))
     };
     let (context, actor) = match found {
         context::Found::None => (None, None),
