@@ -4,7 +4,8 @@
 CREATE ROLE cdc_audit_service LOGIN;   -- then: ALTER ROLE cdc_audit_service PASSWORD '...';
 GRANT USAGE ON SCHEMA public TO cdc_audit_service;
 -- Append only: no UPDATE or DELETE on the trail.
-GRANT SELECT, INSERT ON audit_logging, audit_transactions, audit_gaps TO cdc_audit_service;
+GRANT SELECT, INSERT ON audit_logging, audit_transactions, audit_gaps, audit_amendments
+    TO cdc_audit_service;
 -- DELETE for `cdc-audit rejections replay` and `purge`.
 GRANT SELECT, INSERT, DELETE ON audit_rejections TO cdc_audit_service;
 -- Positions move forward with every batch.
@@ -13,8 +14,11 @@ GRANT SELECT ON cdc_audit_migrations, audit_transaction_summary TO cdc_audit_ser
 
 -- Reading the trail, and nothing else: `cdc-audit history`, `as-of`, `transaction`, `tables`,
 -- the audit_trail view and the audit_* functions (SECURITY INVOKER: they read as the reader).
--- No rejections (they keep raw messages, unmasked) and no positions.
+-- No rejections (they keep raw messages, unmasked); of the positions, only the chain heads.
 CREATE ROLE cdc_audit_reader LOGIN;    -- then: ALTER ROLE cdc_audit_reader PASSWORD '...';
 GRANT USAGE ON SCHEMA public TO cdc_audit_reader;
-GRANT SELECT ON audit_logging, audit_transactions, audit_gaps, audit_transaction_summary,
-    audit_trail TO cdc_audit_reader;
+GRANT SELECT ON audit_logging, audit_transactions, audit_gaps, audit_amendments,
+    audit_transaction_summary, audit_trail TO cdc_audit_reader;
+-- The chains' heads, for signed digests (`GET /api/v1/digest`); positions are no secret.
+GRANT SELECT (consumer_group, topic, partition, chain_seq, chain_head) ON audit_positions
+    TO cdc_audit_reader;

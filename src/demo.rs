@@ -498,6 +498,7 @@ fn explore(url: &str) -> Result<(), String> {
         database_url: url.to_string(),
         database_ca_file: None,
         statement_timeout: Duration::from_secs(10),
+        signing_key_file: None,
     };
     let api = crate::api::spawn(&settings("127.0.0.1:9188"))
         .or_else(|_| crate::api::spawn(&settings("127.0.0.1:0")))?;
@@ -565,6 +566,7 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         stall_timeout: Duration::from_secs(120),
         log_format: crate::config::LogFormat::Text,
         api: None,
+        digest: None,
         rules: crate::config::rules::Rules {
             change_user_column: Some("updated_by".into()),
             ..Default::default()

@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the map of stages, the order their imports follow, and their invariants.
 
 // The shared vocabulary, settings and telemetry: leaves.
+pub mod chain;
 pub mod config;
 pub mod events;
 pub mod pgcopy;
@@ -18,6 +19,7 @@ pub mod transform;
 pub mod api;
 pub mod demo;
 pub mod http;
+pub mod integrity;
 pub mod logging;
 pub mod migrate;
 pub mod query;

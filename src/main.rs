@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use cdc_audit::config::{self, Config};
 use cdc_audit::query::cli as query;
-use cdc_audit::{demo, http, logging, migrate, rejections, service, transform};
+use cdc_audit::{demo, http, integrity, logging, migrate, rejections, service, transform};
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +53,12 @@ enum Command {
     /// Serve the read API (CDC_AUDIT_API_ADDR, CDC_AUDIT_API_TOKEN) alone, without consuming:
     /// for a reader host that should not run the pipeline.
     Serve,
+    /// Recompute the trail's hash chains from the stored rows and report the first broken link
+    /// of each: exit 0 only if every chain is intact, 3 if one is broken.
+    Verify(integrity::VerifyArgs),
+    /// Print the chains' heads signed with CDC_AUDIT_SIGNING_KEY_FILE (Ed25519): keep it outside
+    /// the database, and `verify --digest` it later.
+    Digest(integrity::DigestArgs),
     /// Look at, replay or purge the messages stored in audit_rejections.
     Rejections {
         #[command(subcommand)]
@@ -134,6 +140,12 @@ fn main() -> ExitCode {
             .and_then(|raw| query::tables(&raw))
             .map(print),
         Command::Serve => raw_settings(&cli).and_then(|raw| service::serve(&raw)),
+        Command::Verify(args) => {
+            raw_settings(&cli).and_then(|raw| integrity::verify_command(&raw, args))
+        }
+        Command::Digest(args) => raw_settings(&cli)
+            .and_then(|raw| integrity::digest_command(&raw, args))
+            .map(print),
         Command::Rejections { command } => {
             raw_settings(&cli).and_then(|raw| rejections::command(&raw, command))
         }

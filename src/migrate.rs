@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0007_read_api.sql",
         include_str!("../schema/0007_read_api.sql"),
     ),
+    (
+        8,
+        "0008_hash_chain.sql",
+        include_str!("../schema/0008_hash_chain.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed key of the advisory lock that serialises migrations.

@@ -8,10 +8,13 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use postgres::Client;
+use postgres::{Client, Transaction};
 
+use crate::chain::{self, Kind};
 use crate::config::{self, rules::Rules};
-use crate::sink::{self, copy_rows, SinkError, AUDIT, TRANSACTIONS};
+use crate::sink::{
+    self, copy_rows, Action, Amendment, SinkError, Stored, Tuples, AUDIT, REJECTIONS, TRANSACTIONS,
+};
 use crate::transform::transform;
 use crate::types::{Message, Outcome};
 
@@ -232,7 +235,7 @@ pub fn replay(
 ) -> Result<Replayed, String> {
     let rows = query(
         client,
-        "id, kafka_topic, kafka_partition, kafka_offset, (extract(epoch FROM kafka_timestamp) * 1000)::bigint, kafka_key, kafka_value",
+        "id, kafka_topic, kafka_partition, kafka_offset, (extract(epoch FROM kafka_timestamp) * 1000)::bigint, kafka_key, kafka_value, chain_seq",
         sel,
         "ORDER BY kafka_topic, kafka_partition, kafka_offset",
     )?;
@@ -248,10 +251,11 @@ pub fn replay(
             payload: r.get(6),
             headers: Vec::new(),
         };
+        let seq: Option<i64> = r.get(7);
         let outcome = transform(&msg, rules);
         let target = match &outcome {
-            Outcome::Row(row) => Some((AUDIT, row.bytes.as_slice())),
-            Outcome::Transaction(bytes) => Some((TRANSACTIONS, bytes.as_slice())),
+            Outcome::Row(row) => Some((AUDIT, row)),
+            Outcome::Transaction(row) => Some((TRANSACTIONS, row)),
             Outcome::Skipped(_) => None,
             Outcome::Rejected(rejection) => {
                 log::info!(
@@ -273,10 +277,42 @@ pub fn replay(
         }
         let result: Result<(), SinkError> = (|| {
             let mut tx = client.transaction()?;
-            if let Some((table, bytes)) = target {
-                copy_rows(&mut tx, table, std::iter::once(bytes))?;
+            let time = sink::now_micros(&mut tx)?;
+            // The row takes the rejection's link; an amendment says what stands there now.
+            let link = match seq {
+                Some(seq) => Some((seq, chained(&mut tx, &[id])?.remove(0))),
+                None => None,
+            };
+            if let Some((target, row)) = target {
+                let suffix = match &link {
+                    Some((seq, (_, stored))) => {
+                        let hash = stored.link.as_deref().and_then(|l| l.try_into().ok());
+                        chain::suffix(time, *seq, &hash.unwrap_or_default()).to_vec()
+                    }
+                    None => chain::unlinked_suffix(time).to_vec(),
+                };
+                copy_rows(
+                    &mut tx,
+                    target,
+                    std::iter::once((row.bytes.as_slice(), &suffix[..])),
+                )?;
             }
             tx.execute("DELETE FROM audit_rejections WHERE id = $1", &[&id])?;
+            if let Some((seq, (group, stored))) = link {
+                sink::amend(
+                    &mut tx,
+                    &[Amendment {
+                        group: &group,
+                        topic: &msg.topic,
+                        partition: msg.partition,
+                        target_seq: seq,
+                        action: Action::Replayed,
+                        was: stored.entry,
+                        now: target.map(|(_, row)| chain::entry(&row.content, time)),
+                        reason: None,
+                    }],
+                )?;
+            }
             tx.commit()?;
             Ok(())
         })();
@@ -292,13 +328,81 @@ pub fn replay(
     Ok(done)
 }
 
-/// Deletes the selected rejections; refuses an empty selection (use `--all`).
+/// The chained rejections among `ids`, as stored, with the consumer group of their chain.
+fn chained(tx: &mut Transaction<'_>, ids: &[i64]) -> Result<Vec<(String, Stored)>, SinkError> {
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    // COPY takes no parameters: the ids are numbers this command read itself.
+    let sql = sink::copy_out(
+        REJECTIONS,
+        "kafka_topic, kafka_partition",
+        &format!(
+            "WHERE id IN ({}) AND chain_seq IS NOT NULL ORDER BY id",
+            list.join(", ")
+        ),
+    );
+    let mut rows = Vec::new();
+    {
+        let mut tuples = Tuples::new(tx.copy_out(&sql)?);
+        while let Some((_, fields)) = tuples.next_tuple().map_err(SinkError::from_io)? {
+            if let Some(stored) = sink::stored(Kind::Rejection, fields, 2) {
+                rows.push(stored);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for stored in rows {
+        let text = |i: usize| {
+            String::from_utf8_lossy(stored.extra[i].as_deref().unwrap_or_default()).into_owned()
+        };
+        let partition = stored.extra[1]
+            .as_deref()
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, i32::from_be_bytes);
+        let seq = stored.seq.unwrap_or_default();
+        let group = sink::chain_group(tx, &text(0), partition, seq)
+            .map_err(|e| SinkError::Io(std::io::Error::other(e)))?;
+        out.push((group, stored));
+    }
+    Ok(out)
+}
+
+/// Deletes the selected rejections; refuses an empty selection (use `--all`). The chain keeps
+/// each one's link: an amendment records that it was purged.
 pub fn purge(client: &mut Client, sel: &Selection, all: bool) -> Result<u64, String> {
     if sel.is_empty() && !all {
         return Err("purge needs --id, --reason, --topic, --before or --all".into());
     }
-    let sql = format!("DELETE FROM audit_rejections WHERE {}", sel.clause());
-    client
-        .execute(&sql, &[&sel.ids, &sel.reason, &sel.topic, &sel.before])
-        .map_err(|e| e.to_string())
+    let ids: Vec<i64> = query(client, "id", sel, "ORDER BY id")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let result: Result<u64, SinkError> = (|| {
+        let mut tx = client.transaction()?;
+        let mut deleted = 0;
+        for ids in ids.chunks(1000) {
+            let stored = chained(&mut tx, ids)?;
+            let amendments: Vec<Amendment<'_>> = stored
+                .iter()
+                .map(|(group, s)| Amendment {
+                    group,
+                    topic: std::str::from_utf8(s.extra[0].as_deref().unwrap_or_default())
+                        .unwrap_or_default(),
+                    partition: s.extra[1]
+                        .as_deref()
+                        .and_then(|b| b.try_into().ok())
+                        .map_or(0, i32::from_be_bytes),
+                    target_seq: s.seq.unwrap_or_default(),
+                    action: Action::Purged,
+                    was: s.entry,
+                    now: None,
+                    reason: None,
+                })
+                .collect();
+            sink::amend(&mut tx, &amendments)?;
+            deleted += tx.execute("DELETE FROM audit_rejections WHERE id = ANY($1)", &[&ids])?;
+        }
+        tx.commit()?;
+        Ok(deleted)
+    })();
+    result.map_err(|e| e.to_string())
 }

@@ -148,17 +148,18 @@ pub enum Outcome {
     /// One `audit_logging` row.
     Row(Row),
     /// One `audit_transactions` row (a BEGIN or END of the transaction metadata topic).
-    Transaction(Vec<u8>),
+    Transaction(Row),
     /// Nothing to store; its offset still counts as consumed.
     Skipped(Skip),
     Rejected(Rejection),
 }
 
-/// An audit row encoded as a binary COPY tuple, with its source commit time for the
-/// end-to-end latency metric.
+/// A row encoded as a binary COPY tuple whose last fields the writer appends (the chain's:
+/// see `chain`), its content hash, and its source commit time for the end-to-end latency metric.
 #[derive(Debug)]
 pub struct Row {
     pub bytes: Vec<u8>,
+    pub content: [u8; 32],
     pub source_time_us: Option<i64>,
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
+use cdc_audit::chain::{suffix, Suffix};
 use cdc_audit::config::rules::Rules;
 use cdc_audit::demo::{self, Record};
 use cdc_audit::sink::{copy_rows, write_batch, AUDIT};
@@ -95,12 +96,21 @@ pub fn write_streams(url: &str, streams: Vec<Vec<Transformed>>, fenced: bool) ->
                     if fenced {
                         write_batch(&mut client, "bench", t, false).unwrap();
                     } else {
+                        // The same columns the service writes, the chain's included.
                         let mut tx = client.transaction().unwrap();
-                        let bytes = t.outcomes.iter().filter_map(|o| match o {
-                            Outcome::Row(row) => Some(row.bytes.as_slice()),
-                            _ => None,
-                        });
-                        copy_rows(&mut tx, AUDIT, bytes).unwrap();
+                        let rows: Vec<(&[u8], Suffix)> = t
+                            .outcomes
+                            .iter()
+                            .filter_map(|o| match o {
+                                Outcome::Row(row) => Some(row),
+                                _ => None,
+                            })
+                            .enumerate()
+                            .map(|(i, row)| {
+                                (row.bytes.as_slice(), suffix(0, i as i64, &row.content))
+                            })
+                            .collect();
+                        copy_rows(&mut tx, AUDIT, rows.iter().map(|(b, s)| (*b, &s[..]))).unwrap();
                         tx.commit().unwrap();
                     }
                 }

@@ -12,10 +12,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::config::ApiSettings;
+use crate::integrity::{Digest, SigningKey};
 use crate::query::{self, ErrorKind, QueryError, Search};
 use crate::sink::{self, Pool};
 
@@ -30,6 +31,7 @@ pub const PAGE: &str = include_str!("page.html");
 pub const PATHS: &[&str] = &[
     "/api/v1/openapi.json",
     "/api/v1/tables",
+    "/api/v1/digest",
     "/api/v1/changes",
     "/api/v1/history",
     "/api/v1/as-of",
@@ -62,6 +64,8 @@ struct State {
     /// SHA-256 of the token: compared digest to digest, so the comparison takes the same time
     /// whatever the guess, and its length is not given away either.
     token_digest: [u8; 32],
+    /// Signs `/api/v1/digest`, when digests are configured.
+    signing_key: Option<SigningKey>,
 }
 
 /// Starts the API's threads on `settings.addr` (port 0: any free port).
@@ -72,6 +76,12 @@ pub fn spawn(settings: &ApiSettings) -> Result<Api, String> {
         settings.database_ca_file.as_deref(),
         settings.statement_timeout,
     )?;
+    let signing_key = settings
+        .signing_key_file
+        .as_deref()
+        .map(SigningKey::load)
+        .transpose()
+        .map_err(|e| format!("CDC_AUDIT_SIGNING_KEY_FILE={e}"))?;
     let server = Server::http(settings.addr).map_err(|e| {
         format!(
             "cannot listen on {} (CDC_AUDIT_API_ADDR): {e}",
@@ -86,6 +96,7 @@ pub fn spawn(settings: &ApiSettings) -> Result<Api, String> {
         pool,
         tables: Mutex::new(None),
         token_digest: Sha256::digest(settings.token.as_bytes()).into(),
+        signing_key,
     });
     let server = Arc::new(server);
     let stopped = Arc::new(AtomicBool::new(false));
@@ -277,6 +288,22 @@ fn answer(state: &State, request: &Request) -> Result<Value, Refusal> {
                     value
                 }
             }
+        }
+        "/api/v1/digest" => {
+            params.done()?;
+            let key = state.signing_key.as_ref().ok_or_else(|| Refusal {
+                status: 404,
+                message: "digests are not configured: set CDC_AUDIT_SIGNING_KEY_FILE".into(),
+                parameter: None,
+            })?;
+            let internal = |message: String| Refusal {
+                status: 500,
+                message,
+                parameter: None,
+            };
+            let digest = Digest::take(&mut client).map_err(|e| internal(sink::with_causes(&e)))?;
+            let signed = digest.sign(key).map_err(internal)?;
+            serde_json::from_str(&signed).map_err(|e| internal(e.to_string()))?
         }
         "/api/v1/history" => {
             let table = params.required("table")?;

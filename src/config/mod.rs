@@ -183,6 +183,21 @@ pub const SETTINGS: &[Setting] = &[
         default: Some(rules::DEFAULT_ACTOR_FIELD),
         help: "context field that names who made a change",
     },
+    Setting {
+        name: "CDC_AUDIT_SIGNING_KEY_FILE",
+        default: None,
+        help: "Ed25519 private key (PEM, `openssl genpkey -algorithm ed25519`) that signs digests of the trail's hash chains",
+    },
+    Setting {
+        name: "CDC_AUDIT_DIGEST_DIR",
+        default: None,
+        help: "where the service writes a signed digest every CDC_AUDIT_DIGEST_INTERVAL_S (needs CDC_AUDIT_SIGNING_KEY_FILE)",
+    },
+    Setting {
+        name: "CDC_AUDIT_DIGEST_INTERVAL_S",
+        default: Some("3600"),
+        help: "seconds between digests: to CDC_AUDIT_DIGEST_DIR, and a log line (with a signing key)",
+    },
 ];
 
 /// A setting that could not be accepted.
@@ -285,6 +300,17 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The read API, when `CDC_AUDIT_API_ADDR` is set.
     pub api: Option<ApiSettings>,
+    /// Signed digests of the chains' heads: `None` without `CDC_AUDIT_SIGNING_KEY_FILE`.
+    pub digest: Option<DigestSettings>,
+}
+
+/// Signed digests of the trail's chains, taken by the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestSettings {
+    pub key_file: std::path::PathBuf,
+    /// Where the periodic digests go, one file each; `None`: only the log line.
+    pub dir: Option<std::path::PathBuf>,
+    pub interval: Duration,
 }
 
 /// The read API's settings: its listener, token and own connections.
@@ -295,6 +321,8 @@ pub struct ApiSettings {
     pub database_url: String,
     pub database_ca_file: Option<std::path::PathBuf>,
     pub statement_timeout: Duration,
+    /// Signs `GET /api/v1/digest`; without it that endpoint says digests are not configured.
+    pub signing_key_file: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for ApiSettings {
@@ -390,6 +418,7 @@ pub fn api_from_settings(
         database_url,
         database_ca_file: get("CDC_AUDIT_DATABASE_CA_FILE").map(std::path::PathBuf::from),
         statement_timeout,
+        signing_key_file: get("CDC_AUDIT_SIGNING_KEY_FILE").map(std::path::PathBuf::from),
     }))
 }
 
@@ -676,6 +705,39 @@ impl Config {
             }
         }
 
+        let digest = match get("CDC_AUDIT_SIGNING_KEY_FILE") {
+            None => {
+                if let Some(dir) = get("CDC_AUDIT_DIGEST_DIR") {
+                    return Err(invalid(
+                        "CDC_AUDIT_DIGEST_DIR",
+                        dir,
+                        "unset, unless CDC_AUDIT_SIGNING_KEY_FILE names the key that signs digests",
+                    ));
+                }
+                None
+            }
+            Some(key) => {
+                let dir = get("CDC_AUDIT_DIGEST_DIR").map(std::path::PathBuf::from);
+                if let Some(d) = dir.as_ref().filter(|d| !d.is_dir()) {
+                    return Err(invalid(
+                        "CDC_AUDIT_DIGEST_DIR",
+                        &d.display().to_string(),
+                        "an existing directory the service can write digests into",
+                    ));
+                }
+                Some(DigestSettings {
+                    key_file: key.into(),
+                    dir,
+                    interval: Duration::from_secs(number(
+                        "CDC_AUDIT_DIGEST_INTERVAL_S",
+                        3600,
+                        10,
+                        7 * 86_400,
+                    )?),
+                })
+            }
+        };
+
         Ok(Config {
             bootstrap_servers,
             topics,
@@ -699,6 +761,7 @@ impl Config {
             stall_timeout,
             log_format,
             api,
+            digest,
         })
     }
 
@@ -793,6 +856,25 @@ impl Config {
                 self.database_ca_file
                     .as_ref()
                     .map_or(String::new(), |p| p.display().to_string()),
+            ),
+            (
+                "CDC_AUDIT_SIGNING_KEY_FILE",
+                self.digest
+                    .as_ref()
+                    .map_or(String::new(), |d| d.key_file.display().to_string()),
+            ),
+            (
+                "CDC_AUDIT_DIGEST_DIR",
+                self.digest
+                    .as_ref()
+                    .and_then(|d| d.dir.as_ref())
+                    .map_or(String::new(), |p| p.display().to_string()),
+            ),
+            (
+                "CDC_AUDIT_DIGEST_INTERVAL_S",
+                self.digest
+                    .as_ref()
+                    .map_or(String::new(), |d| d.interval.as_secs().to_string()),
             ),
             ("CDC_AUDIT_INCLUDE_TABLES", globs(&r.include)),
             ("CDC_AUDIT_EXCLUDE_TABLES", globs(&r.exclude)),

@@ -1,20 +1,21 @@
 //! One batch's transaction, fenced by its partition's stored position: lock and check the
-//! position, COPY the rows (splitting under savepoints to isolate a refused row), store the
-//! rejections and the holes Kafka left, move the position, commit. Everything else that reads or
-//! writes `audit_positions` is here too.
+//! position, link the new rows into the partition's hash chain, COPY them (splitting under
+//! savepoints to isolate a refused row), store the rejections and the holes Kafka left, move the
+//! position and the chain's head, commit. Everything else that reads or writes
+//! `audit_positions` is here too.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
 
 use postgres::types::{ToSql, Type};
 use postgres::Transaction;
 
 use super::connect::Pool;
 use super::error::{ErrorClass, SinkError};
-use crate::pgcopy;
+use crate::chain::{self, Hash, Kind, Suffix, CHAIN_FIELDS};
+use crate::pgcopy::{self, Tuple};
 use crate::transform::{AUDIT_COLUMNS, TRANSACTION_COLUMNS};
 use crate::types::{
     Batch, Gap, GapCause, Message, Outcome, RejectKind, Rejection, Skip, Tp, Transformed,
@@ -39,15 +40,143 @@ pub enum Written {
     Behind { stored: i64 },
 }
 
-/// A COPY target: the table and its column list.
-pub type Target = (&'static str, &'static str);
-pub const AUDIT: Target = ("audit_logging", AUDIT_COLUMNS);
-pub const TRANSACTIONS: Target = ("audit_transactions", TRANSACTION_COLUMNS);
+/// A COPY target: the table, its own columns, and the column that says when a row was written;
+/// the chain's `chain_seq` and `chain_hash` follow.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub table: &'static str,
+    pub columns: &'static str,
+    pub time: &'static str,
+}
 
-/// Encoded rows for one target, with the message each came from.
-type Rows<'a> = Vec<(&'a Message, &'a [u8])>;
+pub const AUDIT: Target = Target {
+    table: "audit_logging",
+    columns: AUDIT_COLUMNS,
+    time: "ingested_at",
+};
+pub const TRANSACTIONS: Target = Target {
+    table: "audit_transactions",
+    columns: TRANSACTION_COLUMNS,
+    time: "ingested_at",
+};
+pub const REJECTIONS: Target = Target {
+    table: "audit_rejections",
+    columns:
+        "kafka_topic, kafka_partition, kafka_offset, kafka_timestamp, kafka_key, kafka_value, \
+              kafka_headers, reason, error",
+    time: "rejected_at",
+};
+pub const GAPS: Target = Target {
+    table: "audit_gaps",
+    columns: "consumer_group, kafka_topic, kafka_partition, first_offset, end_offset, cause",
+    time: "detected_at",
+};
 
-/// Writes one batch in one transaction, fenced by the stored position of its partition.
+/// Encoded rows for one target, with the message each came from and its chain fields.
+type Rows<'a> = Vec<(&'a Message, &'a [u8], Suffix)>;
+
+/// A partition's chain where a transaction found it: the last link, and the time the
+/// transaction writes its rows at (PostgreSQL's `now()`, in its microseconds since 2000).
+#[derive(Debug, Clone, Copy)]
+pub struct Head {
+    pub seq: i64,
+    pub link: Hash,
+    pub time: i64,
+}
+
+impl Head {
+    /// Appends an entry with this content: the chain fields of its row.
+    pub fn append(&mut self, content: &Hash) -> Suffix {
+        self.seq += 1;
+        self.link = chain::link(&self.link, self.seq, &chain::entry(content, self.time));
+        chain::suffix(self.time, self.seq, &self.link)
+    }
+}
+
+/// The transaction's time, `now()`, in PostgreSQL's microseconds since 2000 (as binary COPY
+/// sends a timestamptz).
+macro_rules! now_sql {
+    () => {
+        "(extract(epoch FROM now()) * 1000000)::int8 - 946684800000000"
+    };
+}
+
+/// The transaction's time: what its chained rows say they were written at.
+pub fn now_micros(tx: &mut Transaction<'_>) -> Result<i64, postgres::Error> {
+    Ok(tx
+        .query_typed_one(concat!("SELECT ", now_sql!()), &[])?
+        .get(0))
+}
+
+/// The statement that locks a partition's position and chain head, with the transaction's time.
+const LOCK: &str = concat!(
+    "SELECT next_offset, chain_seq, chain_head, ",
+    now_sql!(),
+    " FROM audit_positions WHERE consumer_group = $1 AND topic = $2 AND partition = $3 FOR UPDATE"
+);
+
+/// Locks the partition's row of `audit_positions`, creating it at `from` if there is none:
+/// the stored position and the chain's head.
+pub fn lock_position(
+    tx: &mut Transaction<'_>,
+    group: &str,
+    tp: (&str, i32),
+    from: i64,
+) -> Result<(i64, Head), postgres::Error> {
+    let (topic, partition) = tp;
+    let key = || position_key(&group, &topic, &partition);
+    let row = match tx.query_typed_opt(LOCK, &key())? {
+        Some(row) => row,
+        None => {
+            tx.execute_typed(
+                "INSERT INTO audit_positions (consumer_group, topic, partition, next_offset) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[key(), vec![(&from, Type::INT8)]].concat(),
+            )?;
+            // Either our row, or one a concurrent owner committed first: lock whichever it is.
+            tx.query_typed_one(LOCK, &key())?
+        }
+    };
+    let link = row
+        .get::<_, Option<&[u8]>>(2)
+        .and_then(|h| Hash::try_from(h).ok())
+        .unwrap_or_else(|| chain::genesis(group, topic, partition));
+    let head = Head {
+        seq: row.get(1),
+        link,
+        time: row.get(3),
+    };
+    Ok((row.get(0), head))
+}
+
+/// Moves the partition's position and chain head.
+pub fn store_position(
+    tx: &mut Transaction<'_>,
+    group: &str,
+    tp: (&str, i32),
+    next: i64,
+    head: &Head,
+) -> Result<(), postgres::Error> {
+    let (topic, partition) = tp;
+    let link = &head.link[..];
+    tx.execute_typed(
+        "UPDATE audit_positions SET next_offset = $4, chain_seq = $5, chain_head = $6, \
+         updated_at = now() WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+        &[
+            position_key(&group, &topic, &partition),
+            vec![
+                (&next, Type::INT8),
+                (&head.seq, Type::INT8),
+                (&link, Type::BYTEA),
+            ],
+        ]
+        .concat(),
+    )?;
+    Ok(())
+}
+
+/// Writes one batch in one transaction, fenced by the stored position of its partition, and
+/// extends the partition's hash chain with every row written, in offset order.
 /// With `isolate`, rows PostgreSQL refuses are found by splitting and stored as rejections.
 pub fn write_batch(
     client: &mut postgres::Client,
@@ -56,29 +185,12 @@ pub fn write_batch(
     isolate: bool,
 ) -> Result<Written, SinkError> {
     let batch = &t.batch;
-    let topic: &str = &batch.tp.topic;
-    let partition = batch.tp.partition;
+    let tp = (&*batch.tp.topic, batch.tp.partition);
     let first = batch.messages.first().map_or(batch.end, |m| m.offset);
     let from = batch.start.unwrap_or(first);
 
-    // Typed statements go out with their parameters in one round trip; untyped ones are
-    // prepared first, a second round trip each on every batch.
     let mut tx = client.transaction()?;
-    let key = || position_key(&group, &topic, &partition);
-    let lock = "SELECT next_offset FROM audit_positions \
-                WHERE consumer_group = $1 AND topic = $2 AND partition = $3 FOR UPDATE";
-    let stored: i64 = match tx.query_typed_opt(lock, &key())? {
-        Some(row) => row.get(0),
-        None => {
-            tx.execute_typed(
-                "INSERT INTO audit_positions (consumer_group, topic, partition, next_offset) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                &[key(), vec![(&from, Type::INT8)]].concat(),
-            )?;
-            // Either our row, or one a concurrent owner committed first: lock whichever it is.
-            tx.query_typed_one(lock, &key())?.get(0)
-        }
-    };
+    let (stored, head) = lock_position(&mut tx, group, tp, from)?;
     if stored >= batch.end {
         // Everything here is already written (a redelivery, or an owner that lost the partition).
         return Ok(Written::Committed {
@@ -97,71 +209,126 @@ pub fn write_batch(
 
     // Only messages at or past the stored position are new.
     let skipped = batch.messages.iter().filter(|m| m.offset < stored).count();
-    let (mut rows, mut transactions): (Rows<'_>, Rows<'_>) = (Vec::new(), Vec::new());
-    let mut rejections: Vec<(&Message, Rejection)> = Vec::new();
-    let mut skips = Vec::new();
-    for (msg, outcome) in batch.messages.iter().zip(&t.outcomes).skip(skipped) {
-        match outcome {
-            Outcome::Row(row) => rows.push((msg, &row.bytes)),
-            Outcome::Transaction(bytes) => transactions.push((msg, bytes)),
-            Outcome::Rejected(r) => rejections.push((msg, r.clone())),
-            Outcome::Skipped(skip) => skips.push(*skip),
-        }
-    }
-    for (target, list) in [(AUDIT, &mut rows), (TRANSACTIONS, &mut transactions)] {
-        if !isolate {
-            copy_rows(&mut tx, target, list.iter().map(|(_, b)| *b))?;
-            continue;
-        }
-        let refused = copy_isolating(&mut tx, target, list)?;
-        for &(i, ref error) in refused.iter().rev() {
-            let (msg, _) = list.remove(i);
-            let kind = RejectKind::DatabaseRefused;
-            rejections.push((
-                msg,
-                Rejection {
-                    kind,
-                    error: error.clone(),
-                },
-            ));
-        }
-    }
-    rejections.sort_by_key(|(m, _)| m.offset);
-    for (msg, rejection) in &rejections {
-        insert_rejection(&mut tx, msg, rejection)?;
-    }
     let missing = gaps(missing_offsets(stored, batch), batch.log_start);
-    for gap in &missing {
-        let cause = gap.cause.map(GapCause::as_str);
-        tx.execute_typed(
-            "INSERT INTO audit_gaps (consumer_group, kafka_topic, kafka_partition, first_offset, \
-             end_offset, cause) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[
-                key(),
-                vec![
-                    (&gap.offsets.start, Type::INT8),
-                    (&gap.offsets.end, Type::INT8),
-                    (&cause, Type::TEXT),
-                ],
-            ]
-            .concat(),
-        )?;
+    let mut linked = link_batch(t, skipped, &missing, &HashMap::new(), group, head);
+    if isolate {
+        // Rows PostgreSQL refuses are found under savepoints; then the chain is made again
+        // with their rejections in their place, and written whole.
+        // Named apart from copy_isolating's: ROLLBACK TO goes to the latest of a name, and a
+        // savepoint rolled back to stays.
+        let mut sp = tx.savepoint("links")?;
+        let mut refused: HashMap<i64, String> = HashMap::new();
+        for (target, list) in [(AUDIT, &linked.rows), (TRANSACTIONS, &linked.transactions)] {
+            for (i, error) in copy_isolating(&mut sp, target, list)? {
+                refused.insert(list[i].0.offset, error);
+            }
+        }
+        if refused.is_empty() {
+            sp.commit()?;
+        } else {
+            sp.rollback()?;
+            linked = link_batch(t, skipped, &missing, &refused, group, head);
+            copy_linked(&mut tx, &linked)?;
+        }
+    } else {
+        copy_linked(&mut tx, &linked)?;
     }
-    tx.execute_typed(
-        "UPDATE audit_positions SET next_offset = $4, updated_at = now() \
-         WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
-        &[key(), vec![(&batch.end, Type::INT8)]].concat(),
+    let rejections = linked.rejection_rows.iter();
+    copy_rows(
+        &mut tx,
+        REJECTIONS,
+        rejections.map(|(b, s)| (b.as_slice(), &s[..])),
     )?;
+    let gaps = linked.gap_rows.iter();
+    copy_rows(&mut tx, GAPS, gaps.map(|(b, s)| (b.as_slice(), &s[..])))?;
+    store_position(&mut tx, group, tp, batch.end, &linked.head)?;
     tx.commit()?;
     Ok(Written::Committed {
         next: batch.end,
         missing,
-        rows: rows.len(),
-        transactions: transactions.len(),
-        rejected: rejections.iter().map(|(_, r)| r.kind).collect(),
-        skips,
+        rows: linked.rows.len(),
+        transactions: linked.transactions.len(),
+        rejected: linked.rejected,
+        skips: linked.skips,
         skipped,
     })
+}
+
+/// COPYs a batch's audit rows and transaction events.
+fn copy_linked(tx: &mut Transaction<'_>, linked: &Linked<'_>) -> Result<(), SinkError> {
+    copy_rows(tx, AUDIT, linked.rows.iter().map(|(_, b, s)| (*b, &s[..])))?;
+    let events = linked.transactions.iter();
+    copy_rows(tx, TRANSACTIONS, events.map(|(_, b, s)| (*b, &s[..])))
+}
+
+/// A batch's new rows in chain order, each with its chain fields.
+struct Linked<'a> {
+    rows: Rows<'a>,
+    transactions: Rows<'a>,
+    rejection_rows: Vec<(Vec<u8>, Suffix)>,
+    gap_rows: Vec<(Vec<u8>, Suffix)>,
+    rejected: Vec<RejectKind>,
+    skips: Vec<Skip>,
+    head: Head,
+}
+
+/// Links a batch's new rows (from message `skipped` on) into the chain after `head`, in offset
+/// order: each gap before the message that follows it, a refused row as its rejection.
+fn link_batch<'a>(
+    t: &'a Transformed,
+    skipped: usize,
+    missing: &[Gap],
+    refused: &HashMap<i64, String>,
+    group: &str,
+    mut head: Head,
+) -> Linked<'a> {
+    let mut linked = Linked {
+        rows: Vec::new(),
+        transactions: Vec::new(),
+        rejection_rows: Vec::new(),
+        gap_rows: Vec::new(),
+        rejected: Vec::new(),
+        skips: Vec::new(),
+        head,
+    };
+    let mut gaps = missing.iter().peekable();
+    let tp = &t.batch.tp;
+    for (msg, outcome) in t.batch.messages.iter().zip(&t.outcomes).skip(skipped) {
+        while let Some(gap) = gaps.next_if(|g| g.offsets.start < msg.offset) {
+            let bytes = encode_gap(group, tp, gap);
+            let suffix = head.append(&chain::content(Kind::Gap, &bytes[2..]));
+            linked.gap_rows.push((bytes, suffix));
+        }
+        let rejection = match (outcome, refused.get(&msg.offset)) {
+            (Outcome::Row(_) | Outcome::Transaction(_), Some(error)) => Some(Rejection {
+                kind: RejectKind::DatabaseRefused,
+                error: error.clone(),
+            }),
+            (Outcome::Rejected(r), _) => Some(r.clone()),
+            _ => None,
+        };
+        if let Some(r) = rejection {
+            let bytes = encode_rejection(msg, &r);
+            let suffix = head.append(&chain::content(Kind::Rejection, &bytes[2..]));
+            linked.rejection_rows.push((bytes, suffix));
+            linked.rejected.push(r.kind);
+            continue;
+        }
+        match outcome {
+            Outcome::Row(row) => {
+                let suffix = head.append(&row.content);
+                linked.rows.push((msg, &row.bytes, suffix));
+            }
+            Outcome::Transaction(row) => {
+                let suffix = head.append(&row.content);
+                linked.transactions.push((msg, &row.bytes, suffix));
+            }
+            Outcome::Skipped(skip) => linked.skips.push(*skip),
+            Outcome::Rejected(_) => {}
+        }
+    }
+    linked.head = head;
+    linked
 }
 
 /// The runs of offsets from `from` to the batch's last message that Kafka did not deliver:
@@ -239,29 +406,36 @@ fn position_key<'a>(
 /// How much COPY data goes to PostgreSQL in one message.
 const COPY_CHUNK: usize = 64 * 1024;
 
+/// COPYs rows into `target`, each followed by its chain fields.
 pub fn copy_rows<'a>(
     tx: &mut Transaction<'_>,
-    (table, columns): Target,
-    rows: impl Iterator<Item = &'a [u8]>,
+    target: Target,
+    rows: impl Iterator<Item = (&'a [u8], &'a [u8])>,
 ) -> Result<(), SinkError> {
     let mut rows = rows.peekable();
     if rows.peek().is_none() {
         return Ok(());
     }
+    let Target {
+        table,
+        columns,
+        time,
+    } = target;
     let mut writer = tx.copy_in(&format!(
-        "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
+        "COPY {table} ({columns}, {time}, chain_seq, chain_hash) FROM STDIN (FORMAT binary)"
     ))?;
     // The writer sends a CopyData message whenever it holds more than 4 KiB, each a trip through
     // the connection and a TLS record: rows go to it in chunks of COPY_CHUNK instead.
     let sent: std::io::Result<()> = (|| {
         let mut chunk = Vec::with_capacity(COPY_CHUNK);
         chunk.extend_from_slice(pgcopy::HEADER);
-        for row in rows {
-            if chunk.len() + row.len() > COPY_CHUNK && !chunk.is_empty() {
+        for (row, suffix) in rows {
+            if chunk.len() + row.len() + suffix.len() > COPY_CHUNK && !chunk.is_empty() {
                 writer.write_all(&chunk)?;
                 chunk.clear();
             }
             chunk.extend_from_slice(row);
+            chunk.extend_from_slice(suffix);
         }
         chunk.extend_from_slice(pgcopy::TRAILER);
         writer.write_all(&chunk)
@@ -278,7 +452,7 @@ pub fn copy_rows<'a>(
 fn copy_isolating(
     tx: &mut Transaction<'_>,
     target: Target,
-    rows: &[(&Message, &[u8])],
+    rows: &[(&Message, &[u8], Suffix)],
 ) -> Result<Vec<(usize, String)>, SinkError> {
     let mut refused = Vec::new();
     let mut stack = vec![(0usize, rows.len())];
@@ -287,7 +461,11 @@ fn copy_isolating(
             continue;
         }
         let mut sp = tx.savepoint("isolate")?;
-        match copy_rows(&mut sp, target, rows[lo..hi].iter().map(|(_, b)| *b)) {
+        match copy_rows(
+            &mut sp,
+            target,
+            rows[lo..hi].iter().map(|(_, b, s)| (*b, &s[..])),
+        ) {
             Ok(()) => sp.commit()?,
             Err(e) if e.class() == ErrorClass::Data => {
                 sp.rollback()?;
@@ -305,33 +483,35 @@ fn copy_isolating(
     Ok(refused)
 }
 
-fn insert_rejection(
-    tx: &mut Transaction<'_>,
-    msg: &Message,
-    r: &Rejection,
-) -> Result<(), postgres::Error> {
-    let timestamp = msg
-        .timestamp_ms
-        .and_then(|ms| u64::try_from(ms).ok())
-        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
-    let headers = headers_json(&msg.headers);
-    tx.execute(
-        "INSERT INTO audit_rejections (kafka_topic, kafka_partition, kafka_offset, kafka_timestamp, \
-         kafka_key, kafka_value, kafka_headers, reason, error) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9)",
-        &[
-            &&*msg.topic,
-            &msg.partition,
-            &msg.offset,
-            &timestamp,
-            &msg.key,
-            &msg.payload,
-            &headers,
-            &r.kind.as_str(),
-            &r.error.replace('\0', "\u{FFFD}"),
-        ],
-    )?;
-    Ok(())
+/// A rejection's row of `REJECTIONS`, without its chain fields.
+fn encode_rejection(msg: &Message, r: &Rejection) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(
+        128 + msg.payload.as_ref().map_or(0, Vec::len) + msg.key.as_ref().map_or(0, Vec::len),
+    );
+    let mut t = Tuple::begin(&mut buf, 9 + CHAIN_FIELDS);
+    t.text(Some(&msg.topic));
+    t.int4(msg.partition);
+    t.int8(msg.offset);
+    t.timestamptz(msg.timestamp_ms.map(|ms| ms.saturating_mul(1_000)));
+    t.bytea(msg.key.as_deref());
+    t.bytea(msg.payload.as_deref());
+    t.jsonb(headers_json(&msg.headers).as_deref());
+    t.text(Some(r.kind.as_str()));
+    t.text(Some(&r.error));
+    buf
+}
+
+/// A hole's row of `GAPS`, without its chain fields.
+fn encode_gap(group: &str, tp: &Tp, gap: &Gap) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(96);
+    let mut t = Tuple::begin(&mut buf, 6 + CHAIN_FIELDS);
+    t.text(Some(group));
+    t.text(Some(&tp.topic));
+    t.int4(tp.partition);
+    t.int8(gap.offsets.start);
+    t.int8(gap.offsets.end);
+    t.text(gap.cause.map(GapCause::as_str));
+    buf
 }
 
 /// Headers as a JSON array of `[name, value]`; a value that is not UTF-8 is written as `\x` hex.

@@ -6,9 +6,16 @@
 mod connect;
 mod error;
 mod fence;
+mod stored;
 mod writer;
 
 pub use connect::{connect, connect_with_settings, pool, reader_pool, tls, Pool};
 pub use error::{classify, with_causes, ErrorClass, SinkError};
-pub use fence::{copy_rows, stored_positions, write_batch, Target, Written, AUDIT, TRANSACTIONS};
+pub use fence::{
+    copy_rows, lock_position, now_micros, store_position, stored_positions, write_batch, Head,
+    Target, Written, AUDIT, GAPS, REJECTIONS, TRANSACTIONS,
+};
+pub use stored::{
+    amend, chain_group, copy_out, field, stored, Action, Amendment, Stored, Tuples, AMENDMENTS,
+};
 pub use writer::{Queue, Writer};

@@ -14,6 +14,7 @@ use std::borrow::Cow;
 
 use serde_json::value::RawValue;
 
+use crate::chain::{self, Kind, CHAIN_FIELDS};
 use crate::config::rules::{Action, Rules, TableRules};
 use crate::pgcopy::Tuple;
 use crate::types::{Message, Outcome, RejectKind, Rejection, Row, Skip};
@@ -98,13 +99,25 @@ pub enum Interpreted<'a> {
 /// Turns one Kafka message into an audit row, a transaction row, a skip, or a rejection.
 pub fn transform(msg: &Message, rules: &Rules) -> Outcome {
     match interpret(msg, rules) {
-        Ok(Interpreted::Change(record)) => Outcome::Row(Row {
-            bytes: record.encode(msg),
-            source_time_us: record.change_timestamp,
-        }),
-        Ok(Interpreted::Transaction(t)) => Outcome::Transaction(t.encode(msg)),
+        Ok(Interpreted::Change(record)) => Outcome::Row(chained(
+            Kind::Row,
+            record.encode(msg),
+            record.change_timestamp,
+        )),
+        Ok(Interpreted::Transaction(t)) => {
+            Outcome::Transaction(chained(Kind::Transaction, t.encode(msg), None))
+        }
         Ok(Interpreted::Skip(skip)) => Outcome::Skipped(skip),
         Err(rejection) => Outcome::Rejected(rejection),
+    }
+}
+
+/// An encoded tuple with its content hash: its fields, after the field count.
+fn chained(kind: Kind, bytes: Vec<u8>, source_time_us: Option<i64>) -> Row {
+    Row {
+        content: chain::content(kind, bytes.get(2..).unwrap_or_default()),
+        bytes,
+        source_time_us,
     }
 }
 
@@ -721,7 +734,7 @@ impl AuditRecord<'_> {
             .map(|d| d.len())
             .sum::<usize>();
         let mut buf = Vec::with_capacity(256 + json_len + self.source_metadata.map_or(0, str::len));
-        let mut t = Tuple::begin(&mut buf, AUDIT_FIELDS);
+        let mut t = Tuple::begin(&mut buf, AUDIT_FIELDS + CHAIN_FIELDS);
         let jsonb = |t: &mut Tuple<'_>, v: Option<&str>| t.jsonb(v.map(jsonb_safe).as_deref());
         t.text(self.source_database.as_deref());
         t.text(self.source_schema.as_deref());
@@ -761,7 +774,7 @@ impl AuditRecord<'_> {
 impl TransactionRecord<'_> {
     pub fn encode(&self, msg: &Message) -> Vec<u8> {
         let mut buf = Vec::with_capacity(128 + self.data_collections.map_or(0, str::len));
-        let mut t = Tuple::begin(&mut buf, TRANSACTION_FIELDS);
+        let mut t = Tuple::begin(&mut buf, TRANSACTION_FIELDS + CHAIN_FIELDS);
         t.text(Some(&self.id));
         t.text(Some(&self.status));
         t.int8_opt(self.event_count);

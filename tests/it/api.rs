@@ -119,6 +119,7 @@ fn start(db: &TestDb) -> Api {
         database_url: db.url.clone(),
         database_ca_file: None,
         statement_timeout: Duration::from_secs(10),
+        signing_key_file: None,
     })
     .unwrap()
 }

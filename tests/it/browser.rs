@@ -225,6 +225,7 @@ fn the_explorer_shows_a_records_timeline_and_its_transaction() {
         database_url: db.url.clone(),
         database_ca_file: None,
         statement_timeout: Duration::from_secs(10),
+        signing_key_file: None,
     });
     let service = InProcess::start(cfg);
     wait_until(Duration::from_secs(120), "every message committed", || {

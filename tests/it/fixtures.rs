@@ -70,7 +70,7 @@ pub fn fixtures() -> Vec<Fixture> {
     out
 }
 
-fn message(f: &Fixture, offset: i64) -> Message {
+pub fn message(f: &Fixture, offset: i64) -> Message {
     Message {
         topic: Arc::from("fixtures"),
         partition: 0,

@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     // The vocabulary every stage speaks.
     &["types"],
     // Leaves: settings, COPY encoding, systemd's socket.
-    &["config", "pgcopy", "systemd"],
+    &["config", "pgcopy", "chain", "systemd"],
     // Telemetry and the partition state shared by the poll thread and the writers.
     &["events", "tracker"],
     // The stages, downstream first: the source hands on to the transform, which hands on to the
@@ -24,7 +24,7 @@ const LAYERS: &[&[&str]] = &[
     // Wiring only.
     &["pipeline"],
     // What reads the trail, and what serves it and watches the service.
-    &["migrate", "rejections", "query"],
+    &["migrate", "rejections", "query", "integrity"],
     &["http", "api"],
     &["service"],
     &["logging", "demo"],

@@ -214,6 +214,7 @@ pub fn config(kafka: &Kafka, db: &TestDb, group: &str) -> Config {
         stall_timeout: Duration::from_secs(120),
         log_format: cdc_audit::config::LogFormat::Text,
         api: None,
+        digest: None,
         rules: Default::default(),
         kafka: fast_group_settings()
             .into_iter()
@@ -521,6 +522,14 @@ fn check_exactly_once(db: &TestDb, produced: &[Record], in_offset_order: bool) {
         .unwrap()
         .get(0);
     assert_eq!(caught, 0, "duplicates reached the unique constraint");
+    assert_chains_intact(db);
+}
+
+/// Every hash chain of the trail verifies, from the stored rows alone.
+pub fn assert_chains_intact(db: &TestDb) -> cdc_audit::integrity::Report {
+    let report = cdc_audit::integrity::verify(|| Ok(db.client()), &Default::default()).unwrap();
+    assert!(report.intact(), "the trail's hash chains:\n{report}");
+    report
 }
 
 /// A port nobody listens on now.

@@ -1,5 +1,9 @@
 //! PostgreSQL binary `COPY` encoding, written by hand: the transform stage encodes each row into
-//! bytes on rayon, so the writer only concatenates buffers inside its transaction.
+//! bytes on rayon, so the writer only concatenates buffers inside its transaction. Every field is
+//! written as binary `COPY ... TO` returns it once stored (`jsonb` in its printed form, an empty
+//! array with no dimensions): the hash chain hashes these bytes, and verification reads them back.
+
+pub mod jsonb;
 
 /// The stream header: signature, flags, header-extension length.
 pub const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -47,14 +51,29 @@ impl<'a> Tuple<'a> {
         }
     }
 
-    /// A `jsonb` field from JSON text that is already valid (version byte 1, then the text).
+    /// A `jsonb` field (version byte 1, then the text as `jsonb` prints it). Text that `jsonb`
+    /// would refuse goes as it is, for PostgreSQL to refuse.
     pub fn jsonb(&mut self, json: Option<&str>) {
-        match json {
+        let Some(s) = json else {
+            return self.null();
+        };
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0, 0, 0, 0, 1]);
+        if !jsonb::write_canonical(self.buf, s) {
+            self.buf.truncate(at + 5);
+            self.buf.extend_from_slice(s.as_bytes());
+        }
+        let len = self.buf.len() - at - 4;
+        let len = len.min(i32::MAX as usize) as i32;
+        self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    pub fn bytea(&mut self, value: Option<&[u8]>) {
+        match value {
             None => self.null(),
-            Some(s) => {
-                self.len(s.len() + 1);
-                self.buf.push(1);
-                self.buf.extend_from_slice(s.as_bytes());
+            Some(b) => {
+                self.len(b.len());
+                self.buf.extend_from_slice(b);
             }
         }
     }
@@ -94,11 +113,18 @@ impl<'a> Tuple<'a> {
         }
     }
 
-    /// A one-dimensional `text[]` without NULL elements.
+    /// A one-dimensional `text[]` without NULL elements; an empty one has no dimensions.
     pub fn text_array(&mut self, values: Option<&[String]>) {
         let Some(values) = values else {
             return self.null();
         };
+        if values.is_empty() {
+            self.len(12);
+            for word in [0i32, 0, TEXT_OID as i32] {
+                self.buf.extend_from_slice(&word.to_be_bytes());
+            }
+            return;
+        }
         let body: usize = 20 + values.iter().map(|v| 4 + v.len()).sum::<usize>();
         self.len(body);
         self.buf.extend_from_slice(&1i32.to_be_bytes()); // dimensions

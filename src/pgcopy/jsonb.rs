@@ -1,0 +1,477 @@
+//! JSON text in the form PostgreSQL prints a `jsonb` value: keys ordered by length and then
+//! bytes, the last of repeated keys kept, `", "` and `": "` between members and elements,
+//! numbers as `numeric` prints them (`1.0E3` is `1000`, `1.50` stays `1.50`, `-0` is `0`),
+//! strings with only `"`, `\`, and control characters escaped.
+//!
+//! The trail's hash chain covers rows as PostgreSQL returns them (`COPY ... TO` in binary),
+//! so the service sends images in this form: what it hashes is then what verification reads
+//! back, byte for byte. `tests/it/chain.rs` holds it to the server for every fixture.
+
+use std::cmp::Ordering;
+
+/// Appends `json` in PostgreSQL's `jsonb` text form to `out`. `false` when `json` is not
+/// JSON that `jsonb` accepts (then `out` holds a partial result and the caller discards it):
+/// PostgreSQL will refuse it too, and the row becomes a rejection.
+pub fn write_canonical(out: &mut Vec<u8>, json: &str) -> bool {
+    let mut c = Canon {
+        src: json.as_bytes(),
+        pos: 0,
+        out,
+        members: Vec::new(),
+        depth: 0,
+    };
+    c.ws();
+    let ok = c.value().is_some();
+    c.ws();
+    ok && c.pos == c.src.len()
+}
+
+/// The canonical text of `json`, or `None` when `jsonb` would refuse it.
+pub fn canonical(json: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(json.len() + json.len() / 8);
+    write_canonical(&mut out, json)
+        .then(|| String::from_utf8(out).ok())
+        .flatten()
+}
+
+/// PostgreSQL refuses `numeric` input with an exponent beyond this.
+const MAX_EXPONENT: i64 = 1000;
+/// Deeper nesting is refused here (serde_json stops at 128); PostgreSQL would take more, but
+/// no change event nests this deep.
+const MAX_DEPTH: usize = 512;
+
+/// One object member already written to `out`: where it starts and ends, and where its key's
+/// escaped text is (without the quotes).
+#[derive(Clone, Copy)]
+struct Member {
+    start: usize,
+    end: usize,
+    key: (usize, usize),
+    escaped: bool,
+}
+
+struct Canon<'a, 'o> {
+    src: &'a [u8],
+    pos: usize,
+    out: &'o mut Vec<u8>,
+    /// Members of the objects being written, innermost last.
+    members: Vec<Member>,
+    depth: usize,
+}
+
+impl Canon<'_, '_> {
+    fn peek(&self) -> Option<u8> {
+        self.src.get(self.pos).copied()
+    }
+
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.pos += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.peek() == Some(byte)).then(|| self.pos += 1)
+    }
+
+    fn value(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'{' => self.nested(Self::object),
+            b'[' => self.nested(Self::array),
+            b'"' => self.string().map(|_| ()),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            _ => self.number(),
+        }
+    }
+
+    fn nested(&mut self, f: fn(&mut Self) -> Option<()>) -> Option<()> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return None;
+        }
+        let r = f(self);
+        self.depth -= 1;
+        r
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        self.src[self.pos..].starts_with(word).then_some(())?;
+        self.pos += word.len();
+        self.out.extend_from_slice(word);
+        Some(())
+    }
+
+    fn array(&mut self) -> Option<()> {
+        self.eat(b'[')?;
+        self.out.push(b'[');
+        self.ws();
+        if self.eat(b']').is_none() {
+            loop {
+                self.ws();
+                self.value()?;
+                self.ws();
+                if self.eat(b',').is_some() {
+                    self.out.extend_from_slice(b", ");
+                    continue;
+                }
+                self.eat(b']')?;
+                break;
+            }
+        }
+        self.out.push(b']');
+        Some(())
+    }
+
+    fn object(&mut self) -> Option<()> {
+        self.eat(b'{')?;
+        self.out.push(b'{');
+        self.ws();
+        let base = self.members.len();
+        let region = self.out.len();
+        let mut in_order = true;
+        if self.eat(b'}').is_none() {
+            loop {
+                self.ws();
+                if self.peek() != Some(b'"') {
+                    return None;
+                }
+                let start = self.out.len();
+                let (key, escaped) = self.string()?;
+                self.ws();
+                self.eat(b':')?;
+                self.out.extend_from_slice(b": ");
+                self.ws();
+                self.value()?;
+                let member = Member {
+                    start,
+                    end: self.out.len(),
+                    key,
+                    escaped,
+                };
+                if let Some(prev) = self.members.get(base..).and_then(<[Member]>::last) {
+                    in_order &= key_order(self.out, prev, &member) == Ordering::Less;
+                }
+                self.members.push(member);
+                self.ws();
+                if self.eat(b',').is_some() {
+                    self.out.extend_from_slice(b", ");
+                    continue;
+                }
+                self.eat(b'}')?;
+                break;
+            }
+        }
+        if !in_order {
+            self.reorder(base, region);
+        }
+        self.members.truncate(base);
+        self.out.push(b'}');
+        Some(())
+    }
+
+    /// Rewrites the members from `region` on in `jsonb` order, keeping the last of equal keys.
+    fn reorder(&mut self, base: usize, region: usize) {
+        let written = self.out.split_off(region);
+        let shift = |m: &Member| Member {
+            start: m.start - region,
+            end: m.end - region,
+            key: (m.key.0 - region, m.key.1 - region),
+            escaped: m.escaped,
+        };
+        let mut members: Vec<Member> = self.members[base..].iter().map(shift).collect();
+        // Stable: equal keys stay in document order, and the last of each run is kept.
+        members.sort_by(|a, b| key_order(&written, a, b));
+        let mut first = true;
+        for (i, m) in members.iter().enumerate() {
+            let next_is_same = members
+                .get(i + 1)
+                .is_some_and(|n| key_order(&written, m, n) == Ordering::Equal);
+            if next_is_same {
+                continue;
+            }
+            if !first {
+                self.out.extend_from_slice(b", ");
+            }
+            first = false;
+            self.out.extend_from_slice(&written[m.start..m.end]);
+        }
+    }
+
+    /// Writes a string in PostgreSQL's escaping; returns where its text is in `out` (without
+    /// the quotes) and whether it holds an escape.
+    fn string(&mut self) -> Option<((usize, usize), bool)> {
+        self.eat(b'"')?;
+        self.out.push(b'"');
+        let start = self.out.len();
+        let mut escaped = false;
+        loop {
+            // Copy the run of bytes that need nothing.
+            let run = self.src[self.pos..]
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            self.out
+                .extend_from_slice(&self.src[self.pos..self.pos + run]);
+            self.pos += run;
+            match self.src[self.pos] {
+                b'"' => break,
+                b'\\' => {
+                    self.pos += 1;
+                    let c = match self.src.get(self.pos)? {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => self.unicode_escape()?,
+                        _ => return None,
+                    };
+                    self.pos += 1;
+                    escaped |= push_char(self.out, c);
+                }
+                // A raw control character: not JSON.
+                _ => return None,
+            }
+        }
+        let end = self.out.len();
+        self.pos += 1;
+        self.out.push(b'"');
+        Some(((start, end), escaped))
+    }
+
+    /// At the `u` of `\uXXXX`: the character, joining a surrogate pair; leaves `pos` on the
+    /// last hex digit. `\u0000` and lone surrogates are refused, as `jsonb` refuses them.
+    fn unicode_escape(&mut self) -> Option<char> {
+        let hex = |s: &[u8]| -> Option<u32> {
+            let s = std::str::from_utf8(s.get(..4)?).ok()?;
+            u32::from_str_radix(s, 16).ok()
+        };
+        let first = hex(self.src.get(self.pos + 1..)?)?;
+        self.pos += 4;
+        let code = match first {
+            0 => return None,
+            0xd800..=0xdbff => {
+                let rest = self.src.get(self.pos + 1..)?;
+                if !rest.starts_with(b"\\u") {
+                    return None;
+                }
+                let low = hex(&rest[2..])?;
+                if !(0xdc00..=0xdfff).contains(&low) {
+                    return None;
+                }
+                self.pos += 6;
+                0x10000 + ((first - 0xd800) << 10) + (low - 0xdc00)
+            }
+            0xdc00..=0xdfff => return None,
+            c => c,
+        };
+        char::from_u32(code)
+    }
+
+    fn number(&mut self) -> Option<()> {
+        let s = self.src;
+        let mut i = self.pos;
+        let negative = s.get(i) == Some(&b'-');
+        i += usize::from(negative);
+        let digits_at = |i: usize| s[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+        let int_len = digits_at(i);
+        if int_len == 0 || (int_len > 1 && s[i] == b'0') {
+            return None;
+        }
+        let int = &s[i..i + int_len];
+        i += int_len;
+        let mut frac: &[u8] = &[];
+        if s.get(i) == Some(&b'.') {
+            let n = digits_at(i + 1);
+            if n == 0 {
+                return None;
+            }
+            frac = &s[i + 1..i + 1 + n];
+            i += 1 + n;
+        }
+        let mut exponent: i64 = 0;
+        if matches!(s.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            let sign = match s.get(i) {
+                Some(b'-') => -1,
+                Some(b'+') => 1,
+                _ => 0,
+            };
+            i += usize::from(sign != 0);
+            let n = digits_at(i);
+            if n == 0 {
+                return None;
+            }
+            for &d in &s[i..i + n] {
+                exponent = exponent * 10 + i64::from(d - b'0');
+                if exponent > MAX_EXPONENT {
+                    return None;
+                }
+            }
+            exponent *= if sign < 0 { -1 } else { 1 };
+            i += n;
+        }
+        self.pos = i;
+        write_numeric(self.out, negative, int, frac, exponent);
+        Some(())
+    }
+}
+
+/// `numeric`'s text for the decimal `int.frac × 10^exponent`: as many decimals as the input
+/// had after the shift (never fewer than none), no leading zeros, no negative zero.
+fn write_numeric(out: &mut Vec<u8>, negative: bool, int: &[u8], frac: &[u8], exponent: i64) {
+    let digit = |k: i64| -> u8 {
+        // The k-th digit of int ++ frac, zero outside.
+        let k = match usize::try_from(k) {
+            Ok(k) => k,
+            Err(_) => return b'0',
+        };
+        match k.cmp(&int.len()) {
+            Ordering::Less => int[k],
+            _ => frac.get(k - int.len()).copied().unwrap_or(b'0'),
+        }
+    };
+    let len = (int.len() + frac.len()) as i64;
+    let point = int.len() as i64 + exponent;
+    let scale = (frac.len() as i64 - exponent).max(0);
+    let zero = int.iter().chain(frac).all(|&d| d == b'0');
+    if negative && !zero {
+        out.push(b'-');
+    }
+    // The integral part, from its first non-zero digit.
+    let first = (0..point.min(len)).find(|&k| digit(k) != b'0');
+    match first {
+        None => out.push(b'0'),
+        Some(f) => out.extend((f..point).map(digit)),
+    }
+    if scale > 0 {
+        out.push(b'.');
+        out.extend((point..point + scale).map(digit));
+    }
+}
+
+/// Pushes `c` as `jsonb` prints it; `true` when that is an escape.
+fn push_char(out: &mut Vec<u8>, c: char) -> bool {
+    let escape: &[u8] = match c {
+        '"' => b"\\\"",
+        '\\' => b"\\\\",
+        '\u{8}' => b"\\b",
+        '\u{c}' => b"\\f",
+        '\n' => b"\\n",
+        '\r' => b"\\r",
+        '\t' => b"\\t",
+        c if (c as u32) < 0x20 => {
+            out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes());
+            return true;
+        }
+        c => {
+            let mut buf = [0; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            return false;
+        }
+    };
+    out.extend_from_slice(escape);
+    true
+}
+
+/// `jsonb`'s key order: shorter first, then by bytes, of the keys' unescaped text.
+fn key_order(out: &[u8], a: &Member, b: &Member) -> Ordering {
+    let text = |m: &Member| &out[m.key.0..m.key.1];
+    if !a.escaped && !b.escaped {
+        let (a, b) = (text(a), text(b));
+        return a.len().cmp(&b.len()).then_with(|| a.cmp(b));
+    }
+    let (a, b) = (unescape(text(a), a.escaped), unescape(text(b), b.escaped));
+    a.len().cmp(&b.len()).then_with(|| a.cmp(&b))
+}
+
+/// The text of a key written by `push_char`.
+fn unescape(text: &[u8], escaped: bool) -> Vec<u8> {
+    if !escaped {
+        return text.to_vec();
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] != b'\\' {
+            out.push(text[i]);
+            i += 1;
+            continue;
+        }
+        let (byte, width) = match text.get(i + 1) {
+            Some(b'b') => (8, 2),
+            Some(b'f') => (12, 2),
+            Some(b'n') => (b'\n', 2),
+            Some(b'r') => (b'\r', 2),
+            Some(b't') => (b'\t', 2),
+            Some(b'u') => {
+                let hex = std::str::from_utf8(&text[i + 2..i + 6]).unwrap_or("0");
+                (u8::from_str_radix(hex, 16).unwrap_or(0), 6)
+            }
+            Some(&c) => (c, 2),
+            None => (b'\\', 1),
+        };
+        out.push(byte);
+        i += width;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical;
+
+    #[test]
+    fn objects_are_ordered_and_spaced_as_jsonb_prints_them() {
+        let c = |s| canonical(s).unwrap();
+        assert_eq!(
+            c(r#"{"id":1,"email":"a@b","first_name":"A","x":[1,{}]}"#),
+            r#"{"x": [1, {}], "id": 1, "email": "a@b", "first_name": "A"}"#
+        );
+        assert_eq!(c(r#"{"b":1,"a":2,"b":3}"#), r#"{"a": 2, "b": 3}"#);
+        assert_eq!(c(r#" [ ] "#), "[]");
+        assert_eq!(
+            c(r#"{"a\"b":"\u00e9\n\u0001\/"}"#),
+            "{\"a\\\"b\": \"é\\n\\u0001/\"}"
+        );
+    }
+
+    #[test]
+    fn numbers_are_printed_as_numeric_prints_them() {
+        let cases = [
+            ("1.0E10", "10000000000"),
+            ("1.50", "1.50"),
+            ("-0", "0"),
+            ("-0.00", "0.00"),
+            ("1.5e-3", "0.0015"),
+            ("100e-1", "10.0"),
+            ("12.34e1", "123.4"),
+            ("0.000", "0.000"),
+            ("-7", "-7"),
+            ("5e+2", "500"),
+        ];
+        for (input, printed) in cases {
+            assert_eq!(canonical(input).as_deref(), Some(printed), "{input}");
+        }
+    }
+
+    #[test]
+    fn what_jsonb_refuses_is_refused() {
+        for bad in [
+            r#""\u0000""#,
+            r#""\ud800""#,
+            "01",
+            "1.",
+            "{",
+            "[1,]",
+            "1e1001",
+            "\"a\u{1}\"",
+        ] {
+            assert_eq!(canonical(bad), None, "{bad}");
+        }
+    }
+}
