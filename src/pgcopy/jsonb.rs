@@ -13,17 +13,30 @@ use std::cmp::Ordering;
 /// JSON that `jsonb` accepts (then `out` holds a partial result and the caller discards it):
 /// PostgreSQL will refuse it too, and the row becomes a rejection.
 pub fn write_canonical(out: &mut Vec<u8>, json: &str) -> bool {
-    let mut c = Canon {
-        src: json.as_bytes(),
-        pos: 0,
-        out,
-        members: Vec::new(),
-        depth: 0,
+    SCRATCH.with(|scratch| {
+        let (members, written) = &mut *scratch.borrow_mut();
+        members.clear();
+        let mut c = Canon {
+            src: json.as_bytes(),
+            pos: 0,
+            out,
+            members,
+            written,
+            depth: 0,
+        };
+        c.ws();
+        let ok = c.value().is_some();
+        c.ws();
+        ok && c.pos == c.src.len()
+    })
+}
+
+thread_local! {
+    /// The members of the objects being written, and a copy of an object's members being
+    /// reordered: kept per thread, so that writing allocates nothing once they have grown.
+    static SCRATCH: std::cell::RefCell<(Vec<Member>, Vec<u8>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
     };
-    c.ws();
-    let ok = c.value().is_some();
-    c.ws();
-    ok && c.pos == c.src.len()
 }
 
 /// The canonical text of `json`, or `None` when `jsonb` would refuse it.
@@ -55,7 +68,9 @@ struct Canon<'a, 'o> {
     pos: usize,
     out: &'o mut Vec<u8>,
     /// Members of the objects being written, innermost last.
-    members: Vec<Member>,
+    members: &'o mut Vec<Member>,
+    /// An object's members while they are reordered.
+    written: &'o mut Vec<u8>,
     depth: usize,
 }
 
@@ -150,7 +165,7 @@ impl Canon<'_, '_> {
                     key,
                     escaped,
                 };
-                if let Some(prev) = self.members.get(base..).and_then(<[Member]>::last) {
+                if let Some(prev) = self.members[base..].last() {
                     in_order &= key_order(self.out, prev, &member) == Ordering::Less;
                 }
                 self.members.push(member);
@@ -173,21 +188,23 @@ impl Canon<'_, '_> {
 
     /// Rewrites the members from `region` on in `jsonb` order, keeping the last of equal keys.
     fn reorder(&mut self, base: usize, region: usize) {
-        let written = self.out.split_off(region);
-        let shift = |m: &Member| Member {
-            start: m.start - region,
-            end: m.end - region,
-            key: (m.key.0 - region, m.key.1 - region),
-            escaped: m.escaped,
-        };
-        let mut members: Vec<Member> = self.members[base..].iter().map(shift).collect();
+        self.written.clear();
+        self.written.extend_from_slice(&self.out[region..]);
+        self.out.truncate(region);
+        let written = &*self.written;
+        let members = &mut self.members[base..];
+        for m in members.iter_mut() {
+            m.start -= region;
+            m.end -= region;
+            m.key = (m.key.0 - region, m.key.1 - region);
+        }
         // Stable: equal keys stay in document order, and the last of each run is kept.
-        members.sort_by(|a, b| key_order(&written, a, b));
+        members.sort_by(|a, b| key_order(written, a, b));
         let mut first = true;
         for (i, m) in members.iter().enumerate() {
             let next_is_same = members
                 .get(i + 1)
-                .is_some_and(|n| key_order(&written, m, n) == Ordering::Equal);
+                .is_some_and(|n| key_order(written, m, n) == Ordering::Equal);
             if next_is_same {
                 continue;
             }
@@ -294,6 +311,7 @@ impl Canon<'_, '_> {
             i += 1 + n;
         }
         let mut exponent: i64 = 0;
+        let plain = frac.is_empty() && !matches!(s.get(i), Some(b'e' | b'E'));
         if matches!(s.get(i), Some(b'e' | b'E')) {
             i += 1;
             let sign = match s.get(i) {
@@ -315,8 +333,13 @@ impl Canon<'_, '_> {
             exponent *= if sign < 0 { -1 } else { 1 };
             i += n;
         }
+        if plain && !(negative && int == b"0") {
+            // An integer prints as it is written.
+            self.out.extend_from_slice(&s[self.pos..i]);
+        } else {
+            write_numeric(self.out, negative, int, frac, exponent);
+        }
         self.pos = i;
-        write_numeric(self.out, negative, int, frac, exponent);
         Some(())
     }
 }
@@ -453,6 +476,8 @@ mod tests {
             ("0.000", "0.000"),
             ("-7", "-7"),
             ("5e+2", "500"),
+            ("-102e+0", "-102"),
+            ("-0", "0"),
         ];
         for (input, printed) in cases {
             assert_eq!(canonical(input).as_deref(), Some(printed), "{input}");

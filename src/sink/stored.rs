@@ -6,6 +6,7 @@ use std::io::Read;
 use postgres::types::Type;
 use postgres::Transaction;
 
+use super::error::SinkError;
 use super::fence::{copy_rows, lock_position, store_position, Target};
 use crate::chain::{self, Hash, Kind, CHAIN_FIELDS};
 use crate::pgcopy::Tuple;
@@ -166,10 +167,7 @@ pub struct Amendment<'a> {
 
 /// Appends amendments to their chain in `tx`, as the database user of the session; returns
 /// the time they were written (PostgreSQL microseconds since 2000).
-pub fn amend(
-    tx: &mut Transaction<'_>,
-    amendments: &[Amendment<'_>],
-) -> Result<i64, super::SinkError> {
+pub fn amend(tx: &mut Transaction<'_>, amendments: &[Amendment<'_>]) -> Result<i64, SinkError> {
     let actor: String = tx.query_one("SELECT session_user::text", &[])?.get(0);
     let mut time = 0;
     for a in amendments {

@@ -733,7 +733,9 @@ impl AuditRecord<'_> {
             .filter_map(|d| d.as_ref())
             .map(|d| d.len())
             .sum::<usize>();
-        let mut buf = Vec::with_capacity(256 + json_len + self.source_metadata.map_or(0, str::len));
+        // jsonb's printed form adds a space after each `:` and `,`.
+        let json_len = json_len + self.source_metadata.map_or(0, str::len);
+        let mut buf = Vec::with_capacity(256 + json_len + json_len / 4);
         let mut t = Tuple::begin(&mut buf, AUDIT_FIELDS + CHAIN_FIELDS);
         let jsonb = |t: &mut Tuple<'_>, v: Option<&str>| t.jsonb(v.map(jsonb_safe).as_deref());
         t.text(self.source_database.as_deref());
