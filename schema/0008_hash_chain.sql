@@ -26,13 +26,16 @@ ALTER TABLE audit_positions
 -- What changed a link's row after it was written, itself a link of the same chain: a rejection
 -- replayed into an audit row (or found to be nothing to store) or purged, a row erased.
 -- `was_entry` is the entry the amended link was made with, so the chain still verifies;
--- `now_entry` the entry of the row that stands there now (NULL: none).
+-- `now_entry` the entry of the row that stands there now (NULL: none). `target_seq` is NULL for
+-- a row written before the chain began (erased: `target_id` says which). The erasure log is
+-- this table's 'erased' rows: who (`actor`), when, why (`reason`), which row.
 CREATE TABLE audit_amendments (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     consumer_group  text        NOT NULL,
     kafka_topic     text        NOT NULL,
     kafka_partition integer     NOT NULL,
-    target_seq      bigint      NOT NULL,
+    target_seq      bigint,
+    target_id       bigint,
     action          text        NOT NULL CHECK (action IN ('replayed', 'purged', 'erased')),
     was_entry       bytea       NOT NULL,
     now_entry       bytea,
@@ -58,3 +61,20 @@ CREATE TRIGGER audit_transactions_append_only
 CREATE TRIGGER audit_transactions_no_truncate
     BEFORE TRUNCATE ON audit_transactions
     FOR EACH STATEMENT EXECUTE FUNCTION cdc_audit_refuse_change();
+
+-- Erasure (`cdc-audit erase`) is the one change an audit row may undergo: a data subject's
+-- values replaced by a marker in the images, key, change detail and context, as the table's
+-- owner, in a transaction that says so (`SET LOCAL cdc_audit.erasing = 'on'`) and records each
+-- row it changes as an amendment of its chain. Every other column stays as it was written.
+CREATE OR REPLACE FUNCTION cdc_audit_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'audit_logging'
+       AND current_setting('cdc_audit.erasing', true) = 'on'
+       AND to_jsonb(NEW) - '{old_data,new_data,primary_key,change_detail,context}'::text[]
+           = to_jsonb(OLD) - '{old_data,new_data,primary_key,change_detail,context}'::text[] THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;

@@ -59,6 +59,9 @@ enum Command {
     /// Print the chains' heads signed with CDC_AUDIT_SIGNING_KEY_FILE (Ed25519): keep it outside
     /// the database, and `verify --digest` it later.
     Digest(integrity::DigestArgs),
+    /// Replace one data subject's values with a marker in every row of their record (images,
+    /// key, change detail, context), recorded with who, when and why in the chain.
+    Erase(integrity::EraseArgs),
     /// Look at, replay or purge the messages stored in audit_rejections.
     Rejections {
         #[command(subcommand)]
@@ -143,6 +146,9 @@ fn main() -> ExitCode {
         Command::Verify(args) => {
             raw_settings(&cli).and_then(|raw| integrity::verify_command(&raw, args))
         }
+        Command::Erase(args) => raw_settings(&cli)
+            .and_then(|raw| integrity::erase_command(&raw, args))
+            .map(print),
         Command::Digest(args) => raw_settings(&cli)
             .and_then(|raw| integrity::digest_command(&raw, args))
             .map(print),

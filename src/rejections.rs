@@ -305,7 +305,8 @@ pub fn replay(
                         group: &group,
                         topic: &msg.topic,
                         partition: msg.partition,
-                        target_seq: seq,
+                        target_seq: Some(seq),
+                        target_id: None,
                         action: Action::Replayed,
                         was: stored.entry,
                         now: target.map(|(_, row)| chain::entry(&row.content, time)),
@@ -391,7 +392,8 @@ pub fn purge(client: &mut Client, sel: &Selection, all: bool) -> Result<u64, Str
                         .as_deref()
                         .and_then(|b| b.try_into().ok())
                         .map_or(0, i32::from_be_bytes),
-                    target_seq: s.seq.unwrap_or_default(),
+                    target_seq: s.seq,
+                    target_id: None,
                     action: Action::Purged,
                     was: s.entry,
                     now: None,

@@ -1,8 +1,10 @@
 //! The trail's integrity: `cdc-audit verify` recomputes the hash chains from the stored rows,
-//! `cdc-audit digest` signs their heads for keeping outside the database. The chain itself is
-//! extended by the writers (`sink`), in each batch's transaction.
+//! `cdc-audit digest` signs their heads for keeping outside the database, `cdc-audit erase`
+//! redacts a data subject and records it in the chain. The chain itself is extended by the
+//! writers (`sink`), in each batch's transaction.
 
 pub mod digest;
+pub mod erase;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -50,6 +52,42 @@ pub struct DigestArgs {
     /// Write the digest to this file (created; never overwritten) instead of printing it
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EraseArgs {
+    /// db.schema.table (db.table for MySQL and MongoDB), or an unambiguous suffix
+    #[arg(long)]
+    pub table: String,
+    /// The record's key as JSON, '{"id": 1004}', or a single key column's value: 1004
+    #[arg(long)]
+    pub key: String,
+    /// Only these columns, comma-separated (default: every value of the record's rows)
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Option<Vec<String>>,
+    /// Why: recorded with the erasure (a request's reference, a ticket)
+    #[arg(long)]
+    pub reason: String,
+}
+
+/// `cdc-audit erase`.
+pub fn erase_command(raw: &BTreeMap<String, String>, args: &EraseArgs) -> Result<String, String> {
+    let mut client = sink::connect_with_settings(raw)?;
+    let columns: Option<Vec<String>> = args
+        .columns
+        .as_ref()
+        .map(|c| c.iter().map(|c| c.trim().to_string()).collect());
+    let done = erase::erase(
+        &mut client,
+        &args.table,
+        &args.key,
+        columns.as_deref(),
+        &args.reason,
+    )?;
+    Ok(format!(
+        "erased {} of the record's {} rows; each is recorded in audit_amendments (action erased)",
+        done.rows, done.found
+    ))
 }
 
 /// `cdc-audit verify`: exits 0 only when every chain in scope is intact.

@@ -83,6 +83,8 @@ pub struct ChainReport {
     pub unlinked: i64,
     /// Links whose row was replayed, purged or erased, by amendments that verify.
     pub amended: i64,
+    /// Of those, the links whose row was erased (redacted): intact, not broken.
+    pub erased: i64,
     pub broken: Option<Break>,
 }
 
@@ -110,7 +112,8 @@ impl Report {
             .map(|c| {
                 serde_json::json!({
                     "consumer_group": c.group, "topic": c.topic, "partition": c.partition,
-                    "links": c.links, "amended": c.amended, "unlinked": c.unlinked,
+                    "links": c.links, "amended": c.amended, "erased": c.erased,
+                    "unlinked": c.unlinked,
                     "broken": c.broken.as_ref().map(|b| serde_json::json!({
                         "problem": b.problem.to_string(), "seq": b.seq, "table": b.table,
                         "id": b.id, "offset": b.offset, "detail": b.detail,
@@ -134,7 +137,11 @@ impl fmt::Display for Report {
                 c.group, c.topic, c.partition, c.links
             )?;
             if c.amended > 0 {
-                write!(f, " ({} amended)", c.amended)?;
+                write!(f, " ({} amended", c.amended)?;
+                if c.erased > 0 {
+                    write!(f, ", {} of them erased", c.erased)?;
+                }
+                write!(f, ")")?;
             }
             if c.unlinked > 0 {
                 write!(f, ", {} rows from before the chain began", c.unlinked)?;
@@ -294,6 +301,7 @@ struct Item {
 struct Amend {
     was: Hash,
     now: Option<Hash>,
+    erased: bool,
 }
 
 fn verify_chain(
@@ -362,7 +370,7 @@ fn verify_chain(
     // Amendments: by the link they amend, and as links themselves.
     let sql = sink::copy_out(
         AMENDMENTS,
-        "id, target_seq, was_entry, now_entry",
+        "id, target_seq, was_entry, now_entry, action",
         &format!(
             "WHERE consumer_group = {} AND kafka_topic = {} AND kafka_partition = {} ORDER BY chain_seq",
             literal(&head.group),
@@ -375,7 +383,7 @@ fn verify_chain(
     {
         let mut tuples = Tuples::new(tb.copy_out(&sql).map_err(err)?);
         while let Some((_, fields)) = tuples.next_tuple().map_err(|e| e.to_string())? {
-            let stored = sink::stored(Kind::Amendment, fields, 4)
+            let stored = sink::stored(Kind::Amendment, fields, 5)
                 .ok_or("an amendment row that is not what verify selected")?;
             let int8 = |i: usize| {
                 stored.extra[i]
@@ -388,10 +396,13 @@ fn verify_chain(
                     .as_deref()
                     .and_then(|b| Hash::try_from(b).ok())
             };
-            amends.entry(int8(1)).or_default().push(Amend {
-                was: hash(2).unwrap_or_default(),
-                now: hash(3),
-            });
+            if stored.extra[1].is_some() {
+                amends.entry(int8(1)).or_default().push(Amend {
+                    was: hash(2).unwrap_or_default(),
+                    now: hash(3),
+                    erased: stored.extra[4].as_deref() == Some(b"erased"),
+                });
+            }
             if let Some(seq) = stored.seq {
                 let id = int8(0);
                 amendment_links.insert(
@@ -435,6 +446,7 @@ fn verify_chain(
             links: 0,
             unlinked: 0,
             amended: 0,
+            erased: 0,
             broken: None,
         },
         expected: 1,
@@ -680,8 +692,11 @@ impl Walk {
     }
 
     fn advance(&mut self, link: Hash) -> Result<(), String> {
-        if self.amends.contains_key(&self.expected) {
+        if let Some(list) = self.amends.get(&self.expected) {
             self.report.amended += 1;
+            if list.iter().any(|a| a.erased) {
+                self.report.erased += 1;
+            }
         }
         if let Some((seq, head)) = self.signed {
             if seq == self.expected && head != link {

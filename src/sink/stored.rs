@@ -13,8 +13,8 @@ use crate::pgcopy::Tuple;
 
 pub const AMENDMENTS: Target = Target {
     table: "audit_amendments",
-    columns: "consumer_group, kafka_topic, kafka_partition, target_seq, action, was_entry, \
-              now_entry, actor, reason",
+    columns: "consumer_group, kafka_topic, kafka_partition, target_seq, target_id, action, \
+              was_entry, now_entry, actor, reason",
     time: "amended_at",
 };
 
@@ -152,13 +152,14 @@ impl Action {
     }
 }
 
-/// One amendment: link `target_seq` of a chain, made with `was`, now holds a row whose entry
-/// is `now` (or nothing).
+/// One amendment: link `target_seq` of a chain (`None`: a row from before the chain, `target_id`
+/// of its table), made with `was`, now holds a row whose entry is `now` (or nothing).
 pub struct Amendment<'a> {
     pub group: &'a str,
     pub topic: &'a str,
     pub partition: i32,
-    pub target_seq: i64,
+    pub target_seq: Option<i64>,
+    pub target_id: Option<i64>,
     pub action: Action,
     pub was: Hash,
     pub now: Option<Hash>,
@@ -175,11 +176,12 @@ pub fn amend(tx: &mut Transaction<'_>, amendments: &[Amendment<'_>]) -> Result<i
         let (next, mut head) = lock_position(tx, a.group, tp, 0)?;
         time = head.time;
         let mut buf = Vec::with_capacity(256);
-        let mut t = Tuple::begin(&mut buf, 9 + CHAIN_FIELDS);
+        let mut t = Tuple::begin(&mut buf, 10 + CHAIN_FIELDS);
         t.text(Some(a.group));
         t.text(Some(a.topic));
         t.int4(a.partition);
-        t.int8(a.target_seq);
+        t.int8_opt(a.target_seq);
+        t.int8_opt(a.target_id);
         t.text(Some(a.action.as_str()));
         t.bytea(Some(&a.was));
         t.bytea(a.now.as_ref().map(|h| &h[..]));

@@ -725,3 +725,176 @@ fn genkey(dir: &Path, name: &str) -> SigningKey {
     ]);
     SigningKey::load(&path).unwrap()
 }
+
+/// One record's rows: (id, old_data, new_data, primary_key) as text.
+fn record_rows(
+    db: &TestDb,
+    ids: &[i64],
+) -> Vec<(i64, Option<String>, Option<String>, Option<String>)> {
+    db.client()
+        .query(
+            "SELECT id, old_data::text, new_data::text, primary_key::text FROM audit_logging \
+             WHERE id = ANY($1) ORDER BY id",
+            &[&ids],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+/// A record with updates: its table, key and row ids.
+fn a_record(db: &TestDb) -> (String, String, Vec<i64>) {
+    let mut c = db.client();
+    let r = c
+        .query_one(
+            "SELECT source_table, primary_key::text FROM audit_logging \
+             WHERE operation_type = 'UPDATE' AND source_table = 'customers' \
+             GROUP BY 1, 2 ORDER BY count(*) DESC LIMIT 1",
+            &[],
+        )
+        .unwrap();
+    let (table, key): (String, String) = (r.get(0), r.get(1));
+    let ids: Vec<i64> = c
+        .query(
+            "SELECT id FROM audit_logging WHERE source_table = $1 AND primary_key = $2::text::jsonb ORDER BY id",
+            &[&table, &key],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(ids.len() >= 2, "{table} {key}: {ids:?}");
+    (table, key, ids)
+}
+
+#[test]
+fn an_erased_record_keeps_no_value_and_the_chain_verifies() {
+    let db = TestDb::new("chain_erase");
+    build_trail(&db);
+    let (table, key, ids) = a_record(&db);
+    let erase = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cdc-audit"))
+            .arg("erase")
+            .args(args)
+            .env_clear()
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .unwrap()
+    };
+    let out = erase(&["--table", &table, "--key", &key, "--reason", "request 42"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!(
+            "erased {n} of the record's {n} rows",
+            n = ids.len()
+        )),
+        "{text}"
+    );
+    for (id, old, new, pk) in record_rows(&db, &ids) {
+        for image in [old, new, pk].into_iter().flatten() {
+            let v: serde_json::Value = serde_json::from_str(&image).unwrap();
+            for (column, value) in v.as_object().unwrap() {
+                assert!(
+                    value.is_null() || value == "[erased]",
+                    "row {id}: {column} = {value}"
+                );
+            }
+        }
+    }
+    let report = assert_chains_intact(&db);
+    let erased: i64 = report.chains.iter().map(|c| c.erased).sum();
+    assert_eq!(erased as usize, ids.len(), "{report}");
+    assert!(report.to_string().contains("of them erased"), "{report}");
+    let log = db
+        .client()
+        .query(
+            "SELECT actor, reason FROM audit_amendments WHERE action = 'erased'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(log.len(), ids.len());
+    assert_eq!(
+        (log[0].get::<_, String>(0), log[0].get::<_, String>(1)),
+        ("postgres".into(), "request 42".into())
+    );
+
+    // Bad input names what is wrong and changes nothing.
+    let out = erase(&["--table", "nosuch", "--key", "1", "--reason", "r"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown table \"nosuch\""));
+    let out = erase(&["--table", &table, "--key", "[1]", "--reason", "r"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not JSON of a key"));
+    let out = erase(&["--table", &table, "--key", &key, "--reason", " "]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--reason is empty"));
+}
+
+#[test]
+fn erasing_named_columns_keeps_the_others_and_nothing_else_may_change() {
+    let db = TestDb::new("chain_erase_columns");
+    build_trail(&db);
+    let (table, key, ids) = a_record(&db);
+    let mut c = db.client();
+    let done = cdc_audit::integrity::erase::erase(
+        &mut c,
+        &table,
+        &key,
+        Some(&["email".to_string()]),
+        "request 43",
+    )
+    .unwrap();
+    assert_eq!(done.rows, ids.len());
+    for (id, _, new, pk) in record_rows(&db, &ids) {
+        assert_eq!(
+            pk.as_deref(),
+            Some(key.as_str()),
+            "row {id}: the key has no email"
+        );
+        if let Some(new) = new {
+            let v: serde_json::Value = serde_json::from_str(&new).unwrap();
+            assert_eq!(v["email"], "[erased]");
+            assert_ne!(v["first_name"], "[erased]");
+        }
+    }
+    assert_chains_intact(&db);
+
+    // The append-only trigger still refuses any other change, and an erasure by hand (no
+    // amendment) breaks the chain.
+    let refused = c
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL cdc_audit.erasing = 'on'; \
+             UPDATE audit_logging SET operation_type = 'READ' WHERE id = {}; COMMIT",
+            ids[0]
+        ))
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("append-only")
+            || format!("{refused:?}").contains("append-only"),
+        "{refused:?}"
+    );
+    let mut c = db.client();
+    assert!(c
+        .execute(
+            "UPDATE audit_logging SET change_user = 'x' WHERE id = $1",
+            &[&ids[0]]
+        )
+        .is_err());
+    c.batch_execute(&format!(
+        "BEGIN; SET LOCAL cdc_audit.erasing = 'on'; \
+         UPDATE audit_logging SET new_data = '{{}}' WHERE id = {}; COMMIT",
+        ids[1]
+    ))
+    .unwrap();
+    let report = verify(&db, &Scope::default());
+    let b = broken(&report);
+    assert_eq!(
+        (b.problem, b.id),
+        (Problem::Changed, Some(ids[1])),
+        "{report}"
+    );
+}
