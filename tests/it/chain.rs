@@ -726,11 +726,11 @@ fn genkey(dir: &Path, name: &str) -> SigningKey {
     SigningKey::load(&path).unwrap()
 }
 
-/// One record's rows: (id, old_data, new_data, primary_key) as text.
-fn record_rows(
-    db: &TestDb,
-    ids: &[i64],
-) -> Vec<(i64, Option<String>, Option<String>, Option<String>)> {
+/// A row's id, old_data, new_data and primary_key, as text.
+type Images = (i64, Option<String>, Option<String>, Option<String>);
+
+/// One record's rows.
+fn record_rows(db: &TestDb, ids: &[i64]) -> Vec<Images> {
     db.client()
         .query(
             "SELECT id, old_data::text, new_data::text, primary_key::text FROM audit_logging \
