@@ -21,6 +21,14 @@ use crate::types::{Control, Exit};
 
 /// Runs the pipeline until `control.shutdown` is set, then drains.
 pub fn run(config: Config, control: Arc<Control>, stats: Arc<Stats>) -> Result<Exit, String> {
+    let digests = match config.digest.clone() {
+        None => None,
+        Some(settings) => {
+            let key = SigningKey::load(&settings.key_file)
+                .map_err(|e| format!("CDC_AUDIT_SIGNING_KEY_FILE={e}"))?;
+            Some((settings, key))
+        }
+    };
     let notifier = Arc::new(Notifier::from_env());
     let pool = sink::pool(
         &config.database_url,
@@ -31,9 +39,7 @@ pub fn run(config: Config, control: Arc<Control>, stats: Arc<Stats>) -> Result<E
         migrate::with_pool(&pool)?;
     }
     let api = config.api.as_ref().map(api::spawn).transpose()?;
-    if let Some(settings) = config.digest.clone() {
-        let key = SigningKey::load(&settings.key_file)
-            .map_err(|e| format!("CDC_AUDIT_SIGNING_KEY_FILE={e}"))?;
+    if let Some((settings, key)) = digests {
         spawn_digests(settings, key, pool.clone(), control.clone());
     }
     let tracker = Arc::new(Tracker::default());

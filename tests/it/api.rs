@@ -10,9 +10,10 @@ use serde_json::{json, Value};
 
 use cdc_audit::api::{self, Api, OPENAPI, PATHS};
 use cdc_audit::config::ApiSettings;
+use cdc_audit::integrity::{Digest, SigningKey};
 
 use crate::history::{change, context_message, write, T0};
-use crate::util::{wait_until, TestDb};
+use crate::util::{ed25519_key, tempdir, wait_until, TestDb};
 
 const TOKEN: &str = "test-token-0123456789";
 
@@ -113,13 +114,18 @@ fn trail(db: &TestDb) {
 }
 
 fn start(db: &TestDb) -> Api {
+    start_signing(db, None)
+}
+
+/// The API, signing digests with the key in `signing_key_file`.
+fn start_signing(db: &TestDb, signing_key_file: Option<std::path::PathBuf>) -> Api {
     api::spawn(&ApiSettings {
         addr: "127.0.0.1:0".parse().unwrap(),
         token: TOKEN.into(),
         database_url: db.url.clone(),
         database_ca_file: None,
         statement_timeout: Duration::from_secs(10),
-        signing_key_file: None,
+        signing_key_file,
     })
     .unwrap()
 }
@@ -209,7 +215,8 @@ fn response_schema<'a>(doc: &'a Value, path: &str, status: u16) -> &'a Value {
 fn every_path_answers_as_the_openapi_document_says() {
     let db = TestDb::new("apidoc");
     trail(&db);
-    let api = start(&db);
+    let key_file = ed25519_key(&tempdir("apidoc"), "key.pem");
+    let api = start_signing(&db, Some(key_file.clone()));
     let doc: Value = serde_json::from_str(OPENAPI).unwrap();
     let documented: Vec<&str> = doc["paths"]
         .as_object()
@@ -251,6 +258,7 @@ fn every_path_answers_as_the_openapi_document_says() {
             "/api/v1/transactions/{id}",
             "/api/v1/transactions/902".to_string(),
         ),
+        ("/api/v1/digest", "/api/v1/digest".to_string()),
     ];
     for (path, url) in &valid {
         let (status, body) = get(api.addr, url, Some(TOKEN));
@@ -274,6 +282,22 @@ fn every_path_answers_as_the_openapi_document_says() {
     );
     let (_, as_of) = get(api.addr, &valid[4].1, Some(TOKEN));
     assert_eq!(as_of["rows"].as_array().unwrap().len(), 1, "{as_of}");
+    // The digest is signed with the service's key: it opens with the public half.
+    let (_, digest) = get(api.addr, "/api/v1/digest", Some(TOKEN));
+    let public = SigningKey::load(&key_file).unwrap().public().unwrap();
+    let opened = Digest::open(&digest.to_string(), &public).unwrap();
+    assert_eq!(opened.database, db.name);
+    let unsigned = start(&db);
+    let (status, body) = get(unsigned.addr, "/api/v1/digest", Some(TOKEN));
+    assert_eq!(status, 404, "{body}");
+    assert!(violations(
+        &doc,
+        response_schema(&doc, "/api/v1/digest", 404),
+        &body,
+        "digest"
+    )
+    .is_empty());
+    unsigned.stop();
     let (_, tables) = get(api.addr, "/api/v1/tables", Some(TOKEN));
     let customers = &tables["tables"][1];
     assert_eq!(customers["qualified"], json!("inventory.public.customers"));

@@ -17,7 +17,7 @@ use cdc_audit::transform::transform;
 use cdc_audit::types::{Batch, Message, Outcome, Tp, Transformed};
 
 use crate::fixtures::{fixtures, message};
-use crate::util::{assert_chains_intact, generate, Dice, TestDb};
+use crate::util::{assert_chains_intact, ed25519_key, generate, openssl, tempdir, Dice, TestDb};
 
 /// Every fixture's row, COPYed in and read back with binary `COPY ... TO`, is the bytes the
 /// service hashed: its `jsonb` in PostgreSQL's printed form, every other field as stored.
@@ -697,33 +697,9 @@ fn verify_and_digest_from_the_command_line() {
     );
 }
 
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("cdc-audit-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// An Ed25519 key made the way the operations guide says.
 fn genkey(dir: &Path, name: &str) -> SigningKey {
-    let path = dir.join(name);
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "ed25519",
-        "-out",
-        path.to_str().unwrap(),
-    ]);
-    SigningKey::load(&path).unwrap()
+    SigningKey::load(&ed25519_key(dir, name)).unwrap()
 }
 
 /// A row's id, old_data, new_data and primary_key, as text.
@@ -896,5 +872,73 @@ fn erasing_named_columns_keeps_the_others_and_nothing_else_may_change() {
         (b.problem, b.id),
         (Problem::Changed, Some(ids[1])),
         "{report}"
+    );
+}
+
+/// The service signs a digest at start and every interval: a file each, and a log line; a
+/// key that is not one stops startup, naming the setting.
+#[test]
+fn the_service_takes_signed_digests_that_verify_proves_the_trail_against() {
+    use crate::util::{wait_progress, Kafka, Service};
+    let db = TestDb::new("chain_service");
+    let kafka = Kafka::new("chain_service");
+    let dir = tempdir("chain_service");
+    let key = ed25519_key(&dir, "key.pem");
+    let digests = dir.join("digests");
+    std::fs::create_dir(&digests).unwrap();
+    let records = generate("chain_service", 5, 400);
+    kafka.produce(&records);
+    let settings = [
+        ("CDC_AUDIT_SIGNING_KEY_FILE", key.to_str().unwrap()),
+        ("CDC_AUDIT_DIGEST_DIR", digests.to_str().unwrap()),
+        ("CDC_AUDIT_DIGEST_INTERVAL_S", "10"),
+    ];
+    let service = Service::spawn(&kafka, &db, "g", &settings);
+    wait_progress(&db, "g", records.len() as i64, "every message committed");
+    let files = || -> Vec<std::path::PathBuf> {
+        let mut f: Vec<_> = std::fs::read_dir(&digests)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        f.sort();
+        f
+    };
+    crate::util::wait_until(
+        std::time::Duration::from_secs(40),
+        "a second digest",
+        || files().len() >= 2,
+    );
+    service.sigterm();
+    let (code, log) = service.wait(std::time::Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("digest of ") && log.contains("\"signature\":"),
+        "{log}"
+    );
+    let latest = files().pop().unwrap();
+    let public = SigningKey::load(&key).unwrap().public().unwrap();
+    let digest = Digest::open(&std::fs::read_to_string(&latest).unwrap(), &public).unwrap();
+    assert!(!digest.chains.is_empty());
+    let report = verify(
+        &db,
+        &Scope {
+            digest: Some(digest),
+            ..Scope::default()
+        },
+    );
+    assert!(report.intact(), "{report}");
+
+    // Not a key: startup stops and says which setting.
+    let bad = Service::spawn(
+        &kafka,
+        &db,
+        "g",
+        &[("CDC_AUDIT_SIGNING_KEY_FILE", "/etc/hostname")],
+    );
+    let (code, log) = bad.wait(std::time::Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("CDC_AUDIT_SIGNING_KEY_FILE=/etc/hostname: not a PEM private key"),
+        "{log}"
     );
 }

@@ -439,3 +439,28 @@ fn inspect_shows_the_row_a_message_becomes_under_the_column_rules() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("CDC_AUDIT_HASH_KEY"));
 }
+
+#[test]
+fn digest_settings_are_checked_before_startup() {
+    refused(
+        &[("CDC_AUDIT_DIGEST_DIR", "/tmp")],
+        &["CDC_AUDIT_DIGEST_DIR", "CDC_AUDIT_SIGNING_KEY_FILE"],
+    );
+    refused(
+        &[
+            ("CDC_AUDIT_SIGNING_KEY_FILE", "/etc/hostname"),
+            ("CDC_AUDIT_DIGEST_DIR", "/no/such/dir"),
+        ],
+        &[
+            "CDC_AUDIT_DIGEST_DIR=\"/no/such/dir\"",
+            "an existing directory",
+        ],
+    );
+    refused(
+        &[
+            ("CDC_AUDIT_SIGNING_KEY_FILE", "/etc/hostname"),
+            ("CDC_AUDIT_DIGEST_INTERVAL_S", "5"),
+        ],
+        &["CDC_AUDIT_DIGEST_INTERVAL_S=\"5\"", "10 to 604800"],
+    );
+}
