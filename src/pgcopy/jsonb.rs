@@ -61,6 +61,8 @@ struct Member {
     end: usize,
     key: (usize, usize),
     escaped: bool,
+    /// The key's length and first eight bytes (unescaped): most comparisons end there.
+    order: (usize, u64),
 }
 
 struct Canon<'a, 'o> {
@@ -159,11 +161,16 @@ impl Canon<'_, '_> {
                 self.out.extend_from_slice(b": ");
                 self.ws();
                 self.value()?;
+                let text = unescape(&self.out[key.0..key.1], escaped);
+                let mut prefix = [0u8; 8];
+                let n = text.len().min(8);
+                prefix[..n].copy_from_slice(&text[..n]);
                 let member = Member {
                     start,
                     end: self.out.len(),
                     key,
                     escaped,
+                    order: (text.len(), u64::from_be_bytes(prefix)),
                 };
                 if let Some(prev) = self.members[base..].last() {
                     in_order &= key_order(self.out, prev, &member) == Ordering::Less;
@@ -225,9 +232,7 @@ impl Canon<'_, '_> {
         let mut escaped = false;
         loop {
             // Copy the run of bytes that need nothing.
-            let run = self.src[self.pos..]
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            let run = special_at(&self.src[self.pos..])?;
             self.out
                 .extend_from_slice(&self.src[self.pos..self.pos + run]);
             self.pos += run;
@@ -344,6 +349,34 @@ impl Canon<'_, '_> {
     }
 }
 
+/// Where the first `"`, `\` or control character is: eight bytes at a time (a string's text is
+/// most of what is copied).
+fn special_at(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte is zero in `x ^ ONES * c` where it is c; `(x - ONES * n) & !x & HIGH` marks the
+    // bytes below n (for n up to 128). Borrows mark false bytes only above a true one, so the
+    // lowest mark is the first match.
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    let mut i = 0;
+    while i + 8 <= s.len() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&s[i..i + 8]);
+        let w = u64::from_le_bytes(word);
+        let marks = below(w ^ (ONES * u64::from(b'"')), 1)
+            | below(w ^ (ONES * u64::from(b'\\')), 1)
+            | below(w, 0x20);
+        if marks != 0 {
+            return Some(i + (marks.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    let rest = s[i..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    Some(i + rest)
+}
+
 /// `numeric`'s text for the decimal `int.frac × 10^exponent`: as many decimals as the input
 /// had after the shift (never fewer than none), no leading zeros, no negative zero.
 fn write_numeric(out: &mut Vec<u8>, negative: bool, int: &[u8], frac: &[u8], exponent: i64) {
@@ -403,6 +436,10 @@ fn push_char(out: &mut Vec<u8>, c: char) -> bool {
 
 /// `jsonb`'s key order: shorter first, then by bytes, of the keys' unescaped text.
 fn key_order(out: &[u8], a: &Member, b: &Member) -> Ordering {
+    match a.order.cmp(&b.order) {
+        Ordering::Equal if a.order.0 > 8 => {}
+        decided => return decided,
+    }
     let text = |m: &Member| &out[m.key.0..m.key.1];
     if !a.escaped && !b.escaped {
         let (a, b) = (text(a), text(b));
@@ -413,9 +450,9 @@ fn key_order(out: &[u8], a: &Member, b: &Member) -> Ordering {
 }
 
 /// The text of a key written by `push_char`.
-fn unescape(text: &[u8], escaped: bool) -> Vec<u8> {
+fn unescape(text: &[u8], escaped: bool) -> std::borrow::Cow<'_, [u8]> {
     if !escaped {
-        return text.to_vec();
+        return std::borrow::Cow::Borrowed(text);
     }
     let mut out = Vec::with_capacity(text.len());
     let mut i = 0;
@@ -441,7 +478,7 @@ fn unescape(text: &[u8], escaped: bool) -> Vec<u8> {
         out.push(byte);
         i += width;
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -482,6 +519,18 @@ mod tests {
         for (input, printed) in cases {
             assert_eq!(canonical(input).as_deref(), Some(printed), "{input}");
         }
+    }
+
+    #[test]
+    fn special_bytes_are_found_where_they_are() {
+        let text = b"abcdefghijklmnop\"qrstuvwxyz\\\x01\xc3\xa9";
+        for start in 0..text.len() {
+            let expected = text[start..]
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+            assert_eq!(super::special_at(&text[start..]), expected, "from {start}");
+        }
+        assert_eq!(super::special_at("é€😀 plain".as_bytes()), None);
     }
 
     #[test]
