@@ -280,7 +280,10 @@ pub fn replay(
             let time = sink::now_micros(&mut tx)?;
             // The row takes the rejection's link; an amendment says what stands there now.
             let link = match seq {
-                Some(seq) => Some((seq, chained(&mut tx, &[id])?.remove(0))),
+                Some(seq) => {
+                    let found = chained(&mut tx, &[id])?.into_iter().next();
+                    Some((seq, found.ok_or_else(|| gone(id))?))
+                }
                 None => None,
             };
             if let Some((target, row)) = target {
@@ -297,7 +300,10 @@ pub fn replay(
                     std::iter::once((row.bytes.as_slice(), &suffix[..])),
                 )?;
             }
-            tx.execute("DELETE FROM audit_rejections WHERE id = $1", &[&id])?;
+            // Replayed or purged meanwhile by someone else: write nothing.
+            if tx.execute("DELETE FROM audit_rejections WHERE id = $1", &[&id])? != 1 {
+                return Err(gone(id));
+            }
             if let Some((seq, (group, stored))) = link {
                 sink::amend(
                     &mut tx,
@@ -327,6 +333,12 @@ pub fn replay(
         }
     }
     Ok(done)
+}
+
+fn gone(id: i64) -> SinkError {
+    SinkError::Io(std::io::Error::other(format!(
+        "rejection {id} was replayed or purged meanwhile"
+    )))
 }
 
 /// The chained rejections among `ids`, as stored, with the consumer group of their chain.

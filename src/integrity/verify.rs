@@ -334,7 +334,10 @@ fn verify_chain(
                     target.table, target.time
                 );
                 let min: Option<i64> = tb.query_one(&sql, &[]).map_err(err)?.get(0);
-                first = first.min(min).or(first).or(min);
+                first = match (first, min) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
             }
             Some(first.unwrap_or(i64::MAX))
         }
