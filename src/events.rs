@@ -84,6 +84,8 @@ pub struct Stats {
     pub messages_consumed: IntCounter,
     pub rows_written: IntCounter,
     pub rejections: IntCounterVec,
+    /// Signed digests the service took, and the ones it could not (`result`).
+    pub digests: IntCounterVec,
     pub skipped: IntCounterVec,
     pub transaction_events: IntCounter,
     pub batches_committed: IntCounter,
@@ -166,6 +168,12 @@ impl Stats {
                 "Messages stored as rejections, by reason",
                 "reason",
                 &reject_kinds,
+            ),
+            digests: labelled(
+                "cdc_audit_digests_total",
+                "Signed digests of the trail's chains taken (signed) or not (failed)",
+                "result",
+                &["signed", "failed"],
             ),
             skipped: labelled(
                 "cdc_audit_messages_skipped_total",

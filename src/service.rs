@@ -40,7 +40,7 @@ pub fn run(config: Config, control: Arc<Control>, stats: Arc<Stats>) -> Result<E
     }
     let api = config.api.as_ref().map(api::spawn).transpose()?;
     if let Some((settings, key)) = digests {
-        spawn_digests(settings, key, pool.clone(), control.clone());
+        spawn_digests(settings, key, pool.clone(), control.clone(), stats.clone());
     }
     let tracker = Arc::new(Tracker::default());
     let http = match config.http_addr {
@@ -130,6 +130,7 @@ fn spawn_digests(
     key: SigningKey,
     pool: sink::Pool,
     control: Arc<Control>,
+    stats: Arc<Stats>,
 ) {
     let spawned = thread::Builder::new().name("digest".into()).spawn(move || {
         let mut next = Instant::now();
@@ -139,9 +140,14 @@ fn spawn_digests(
                 continue;
             }
             next += settings.interval;
-            if let Err(e) = take_digest(&settings, &key, &pool) {
-                log::error!("digest not taken: {e}");
-            }
+            let result = match take_digest(&settings, &key, &pool) {
+                Ok(()) => "signed",
+                Err(e) => {
+                    log::error!("digest not taken: {e}");
+                    "failed"
+                }
+            };
+            stats.digests.with_label_values(&[result]).inc();
         }
     });
     if let Err(e) = spawned {
