@@ -199,6 +199,15 @@ impl SigningKey {
     /// Reads a PEM private key; the error names the file and says what is wrong.
     pub fn load(path: &Path) -> Result<SigningKey, String> {
         let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o077 != 0 {
+                log::warn!(
+                    "{}: the signing key can be read by others than its owner (chmod 600 it):                      whoever reads it can sign digests",
+                    path.display()
+                );
+            }
+        }
         let key = PKey::private_key_from_pem(&pem).map_err(|_| {
             format!(
                 "{}: not a PEM private key (make one with: openssl genpkey -algorithm ed25519)",
