@@ -9,10 +9,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cdc_audit::demo::{self, Generator, Record};
+use cdc_audit::demo::{self, Generator};
 use cdc_audit::query;
 use serde_json::json;
 
@@ -45,21 +44,7 @@ fn main() {
     let url = common::fresh_database(&mut admin, &server, &name);
 
     let mut generator = Generator::new("bench", 3).without_schemas().with_context();
-    let mut by_topic: BTreeMap<String, Vec<Record>> = BTreeMap::new();
-    while generator.changes < events {
-        for r in generator.next_records() {
-            if r.value.is_some() {
-                by_topic.entry(r.topic.clone()).or_default().push(r);
-            }
-        }
-    }
-    let streams: Vec<_> = by_topic
-        .iter()
-        .map(|(topic, records)| {
-            let records: Vec<&Record> = records.iter().collect();
-            common::transformed_batches(topic, 0, &records, 2000)
-        })
-        .collect();
+    let streams = common::generated_streams(&mut generator, events);
     let (rate, took) = timed(|| common::write_streams(&url, streams, false));
     let mut client = cdc_audit::sink::connect(&url, None).expect("the bench database");
     client

@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
-use cdc_audit::demo::{self, Generator, Record};
+use cdc_audit::demo::{self, Generator};
 use cdc_audit::integrity::{self, Scope};
 
 fn main() {
@@ -24,21 +23,7 @@ fn main() {
     let url = common::fresh_database(&mut admin, &server, &name);
 
     let mut generator = Generator::new("bench", 5).without_schemas();
-    let mut by_topic: BTreeMap<String, Vec<Record>> = BTreeMap::new();
-    while generator.changes < events {
-        for r in generator.next_records() {
-            if r.value.is_some() {
-                by_topic.entry(r.topic.clone()).or_default().push(r);
-            }
-        }
-    }
-    let streams: Vec<_> = by_topic
-        .iter()
-        .map(|(topic, records)| {
-            let records: Vec<&Record> = records.iter().collect();
-            common::transformed_batches(topic, 0, &records, 2000)
-        })
-        .collect();
+    let streams = common::generated_streams(&mut generator, events);
     let started = Instant::now();
     let rate = common::write_streams(&url, streams, true);
     println!(

@@ -76,6 +76,26 @@ pub fn transformed_batches(
         .collect()
 }
 
+/// The records of `generator` until it has made `events` changes, by topic (tombstones left
+/// out), each topic transformed in batches of 2000 as partition 0.
+pub fn generated_streams(generator: &mut demo::Generator, events: usize) -> Vec<Vec<Transformed>> {
+    let mut by_topic: std::collections::BTreeMap<String, Vec<Record>> = Default::default();
+    while generator.changes < events {
+        for r in generator.next_records() {
+            if r.value.is_some() {
+                by_topic.entry(r.topic.clone()).or_default().push(r);
+            }
+        }
+    }
+    by_topic
+        .iter()
+        .map(|(topic, records)| {
+            let records: Vec<&Record> = records.iter().collect();
+            transformed_batches(topic, 0, &records, 2000)
+        })
+        .collect()
+}
+
 /// Writes each stream's batches on its own connection, one transaction per batch: plain binary
 /// COPY (the ceiling) or the service's fenced write. Returns audit rows per second.
 pub fn write_streams(url: &str, streams: Vec<Vec<Transformed>>, fenced: bool) -> f64 {

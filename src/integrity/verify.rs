@@ -193,22 +193,13 @@ pub fn verify(
 ) -> Result<Report, String> {
     let (mut a, mut b) = (connect()?, connect()?);
     let err = |e: postgres::Error| sink::with_causes(&e);
-    let mut ta = a
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(err)?;
+    // Both connections read the one snapshot.
+    let mut ta = read_only(&mut a)?;
     let snapshot: String = ta
         .query_one("SELECT pg_export_snapshot()", &[])
         .map_err(err)?
         .get(0);
-    let mut tb = b
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(err)?;
+    let mut tb = read_only(&mut b)?;
     tb.batch_execute(&format!("SET TRANSACTION SNAPSHOT {}", literal(&snapshot)))
         .map_err(err)?;
 
@@ -761,6 +752,15 @@ impl Walk {
             );
         }
     }
+}
+
+/// A repeatable-read, read-only transaction.
+fn read_only(c: &mut Client) -> Result<postgres::Transaction<'_>, String> {
+    c.build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(|e| sink::with_causes(&e))
 }
 
 /// A SQL string literal.
