@@ -22,3 +22,6 @@ GRANT SELECT ON audit_logging, audit_transactions, audit_gaps, audit_amendments,
 -- The chains' heads, for signed digests (`GET /api/v1/digest`); positions are no secret.
 GRANT SELECT (consumer_group, topic, partition, chain_seq, chain_head) ON audit_positions
     TO cdc_audit_reader;
+-- The service makes next months' partitions of audit_logging (CDC_AUDIT_PARTITIONS_AHEAD); the
+-- function runs as the table's owner.
+GRANT EXECUTE ON FUNCTION audit_ensure_partitions(integer) TO cdc_audit_service;

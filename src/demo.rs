@@ -567,6 +567,7 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         log_format: crate::config::LogFormat::Text,
         api: None,
         digest: None,
+        partitions_ahead: 3,
         rules: crate::config::rules::Rules {
             change_user_column: Some("updated_by".into()),
             ..Default::default()

@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0008_hash_chain.sql",
         include_str!("../schema/0008_hash_chain.sql"),
     ),
+    (
+        9,
+        "0009_partitions.sql",
+        include_str!("../schema/0009_partitions.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed key of the advisory lock that serialises migrations.

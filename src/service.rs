@@ -39,6 +39,9 @@ pub fn run(config: Config, control: Arc<Control>, stats: Arc<Stats>) -> Result<E
         migrate::with_pool(&pool)?;
     }
     let api = config.api.as_ref().map(api::spawn).transpose()?;
+    if config.partitions_ahead > 0 {
+        spawn_partitions(pool.clone(), config.partitions_ahead, control.clone());
+    }
     if let Some((settings, key)) = digests {
         spawn_digests(settings, key, pool.clone(), control.clone(), stats.clone());
     }
@@ -120,6 +123,42 @@ fn spawn_watchdog(
         });
     if let Err(e) = spawned {
         log::error!("cannot start the watchdog thread: {e}");
+    }
+}
+
+/// Keeps `audit_logging`'s monthly partitions made `ahead` months ahead: now, then every hour.
+/// A month without its partition is not lost: its rows go to the default partition.
+fn spawn_partitions(pool: sink::Pool, ahead: i32, control: Arc<Control>) {
+    let ensure = move || -> Result<i32, String> {
+        let mut client = pool.get().map_err(|e| e.to_string())?;
+        let made: i32 = client
+            .query_one("SELECT audit_ensure_partitions($1)", &[&ahead])
+            .map_err(|e| sink::with_causes(&e))?
+            .get(0);
+        Ok(made)
+    };
+    let spawned = thread::Builder::new()
+        .name("partitions".into())
+        .spawn(move || {
+            let mut next = Instant::now();
+            while !control.shutting_down() {
+                if Instant::now() < next {
+                    thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+                next += Duration::from_secs(3600);
+                match ensure() {
+                    Ok(0) => {}
+                    Ok(made) => log::info!("made {made} monthly partitions of audit_logging ahead"),
+                    Err(e) => log::warn!(
+                    "cannot make audit_logging's partitions ahead (rows of a month without one \
+                     go to audit_logging_default): {e}"
+                ),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the partitions thread: {e}");
     }
 }
 

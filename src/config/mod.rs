@@ -184,6 +184,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "context field that names who made a change",
     },
     Setting {
+        name: "CDC_AUDIT_PARTITIONS_AHEAD",
+        default: Some("3"),
+        help: "months of audit_logging partitions the service keeps made ahead (0: none, when pg_partman or a person makes them)",
+    },
+    Setting {
         name: "CDC_AUDIT_SIGNING_KEY_FILE",
         default: None,
         help: "Ed25519 private key (PEM, `openssl genpkey -algorithm ed25519`) that signs digests of the trail's hash chains",
@@ -302,6 +307,8 @@ pub struct Config {
     pub api: Option<ApiSettings>,
     /// Signed digests of the chains' heads: `None` without `CDC_AUDIT_SIGNING_KEY_FILE`.
     pub digest: Option<DigestSettings>,
+    /// Months of `audit_logging` partitions to keep made ahead; 0: none.
+    pub partitions_ahead: i32,
 }
 
 /// Signed digests of the trail's chains, taken by the service.
@@ -705,6 +712,7 @@ impl Config {
             }
         }
 
+        let partitions_ahead = number("CDC_AUDIT_PARTITIONS_AHEAD", 3, 0, 120)? as i32;
         let digest = match get("CDC_AUDIT_SIGNING_KEY_FILE") {
             None => {
                 if let Some(dir) = get("CDC_AUDIT_DIGEST_DIR") {
@@ -762,6 +770,7 @@ impl Config {
             log_format,
             api,
             digest,
+            partitions_ahead,
         })
     }
 
@@ -856,6 +865,10 @@ impl Config {
                 self.database_ca_file
                     .as_ref()
                     .map_or(String::new(), |p| p.display().to_string()),
+            ),
+            (
+                "CDC_AUDIT_PARTITIONS_AHEAD",
+                self.partitions_ahead.to_string(),
             ),
             (
                 "CDC_AUDIT_SIGNING_KEY_FILE",

@@ -232,8 +232,13 @@ fn build_trail(db: &TestDb) {
 /// `build_trail`, with `sql` run on the fresh schema first.
 fn build_trail_with(db: &TestDb, sql: &str) {
     db.migrate();
+    db.client().batch_execute(sql).unwrap();
+    write_trail(db);
+}
+
+/// The trail of `build_trail`, into a database whose schema is there.
+pub fn write_trail(db: &TestDb) {
     let mut c = db.client();
-    c.batch_execute(sql).unwrap();
     let rules = Rules::default();
     let records = generate("chain", 3, 240);
     for partition in 0..2 {

@@ -13,6 +13,7 @@ mod fixtures;
 mod history;
 mod layout;
 mod ops;
+mod partitions;
 mod pipeline;
 mod properties;
 mod proxy;

@@ -185,6 +185,8 @@ fn pauses_and_resumes(name: &str, settings: impl FnOnce(&mut cdc_audit::config::
 #[test]
 fn a_partly_filled_batch_goes_to_an_idle_writer_before_the_linger() {
     let db = TestDb::new("idle");
+    // Migrated first: the rounds count rows from the start.
+    db.migrate();
     let kafka = Kafka::new("idle");
     let mut cfg = config(&kafka, &db, "g");
     cfg.batch_size = 100_000;

@@ -215,6 +215,7 @@ pub fn config(kafka: &Kafka, db: &TestDb, group: &str) -> Config {
         log_format: cdc_audit::config::LogFormat::Text,
         api: None,
         digest: None,
+        partitions_ahead: 3,
         rules: Default::default(),
         kafka: fast_group_settings()
             .into_iter()
