@@ -126,11 +126,11 @@ fn an_existing_trail_becomes_partitioned_with_its_rows_chains_and_grants() {
         .get(0)
     };
     let (next, far) = (month(5), month(200));
-    c.batch_execute(&format!(
+    c.batch_execute(
         "INSERT INTO audit_logging (operation_type, kafka_topic, kafka_partition, kafka_offset, ingested_at) \
          VALUES ('INSERT', 'other', 0, 1, (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '5 months 1 day') AT TIME ZONE 'UTC'), \
-                ('INSERT', 'other', 0, 2, now() + interval '200 months')"
-    ))
+                ('INSERT', 'other', 0, 2, now() + interval '200 months')",
+    )
     .unwrap();
     let placed: Vec<(String, i64)> = c
         .query(
