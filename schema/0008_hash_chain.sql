@@ -67,14 +67,17 @@ CREATE TRIGGER audit_transactions_no_truncate
 -- owner, in a transaction that says so (`SET LOCAL cdc_audit.erasing = 'on'`) and records each
 -- row it changes as an amendment of its chain. Every other column stays as it was written.
 CREATE OR REPLACE FUNCTION cdc_audit_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    -- The trail's table, also when the row is in one of its partitions (0009).
+    relation text := coalesce(pg_partition_root(TG_RELID)::text, TG_TABLE_NAME);
 BEGIN
-    IF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'audit_logging'
+    IF TG_OP = 'UPDATE' AND relation = 'audit_logging'
        AND current_setting('cdc_audit.erasing', true) = 'on'
        AND to_jsonb(NEW) - '{old_data,new_data,primary_key,change_detail,context}'::text[]
            = to_jsonb(OLD) - '{old_data,new_data,primary_key,change_detail,context}'::text[] THEN
         RETURN NEW;
     END IF;
-    RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
+    RAISE EXCEPTION '% is append-only: % refused', relation, TG_OP
         USING ERRCODE = 'insufficient_privilege';
 END
 $$;

@@ -121,23 +121,6 @@ CREATE TRIGGER audit_logging_no_truncate
     BEFORE TRUNCATE ON audit_logging
     FOR EACH STATEMENT EXECUTE FUNCTION cdc_audit_refuse_change();
 
--- The refusal names the trail's table, not the partition the row is in; erasure (0008) applies
--- to every partition of audit_logging.
-CREATE OR REPLACE FUNCTION cdc_audit_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    relation text := coalesce(pg_partition_root(TG_RELID)::text, TG_TABLE_NAME);
-BEGIN
-    IF TG_OP = 'UPDATE' AND relation = 'audit_logging'
-       AND current_setting('cdc_audit.erasing', true) = 'on'
-       AND to_jsonb(NEW) - '{old_data,new_data,primary_key,change_detail,context}'::text[]
-           = to_jsonb(OLD) - '{old_data,new_data,primary_key,change_detail,context}'::text[] THEN
-        RETURN NEW;
-    END IF;
-    RAISE EXCEPTION '% is append-only: % refused', relation, TG_OP
-        USING ERRCODE = 'insufficient_privilege';
-END
-$$;
-
 -- Makes the partitions of this month and the next `months_ahead` (UTC) that do not exist yet;
 -- returns how many it made. Runs as the table's owner (SECURITY DEFINER), so the service's role
 -- may call it without owning the table. A month already covered (by audit_logging_initial) is

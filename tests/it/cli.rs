@@ -347,22 +347,8 @@ fn a_failed_migration_says_what_postgresql_said() {
 fn the_identifier_collation_upgrade_keeps_rows_and_the_views_grants() {
     let db = TestDb::new("collation");
     let mut client = db.client();
-    let (before, after) = cdc_audit::migrate::MIGRATIONS.split_at(3);
-    client
-        .batch_execute(
-            "CREATE TABLE cdc_audit_migrations (version integer PRIMARY KEY, name text NOT NULL, \
-             applied_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .unwrap();
-    for (version, name, sql) in before {
-        client.batch_execute(sql).unwrap();
-        client
-            .execute(
-                "INSERT INTO cdc_audit_migrations (version, name) VALUES ($1, $2)",
-                &[version, name],
-            )
-            .unwrap();
-    }
+    let after = &cdc_audit::migrate::MIGRATIONS[3..];
+    db.migrate_before(4);
     // Roles are cluster-wide: a name of this test's own.
     let role = format!("reader_{}", db.name);
     client

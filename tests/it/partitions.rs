@@ -5,35 +5,13 @@
 
 use std::time::Instant;
 
-use cdc_audit::migrate::MIGRATIONS;
-
 use crate::chain::write_trail;
 use crate::util::{assert_chains_intact, TestDb};
-
-/// The schema as it was before migration 0009.
-fn migrate_before_partitions(db: &TestDb) {
-    let mut client = db.client();
-    client
-        .batch_execute(
-            "CREATE TABLE cdc_audit_migrations (version integer PRIMARY KEY, name text NOT NULL, \
-             applied_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .unwrap();
-    for (version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v < 9) {
-        client.batch_execute(sql).unwrap();
-        client
-            .execute(
-                "INSERT INTO cdc_audit_migrations (version, name) VALUES ($1, $2)",
-                &[version, name],
-            )
-            .unwrap();
-    }
-}
 
 #[test]
 fn an_existing_trail_becomes_partitioned_with_its_rows_chains_and_grants() {
     let db = TestDb::new("partitions");
-    migrate_before_partitions(&db);
+    db.migrate_before(9);
     write_trail(&db);
     let mut c = db.client();
     let rows = || -> i64 {

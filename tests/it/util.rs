@@ -79,6 +79,30 @@ impl TestDb {
         cdc_audit::migrate::migrate(&mut self.client()).unwrap();
     }
 
+    /// The schema as it was before migration `version`: the migrations before it, recorded as
+    /// applied, as an installation of that time has them.
+    pub fn migrate_before(&self, version: i32) {
+        let mut client = self.client();
+        client
+            .batch_execute(
+                "CREATE TABLE cdc_audit_migrations (version integer PRIMARY KEY, \
+                 name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .unwrap();
+        for (v, name, sql) in cdc_audit::migrate::MIGRATIONS
+            .iter()
+            .filter(|m| m.0 < version)
+        {
+            client.batch_execute(sql).unwrap();
+            client
+                .execute(
+                    "INSERT INTO cdc_audit_migrations (version, name) VALUES ($1, $2)",
+                    &[v, name],
+                )
+                .unwrap();
+        }
+    }
+
     /// Sum of the stored positions of a group: the number of messages committed when
     /// every partition's offsets start at 0, as they do on a fresh mock cluster.
     pub fn committed(&self, group: &str) -> i64 {
