@@ -26,7 +26,9 @@ ALTER TABLE audit_positions
 -- What changed a link's row after it was written, itself a link of the same chain: a rejection
 -- replayed into an audit row (or found to be nothing to store) or purged, a row erased.
 -- `was_entry` is the entry the amended link was made with, so the chain still verifies;
--- `now_entry` the entry of the row that stands there now (NULL: none). `target_seq` is NULL for
+-- `now_entry` the entry of the row that stands there now (NULL: none). An 'archived' amendment
+-- (0010) says the links up to `target_seq` were archived and dropped; its `was_entry` is the
+-- link at `target_seq`, where the chain in the database continues. `target_seq` is NULL for
 -- a row written before the chain began (erased: `target_id` says which). The erasure log is
 -- this table's 'erased' rows: who (`actor`), when, why (`reason`), which row.
 CREATE TABLE audit_amendments (
@@ -36,7 +38,7 @@ CREATE TABLE audit_amendments (
     kafka_partition integer     NOT NULL,
     target_seq      bigint,
     target_id       bigint,
-    action          text        NOT NULL CHECK (action IN ('replayed', 'purged', 'erased')),
+    action          text        NOT NULL CHECK (action IN ('replayed', 'purged', 'erased', 'archived')),
     was_entry       bytea       NOT NULL,
     now_entry       bytea,
     actor           text        NOT NULL,

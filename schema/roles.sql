@@ -25,3 +25,7 @@ GRANT SELECT (consumer_group, topic, partition, chain_seq, chain_head) ON audit_
 -- The service makes next months' partitions of audit_logging (CDC_AUDIT_PARTITIONS_AHEAD); the
 -- function runs as the table's owner.
 GRANT EXECUTE ON FUNCTION audit_ensure_partitions(integer) TO cdc_audit_service;
+-- Retention (CDC_AUDIT_RETENTION): archives are recorded, archived months dropped by the owner's
+-- function.
+GRANT SELECT, INSERT ON audit_archives TO cdc_audit_service;
+GRANT EXECUTE ON FUNCTION audit_drop_archived_partition(text) TO cdc_audit_service;

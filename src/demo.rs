@@ -568,6 +568,7 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         api: None,
         digest: None,
         partitions_ahead: 3,
+        retention: None,
         rules: crate::config::rules::Rules {
             change_user_column: Some("updated_by".into()),
             ..Default::default()

@@ -86,6 +86,8 @@ pub struct Stats {
     pub rejections: IntCounterVec,
     /// Signed digests the service took, and the ones it could not (`result`).
     pub digests: IntCounterVec,
+    /// Months of audit_logging archived and dropped (retention).
+    pub partitions_archived: IntCounter,
     pub skipped: IntCounterVec,
     pub transaction_events: IntCounter,
     pub batches_committed: IntCounter,
@@ -174,6 +176,10 @@ impl Stats {
                 "Signed digests of the trail's chains taken (signed) or not (failed)",
                 "result",
                 &["signed", "failed"],
+            ),
+            partitions_archived: counter(
+                "cdc_audit_partitions_archived_total",
+                "Months of audit_logging archived to CDC_AUDIT_ARCHIVE_DIR and dropped",
             ),
             skipped: labelled(
                 "cdc_audit_messages_skipped_total",

@@ -62,6 +62,9 @@ enum Command {
     /// Replace one data subject's values with a marker in every row of their record (images,
     /// key, change detail, context), recorded with who, when and why in the chain.
     Erase(integrity::EraseArgs),
+    /// Archive the months of audit_logging that end before a time to files, record them in the
+    /// trail, and drop them (what CDC_AUDIT_RETENTION does by itself).
+    Archive(integrity::ArchiveArgs),
     /// Look at, replay or purge the messages stored in audit_rejections.
     Rejections {
         #[command(subcommand)]
@@ -146,6 +149,9 @@ fn main() -> ExitCode {
         Command::Verify(args) => {
             raw_settings(&cli).and_then(|raw| integrity::verify_command(&raw, args))
         }
+        Command::Archive(args) => raw_settings(&cli)
+            .and_then(|raw| integrity::archive_command(&raw, args))
+            .map(print),
         Command::Erase(args) => raw_settings(&cli)
             .and_then(|raw| integrity::erase_command(&raw, args))
             .map(print),

@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0009_partitions.sql",
         include_str!("../schema/0009_partitions.sql"),
     ),
+    (
+        10,
+        "0010_archives.sql",
+        include_str!("../schema/0010_archives.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed key of the advisory lock that serialises migrations.

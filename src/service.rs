@@ -39,8 +39,12 @@ pub fn run(config: Config, control: Arc<Control>, stats: Arc<Stats>) -> Result<E
         migrate::with_pool(&pool)?;
     }
     let api = config.api.as_ref().map(api::spawn).transpose()?;
-    if config.partitions_ahead > 0 {
-        spawn_partitions(pool.clone(), config.partitions_ahead, control.clone());
+    if config.partitions_ahead > 0 || config.retention.is_some() {
+        let months = Months {
+            ahead: config.partitions_ahead,
+            retention: config.retention.clone(),
+        };
+        spawn_months(pool.clone(), months, control.clone(), stats.clone());
     }
     if let Some((settings, key)) = digests {
         spawn_digests(settings, key, pool.clone(), control.clone(), stats.clone());
@@ -126,39 +130,62 @@ fn spawn_watchdog(
     }
 }
 
-/// Keeps `audit_logging`'s monthly partitions made `ahead` months ahead: now, then every hour.
-/// A month without its partition is not lost: its rows go to the default partition.
-fn spawn_partitions(pool: sink::Pool, ahead: i32, control: Arc<Control>) {
-    let ensure = move || -> Result<i32, String> {
+/// What the service does with `audit_logging`'s months.
+struct Months {
+    /// Months made ahead; 0: none.
+    ahead: i32,
+    retention: Option<config::Retention>,
+}
+
+/// Every hour: makes `audit_logging`'s months ahead (a month without its partition is not lost:
+/// its rows go to the default partition), and archives and drops the months past retention.
+fn spawn_months(pool: sink::Pool, months: Months, control: Arc<Control>, stats: Arc<Stats>) {
+    let tend = move || -> Result<(), String> {
         let mut client = pool.get().map_err(|e| e.to_string())?;
-        let made: i32 = client
-            .query_one("SELECT audit_ensure_partitions($1)", &[&ahead])
-            .map_err(|e| sink::with_causes(&e))?
-            .get(0);
-        Ok(made)
-    };
-    let spawned = thread::Builder::new()
-        .name("partitions".into())
-        .spawn(move || {
-            let mut next = Instant::now();
-            while !control.shutting_down() {
-                if Instant::now() < next {
-                    thread::sleep(Duration::from_millis(200));
-                    continue;
-                }
-                next += Duration::from_secs(3600);
-                match ensure() {
-                    Ok(0) => {}
-                    Ok(made) => log::info!("made {made} monthly partitions of audit_logging ahead"),
-                    Err(e) => log::warn!(
-                    "cannot make audit_logging's partitions ahead (rows of a month without one \
-                     go to audit_logging_default): {e}"
-                ),
-                }
+        if months.ahead > 0 {
+            let made: i32 = client
+                .query_one("SELECT audit_ensure_partitions($1)", &[&months.ahead])
+                .map_err(|e| sink::with_causes(&e))?
+                .get(0);
+            if made > 0 {
+                log::info!("made {made} monthly partitions of audit_logging ahead");
             }
-        });
+        }
+        if let Some(r) = &months.retention {
+            let before: String = client
+                .query_one(
+                    "SELECT (now() - make_interval(days => $1))::text",
+                    &[&(r.days as i32)],
+                )
+                .map_err(|e| sink::with_causes(&e))?
+                .get(0);
+            for a in integrity::archive::archive_expired(&mut client, &before, &r.dir)? {
+                stats.partitions_archived.inc();
+                log::info!(
+                    "retention: {} rows of {} archived to {}",
+                    a.rows,
+                    a.partition,
+                    a.file.display()
+                );
+            }
+        }
+        Ok(())
+    };
+    let spawned = thread::Builder::new().name("months".into()).spawn(move || {
+        let mut next = Instant::now();
+        while !control.shutting_down() {
+            if Instant::now() < next {
+                thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            next += Duration::from_secs(3600);
+            if let Err(e) = tend() {
+                log::warn!("audit_logging's months: {e}");
+            }
+        }
+    });
     if let Err(e) = spawned {
-        log::error!("cannot start the partitions thread: {e}");
+        log::error!("cannot start the months thread: {e}");
     }
 }
 

@@ -189,6 +189,16 @@ pub const SETTINGS: &[Setting] = &[
         help: "months of audit_logging partitions the service keeps made ahead (0: none, when pg_partman or a person makes them)",
     },
     Setting {
+        name: "CDC_AUDIT_RETENTION",
+        default: Some("off"),
+        help: "how long audit_logging keeps a month, in days (`400d`): older months are archived to CDC_AUDIT_ARCHIVE_DIR, then dropped; or `off`",
+    },
+    Setting {
+        name: "CDC_AUDIT_ARCHIVE_DIR",
+        default: None,
+        help: "where expired months are archived, one file each (needs CDC_AUDIT_RETENTION)",
+    },
+    Setting {
         name: "CDC_AUDIT_SIGNING_KEY_FILE",
         default: None,
         help: "Ed25519 private key (PEM, `openssl genpkey -algorithm ed25519`) that signs digests of the trail's hash chains",
@@ -309,6 +319,54 @@ pub struct Config {
     pub digest: Option<DigestSettings>,
     /// Months of `audit_logging` partitions to keep made ahead; 0: none.
     pub partitions_ahead: i32,
+    /// How long a month is kept, and where it is archived after.
+    pub retention: Option<Retention>,
+}
+
+/// Retention of `audit_logging` months: kept `days`, then archived into `dir` and dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    pub days: u32,
+    pub dir: std::path::PathBuf,
+}
+
+/// `CDC_AUDIT_RETENTION` and `CDC_AUDIT_ARCHIVE_DIR`.
+pub fn retention_from(
+    retention: Option<&str>,
+    dir: Option<&str>,
+) -> Result<Option<Retention>, ConfigError> {
+    let days = match retention.unwrap_or("off") {
+        "off" => {
+            return match dir {
+                Some(d) => Err(invalid(
+                    "CDC_AUDIT_ARCHIVE_DIR",
+                    d,
+                    "unset, unless CDC_AUDIT_RETENTION says how long the trail keeps a month",
+                )),
+                None => Ok(None),
+            }
+        }
+        v => v
+            .strip_suffix('d')
+            .and_then(|n| n.parse::<u32>().ok())
+            .filter(|n| (1..=36_500).contains(n))
+            .ok_or_else(|| invalid("CDC_AUDIT_RETENTION", v, "days, 1d to 36500d, or off"))?,
+    };
+    let dir = dir.ok_or_else(|| ConfigError::Missing {
+        setting: "CDC_AUDIT_ARCHIVE_DIR".into(),
+        allowed:
+            "CDC_AUDIT_RETENTION is set: an existing directory for the archives of expired months"
+                .into(),
+    })?;
+    let path = std::path::PathBuf::from(dir);
+    if !path.is_dir() {
+        return Err(invalid(
+            "CDC_AUDIT_ARCHIVE_DIR",
+            dir,
+            "an existing directory the archives of expired months go into",
+        ));
+    }
+    Ok(Some(Retention { days, dir: path }))
 }
 
 /// Signed digests of the trail's chains, taken by the service.
@@ -713,6 +771,7 @@ impl Config {
         }
 
         let partitions_ahead = number("CDC_AUDIT_PARTITIONS_AHEAD", 3, 0, 120)? as i32;
+        let retention = retention_from(get("CDC_AUDIT_RETENTION"), get("CDC_AUDIT_ARCHIVE_DIR"))?;
         let digest = match get("CDC_AUDIT_SIGNING_KEY_FILE") {
             None => {
                 if let Some(dir) = get("CDC_AUDIT_DIGEST_DIR") {
@@ -771,6 +830,7 @@ impl Config {
             api,
             digest,
             partitions_ahead,
+            retention,
         })
     }
 
@@ -869,6 +929,18 @@ impl Config {
             (
                 "CDC_AUDIT_PARTITIONS_AHEAD",
                 self.partitions_ahead.to_string(),
+            ),
+            (
+                "CDC_AUDIT_RETENTION",
+                self.retention
+                    .as_ref()
+                    .map_or("off".into(), |r| format!("{}d", r.days)),
+            ),
+            (
+                "CDC_AUDIT_ARCHIVE_DIR",
+                self.retention
+                    .as_ref()
+                    .map_or(String::new(), |r| r.dir.display().to_string()),
             ),
             (
                 "CDC_AUDIT_SIGNING_KEY_FILE",

@@ -3,6 +3,7 @@
 //! redacts a data subject and records it in the chain. The chain itself is extended by the
 //! writers (`sink`), in each batch's transaction.
 
+pub mod archive;
 pub mod digest;
 pub mod erase;
 pub mod verify;
@@ -39,12 +40,63 @@ pub struct VerifyArgs {
     /// Also prove that each chain still passes through the links this signed digest holds
     #[arg(long, value_name = "FILE")]
     pub digest: Option<PathBuf>,
+    /// Instead, check an archive of an expired month (a .cdcaudit.gz file) on its own
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["digest", "from", "table"])]
+    pub archive: Option<PathBuf>,
     /// The Ed25519 public key (PEM) digests are checked against; default: the public half of
     /// CDC_AUDIT_SIGNING_KEY_FILE
     #[arg(long, value_name = "FILE")]
     pub public_key: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ArchiveArgs {
+    /// Archive and drop the months that end at or before this time (2026-01-01); the service
+    /// does it by itself with CDC_AUDIT_RETENTION
+    #[arg(long)]
+    pub before: String,
+    /// Where the archives go (default: CDC_AUDIT_ARCHIVE_DIR)
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// `cdc-audit archive`.
+pub fn archive_command(
+    raw: &BTreeMap<String, String>,
+    args: &ArchiveArgs,
+) -> Result<String, String> {
+    let dir = args
+        .dir
+        .clone()
+        .or_else(|| raw.get("CDC_AUDIT_ARCHIVE_DIR").map(PathBuf::from))
+        .ok_or("--dir is needed (or CDC_AUDIT_ARCHIVE_DIR): where the archives go")?;
+    if !dir.is_dir() {
+        return Err(format!("--dir {}: not a directory", dir.display()));
+    }
+    let mut client = sink::connect_with_settings(raw)?;
+    let time = crate::query::parse_time(&mut client, "--before", &args.before)
+        .map_err(|e| e.to_string())?;
+    let done = archive::archive_expired(&mut client, &time, &dir)?;
+    if done.is_empty() {
+        return Ok(format!(
+            "no month of audit_logging ends at or before {time}"
+        ));
+    }
+    Ok(done
+        .iter()
+        .map(|a| {
+            format!(
+                "{}: {} rows archived to {} (sha256 {}) and dropped",
+                a.partition,
+                a.rows,
+                a.file.display(),
+                a.sha256
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 #[derive(clap::Args, Debug)]
@@ -95,6 +147,15 @@ pub fn verify_command(
     raw: &BTreeMap<String, String>,
     args: &VerifyArgs,
 ) -> Result<ExitCode, String> {
+    if let Some(path) = &args.archive {
+        let report = archive::verify_archive(path)?;
+        println!("{report}");
+        return Ok(if report.intact() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(BROKEN)
+        });
+    }
     let digest = match &args.digest {
         None => None,
         Some(path) => {

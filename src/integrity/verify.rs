@@ -85,6 +85,10 @@ pub struct ChainReport {
     pub amended: i64,
     /// Of those, the links whose row was erased (redacted): intact, not broken.
     pub erased: i64,
+    /// Rows of links archived and dropped (retention) that remain in other tables: not checked.
+    pub archived: i64,
+    /// The last archived link; the chain here starts after it.
+    pub archived_through: i64,
     pub broken: Option<Break>,
 }
 
@@ -113,6 +117,7 @@ impl Report {
                 serde_json::json!({
                     "consumer_group": c.group, "topic": c.topic, "partition": c.partition,
                     "links": c.links, "amended": c.amended, "erased": c.erased,
+                    "archived_through": c.archived_through,
                     "unlinked": c.unlinked,
                     "broken": c.broken.as_ref().map(|b| serde_json::json!({
                         "problem": b.problem.to_string(), "seq": b.seq, "table": b.table,
@@ -145,6 +150,9 @@ impl fmt::Display for Report {
             }
             if c.unlinked > 0 {
                 write!(f, ", {} rows from before the chain began", c.unlinked)?;
+            }
+            if c.archived_through > 0 {
+                write!(f, ", links up to {} archived", c.archived_through)?;
             }
             match &c.broken {
                 None => writeln!(f, ": intact")?,
@@ -373,6 +381,7 @@ fn verify_chain(
         ),
     );
     let mut amends: BTreeMap<i64, Vec<Amend>> = BTreeMap::new();
+    let mut archived: Option<(i64, Hash)> = None;
     let mut amendment_links: HashMap<i64, Item> = HashMap::new();
     {
         let mut tuples = Tuples::new(tb.copy_out(&sql).map_err(err)?);
@@ -390,11 +399,17 @@ fn verify_chain(
                     .as_deref()
                     .and_then(|b| Hash::try_from(b).ok())
             };
-            if stored.extra[1].is_some() {
+            let action = stored.extra[4].as_deref().unwrap_or_default();
+            if action == b"archived" {
+                // Links up to the target were archived: the chain here starts after it.
+                if archived.is_none_or(|(seq, _)| seq < int8(1)) {
+                    archived = Some((int8(1), hash(2).unwrap_or_default()));
+                }
+            } else if stored.extra[1].is_some() {
                 amends.entry(int8(1)).or_default().push(Amend {
                     was: hash(2).unwrap_or_default(),
                     now: hash(3),
-                    erased: stored.extra[4].as_deref() == Some(b"erased"),
+                    erased: action == b"erased",
                 });
             }
             if let Some(seq) = stored.seq {
@@ -441,15 +456,22 @@ fn verify_chain(
             unlinked: 0,
             amended: 0,
             erased: 0,
+            archived: 0,
+            archived_through: archived.map_or(0, |(seq, _)| seq),
             broken: None,
         },
-        expected: 1,
-        prev: chain::genesis(&head.group, &head.topic, head.partition),
+        expected: archived.map_or(1, |(seq, _)| seq + 1),
+        prev: archived.map_or_else(
+            || chain::genesis(&head.group, &head.topic, head.partition),
+            |(_, link)| link,
+        ),
         head_seq: head.seq,
         amends,
         amendment_links,
-        signed,
+        signed: signed.filter(|(seq, _)| archived.is_none_or(|(a, _)| *seq > a)),
         anchored: start.is_none(),
+        archived_through: archived.map_or(0, |(seq, _)| seq),
+        seen_link: false,
     };
     walk.run(merged.peekable())?;
     if walk.report.broken.is_none() {
@@ -543,6 +565,10 @@ struct Walk {
     signed: Option<(i64, Hash)>,
     /// Whether a link has been trusted or computed from the start yet.
     anchored: bool,
+    /// Links up to this one were archived (retention): their rows that remain are not checked.
+    archived_through: i64,
+    /// Whether a linked row has been read yet.
+    seen_link: bool,
 }
 
 impl Walk {
@@ -558,7 +584,7 @@ impl Walk {
                 return Ok(());
             };
             let Some(seq) = item.stored.seq else {
-                if self.report.links == 0 && self.anchored && self.expected == 1 {
+                if !self.seen_link && self.anchored {
                     self.report.unlinked += 1;
                     continue;
                 }
@@ -568,6 +594,11 @@ impl Walk {
                     "a row with no link, among linked rows",
                 );
             };
+            self.seen_link = true;
+            if seq <= self.archived_through {
+                self.report.archived += 1;
+                continue;
+            }
             if !self.anchored {
                 // --from: the first link read is trusted as the start.
                 self.anchored = true;

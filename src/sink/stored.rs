@@ -140,6 +140,9 @@ pub enum Action {
     Replayed,
     Purged,
     Erased,
+    /// Links up to `target_seq` were archived and their rows dropped (retention): `was` is the
+    /// link at `target_seq`, where the chain in the database now starts.
+    Archived,
 }
 
 impl Action {
@@ -148,6 +151,7 @@ impl Action {
             Action::Replayed => "replayed",
             Action::Purged => "purged",
             Action::Erased => "erased",
+            Action::Archived => "archived",
         }
     }
 }

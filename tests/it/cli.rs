@@ -450,3 +450,26 @@ fn digest_settings_are_checked_before_startup() {
         &["CDC_AUDIT_DIGEST_INTERVAL_S=\"5\"", "10 to 604800"],
     );
 }
+
+#[test]
+fn retention_settings_are_checked_before_startup() {
+    refused(
+        &[("CDC_AUDIT_RETENTION", "400")],
+        &["CDC_AUDIT_RETENTION=\"400\"", "days, 1d to 36500d, or off"],
+    );
+    refused(
+        &[("CDC_AUDIT_RETENTION", "400d")],
+        &["CDC_AUDIT_ARCHIVE_DIR", "an existing directory"],
+    );
+    refused(
+        &[
+            ("CDC_AUDIT_RETENTION", "400d"),
+            ("CDC_AUDIT_ARCHIVE_DIR", "/no/such/dir"),
+        ],
+        &["CDC_AUDIT_ARCHIVE_DIR=\"/no/such/dir\""],
+    );
+    refused(
+        &[("CDC_AUDIT_ARCHIVE_DIR", "/tmp")],
+        &["CDC_AUDIT_ARCHIVE_DIR", "unless CDC_AUDIT_RETENTION"],
+    );
+}

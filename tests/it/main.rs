@@ -18,5 +18,6 @@ mod pipeline;
 mod properties;
 mod proxy;
 mod rejections;
+mod retention;
 mod security;
 mod util;

@@ -240,6 +240,7 @@ pub fn config(kafka: &Kafka, db: &TestDb, group: &str) -> Config {
         api: None,
         digest: None,
         partitions_ahead: 3,
+        retention: None,
         rules: Default::default(),
         kafka: fast_group_settings()
             .into_iter()
