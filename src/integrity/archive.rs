@@ -109,23 +109,20 @@ fn archive_month(client: &mut Client, month: &str, dir: &Path) -> Result<Archive
         )
         .map(|r| (r.get(0), r.get(1)))
         .map_err(err)?;
-    let quoted = crate::integrity::verify::literal(month);
-    let table = format!("{quoted}::regclass");
+    // The month's own table: only its rows are read.
+    let table = format!("\"{}\"", month.replace('"', "\"\""));
     let chains = tx
         .query(
             &format!(
-                "SELECT kafka_topic, kafka_partition, min(chain_seq), max(chain_seq) \
-                 FROM audit_logging WHERE tableoid = {table} AND chain_seq IS NOT NULL \
-                 GROUP BY 1, 2 ORDER BY 1, 2"
+                "SELECT kafka_topic, kafka_partition, min(chain_seq), max(chain_seq), \
+                 (array_agg(chain_hash ORDER BY chain_seq DESC))[1] \
+                 FROM {table} WHERE chain_seq IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"
             ),
             &[],
         )
         .map_err(err)?;
     let rows: i64 = tx
-        .query_one(
-            &format!("SELECT count(*) FROM audit_logging WHERE tableoid = {table}"),
-            &[],
-        )
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
         .map_err(err)?
         .get(0);
     let mut parts = Vec::with_capacity(chains.len());
@@ -133,7 +130,9 @@ fn archive_month(client: &mut Client, month: &str, dir: &Path) -> Result<Archive
         let (topic, partition, first, last): (String, i32, i64, i64) =
             (c.get(0), c.get(1), c.get(2), c.get(3));
         let group = sink::chain_group(&mut tx, &topic, partition, last)?;
-        parts.push(chain_part(&mut tx, group, topic, partition, first, last)?);
+        let mut part = chain_part(&mut tx, group, topic, partition, first, last)?;
+        part.last_link = chain::hex(c.get::<_, &[u8]>(4));
+        parts.push(part);
     }
     let header = Header {
         cdc_audit_archive: VERSION,
@@ -154,8 +153,8 @@ fn archive_month(client: &mut Client, month: &str, dir: &Path) -> Result<Archive
     serde_json::to_writer(&mut gz, &header).map_err(|e| e.to_string())?;
     gz.write_all(b"\n").map_err(io)?;
     let sql = format!(
-        "COPY (SELECT {} FROM audit_logging WHERE tableoid = {table} \
-         ORDER BY kafka_topic, kafka_partition, kafka_offset) TO STDOUT (FORMAT binary)",
+        "COPY (SELECT {} FROM {table} ORDER BY kafka_topic, kafka_partition, kafka_offset) \
+         TO STDOUT (FORMAT binary)",
         columns()
     );
     {
@@ -238,10 +237,10 @@ fn chain_part(
         Some(chain::genesis(&consumer_group, &topic, partition).to_vec())
     } else {
         let found = tx
+            // Earlier months are archived already (oldest first): the link before is in
+            // another table, or in their 'archived' amendment.
             .query(
-                "SELECT chain_hash FROM audit_logging \
-                     WHERE kafka_topic = $1 AND kafka_partition = $2 AND chain_seq = $3 \
-                 UNION ALL SELECT chain_hash FROM audit_transactions \
+                "SELECT chain_hash FROM audit_transactions \
                      WHERE kafka_topic = $1 AND kafka_partition = $2 AND chain_seq = $3 \
                  UNION ALL SELECT chain_hash FROM audit_rejections \
                      WHERE kafka_topic = $1 AND kafka_partition = $2 AND chain_seq = $3 \
@@ -314,14 +313,6 @@ fn chain_part(
             )
         })
         .collect();
-    let last_link: Vec<u8> = tx
-        .query_one(
-            "SELECT chain_hash FROM audit_logging WHERE kafka_topic = $1 AND kafka_partition = $2 \
-             AND chain_seq = $3 LIMIT 1",
-            &[&topic, &partition, &last],
-        )
-        .map_err(err)?
-        .get(0);
     Ok(ChainPart {
         consumer_group,
         topic,
@@ -329,7 +320,8 @@ fn chain_part(
         first_seq: first,
         last_seq: last,
         before: before.map(|b| chain::hex(&b)),
-        last_link: chain::hex(&last_link),
+        // The caller has it from the month's rows.
+        last_link: String::new(),
         others,
         amended,
     })
