@@ -414,9 +414,6 @@ pub fn verify_archive(path: &Path) -> Result<ArchiveReport, String> {
             header.cdc_audit_archive
         ));
     }
-    // The month's rows by chain: link number -> (entry, stored link, id).
-    type Links = BTreeMap<i64, (Hash, Option<Vec<u8>>, i64)>;
-    let mut by_chain: BTreeMap<(String, i32), Links> = BTreeMap::new();
     let mut report = ArchiveReport {
         partition: header.partition.clone(),
         rows: 0,
@@ -425,6 +422,14 @@ pub fn verify_archive(path: &Path) -> Result<ArchiveReport, String> {
         anchored: Vec::new(),
         broken: Vec::new(),
     };
+    let mut parts: BTreeMap<(String, i32), &ChainPart> = header
+        .chains
+        .iter()
+        .map(|c| ((c.topic.clone(), c.partition), c))
+        .collect();
+    // The rows come in Kafka order, so each chain's in link order: each chain is walked as its
+    // rows stream past, and nothing but the chain at hand is held.
+    let mut walk: Option<ArchiveWalk<'_>> = None;
     let mut tuples = Tuples::new(reader.by_ref());
     while let Some((_, fields)) = tuples.next_tuple().map_err(|e| e.to_string())? {
         report.rows += 1;
@@ -445,14 +450,37 @@ pub fn verify_archive(path: &Path) -> Result<ArchiveReport, String> {
         }
         let (topic, rest) = sink::field(own).ok_or("a row cut short")?;
         let (partition, _) = sink::field(rest).ok_or("a row cut short")?;
-        let topic = String::from_utf8_lossy(topic.unwrap_or_default()).into_owned();
-        let partition = partition
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, i32::from_be_bytes);
-        by_chain
-            .entry((topic, partition))
-            .or_default()
-            .insert(seq, (stored.entry, stored.link, id));
+        let key = (
+            String::from_utf8_lossy(topic.unwrap_or_default()).into_owned(),
+            partition
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, i32::from_be_bytes),
+        );
+        if walk.as_ref().is_none_or(|w| w.key != key) {
+            if let Some(done) = walk.take() {
+                done.finish(&mut report);
+            }
+            match parts.remove(&key) {
+                Some(part) => walk = Some(ArchiveWalk::start(key, part, &mut report)),
+                None => {
+                    report.broken.push(format!(
+                        "{}/{}: a linked row (id {id}) of a chain the header does not name, or out of order",
+                        key.0, key.1
+                    ));
+                    continue;
+                }
+            }
+        }
+        if let Some(w) = walk.as_mut() {
+            w.row(seq, stored.entry, stored.link.as_deref(), id, &mut report);
+        }
+    }
+    if let Some(done) = walk.take() {
+        done.finish(&mut report);
+    }
+    // Chains of the header with no row here (all their links amended or in other tables).
+    for (key, part) in parts {
+        ArchiveWalk::start(key, part, &mut report).finish(&mut report);
     }
     if report.rows != header.rows {
         report.broken.push(format!(
@@ -460,89 +488,142 @@ pub fn verify_archive(path: &Path) -> Result<ArchiveReport, String> {
             header.rows, report.rows
         ));
     }
-    let hash = |h: &str| chain::from_hex(h).and_then(|b| Hash::try_from(b).ok());
-    for c in &header.chains {
-        let name = format!("{} {}/{}", c.consumer_group, c.topic, c.partition);
-        let rows = by_chain
-            .remove(&(c.topic.clone(), c.partition))
-            .unwrap_or_default();
-        let others: BTreeMap<i64, Option<Hash>> =
-            c.others.iter().map(|(s, e)| (*s, hash(e))).collect();
-        let mut amended: BTreeMap<i64, (Option<Hash>, Option<Hash>)> = BTreeMap::new();
-        for (s, was, now) in &c.amended {
-            let entry = amended.entry(*s).or_insert((hash(was), None));
-            entry.1 = now.as_deref().and_then(hash);
-        }
-        let mut seq = c.first_seq;
-        let mut prev = match c.before.as_deref().and_then(hash) {
-            Some(h) => h,
-            None => {
-                report.anchored.push(name.clone());
-                match rows
-                    .get(&seq)
-                    .and_then(|r| r.1.as_deref())
-                    .and_then(|l| Hash::try_from(l).ok())
-                {
-                    Some(l) => {
-                        seq += 1;
-                        report.links += 1;
-                        l
-                    }
-                    None => {
-                        report
-                            .broken
-                            .push(format!("{name}: link {seq} is not in the archive"));
-                        continue;
-                    }
-                }
-            }
-        };
-        let mut broke = None;
-        while seq <= c.last_seq {
-            let row = rows.get(&seq);
-            let entry = match (amended.get(&seq), row, others.get(&seq)) {
-                (Some((was, now)), row, _) => {
-                    if row.is_some_and(|r| Some(r.0) != *now) {
-                        broke = Some(format!(
-                            "link {seq} (id {}): changed since its amendment",
-                            row.map_or(0, |r| r.2)
-                        ));
-                        break;
-                    }
-                    *was
-                }
-                (None, Some(r), _) => Some(r.0),
-                (None, None, Some(e)) => *e,
-                (None, None, None) => None,
-            };
-            let Some(entry) = entry else {
-                broke = Some(format!("link {seq}: missing"));
-                break;
-            };
-            let link = chain::link(&prev, seq, &entry);
-            if let Some(r) = row {
-                if r.1.as_deref() != Some(&link[..]) {
-                    broke = Some(format!("link {seq} (id {}): changed", r.2));
-                    break;
-                }
-            }
-            prev = link;
-            seq += 1;
-            report.links += 1;
-        }
-        match broke {
-            Some(b) => report.broken.push(format!("{name}: {b}")),
-            None if Some(prev) != hash(&c.last_link) => report.broken.push(format!(
-                "{name}: the links do not end at the header's last link"
-            )),
-            None => {}
-        }
-    }
-    for ((topic, partition), rows) in by_chain {
-        report.broken.push(format!(
-            "{topic}/{partition}: {} linked rows of a chain the header does not name",
-            rows.len()
-        ));
-    }
     Ok(report)
+}
+
+/// One chain of an archive, walked as its rows come.
+struct ArchiveWalk<'a> {
+    key: (String, i32),
+    part: &'a ChainPart,
+    name: String,
+    others: BTreeMap<i64, Option<Hash>>,
+    amended: BTreeMap<i64, (Option<Hash>, Option<Hash>)>,
+    /// The next link to compute, and the link before it; `None` until the first row anchors it.
+    seq: i64,
+    prev: Option<Hash>,
+    broke: bool,
+}
+
+fn parse_hash(h: &str) -> Option<Hash> {
+    chain::from_hex(h).and_then(|b| Hash::try_from(b).ok())
+}
+
+impl<'a> ArchiveWalk<'a> {
+    fn start(key: (String, i32), part: &'a ChainPart, report: &mut ArchiveReport) -> Self {
+        let name = format!("{} {}/{}", part.consumer_group, part.topic, part.partition);
+        let mut amended: BTreeMap<i64, (Option<Hash>, Option<Hash>)> = BTreeMap::new();
+        for (s, was, now) in &part.amended {
+            let entry = amended.entry(*s).or_insert((parse_hash(was), None));
+            entry.1 = now.as_deref().and_then(parse_hash);
+        }
+        let prev = part.before.as_deref().and_then(parse_hash);
+        if prev.is_none() {
+            report.anchored.push(name.clone());
+        }
+        ArchiveWalk {
+            key,
+            part,
+            name,
+            others: part
+                .others
+                .iter()
+                .map(|(s, e)| (*s, parse_hash(e)))
+                .collect(),
+            amended,
+            seq: part.first_seq,
+            prev,
+            broke: false,
+        }
+    }
+
+    fn broken(&mut self, report: &mut ArchiveReport, what: String) {
+        if !self.broke {
+            report.broken.push(format!("{}: {what}", self.name));
+        }
+        self.broke = true;
+    }
+
+    /// Takes the links before `upto` that have no row here: other tables' and amended ones.
+    fn advance(&mut self, upto: i64, report: &mut ArchiveReport) {
+        while !self.broke && self.seq < upto {
+            let entry = match (self.amended.get(&self.seq), self.others.get(&self.seq)) {
+                (Some((was, _)), _) => *was,
+                (None, Some(e)) => *e,
+                (None, None) => None,
+            };
+            match (entry, self.prev) {
+                (Some(e), Some(prev)) => {
+                    self.prev = Some(chain::link(&prev, self.seq, &e));
+                    self.seq += 1;
+                    report.links += 1;
+                }
+                _ => {
+                    let seq = self.seq;
+                    self.broken(report, format!("link {seq}: missing"));
+                }
+            }
+        }
+    }
+
+    fn row(
+        &mut self,
+        seq: i64,
+        entry: Hash,
+        link: Option<&[u8]>,
+        id: i64,
+        report: &mut ArchiveReport,
+    ) {
+        if self.broke {
+            return;
+        }
+        if seq < self.seq || seq > self.part.last_seq {
+            return self.broken(report, format!("link {seq} (id {id}): out of place"));
+        }
+        if self.prev.is_none() && seq == self.part.first_seq {
+            // The link before was gone: the first row's link is taken as given.
+            self.prev = link.and_then(|l| Hash::try_from(l).ok());
+            self.seq = seq + 1;
+            report.links += 1;
+            return;
+        }
+        self.advance(seq, report);
+        let Some(prev) = self.prev.filter(|_| !self.broke) else {
+            return;
+        };
+        let used = match self.amended.get(&seq) {
+            Some((was, now)) => {
+                if *now != Some(entry) {
+                    return self.broken(
+                        report,
+                        format!("link {seq} (id {id}): changed since its amendment"),
+                    );
+                }
+                *was
+            }
+            None => Some(entry),
+        };
+        let Some(used) = used else {
+            return self.broken(
+                report,
+                format!("link {seq} (id {id}): its amendment is unreadable"),
+            );
+        };
+        let computed = chain::link(&prev, seq, &used);
+        if link != Some(&computed[..]) {
+            return self.broken(report, format!("link {seq} (id {id}): changed"));
+        }
+        self.prev = Some(computed);
+        self.seq = seq + 1;
+        report.links += 1;
+    }
+
+    fn finish(mut self, report: &mut ArchiveReport) {
+        self.advance(self.part.last_seq + 1, report);
+        if !self.broke && self.prev != parse_hash(&self.part.last_link) {
+            self.broken(
+                report,
+                "the links do not end at the header's last link".into(),
+            );
+        }
+    }
 }
