@@ -13,7 +13,7 @@ use postgres::{Client, Transaction};
 use crate::chain::{self, Kind};
 use crate::config::{self, rules::Rules};
 use crate::sink::{
-    self, copy_rows, Action, Amendment, SinkError, Stored, Tuples, AUDIT, REJECTIONS, TRANSACTIONS,
+    self, copy_rows, Action, Amendment, ById, SinkError, AUDIT, REJECTIONS, TRANSACTIONS,
 };
 use crate::transform::transform;
 use crate::types::{Message, Outcome};
@@ -288,8 +288,8 @@ pub fn replay(
             };
             if let Some((target, row)) = target {
                 let suffix = match &link {
-                    Some((seq, (_, stored))) => {
-                        let hash = stored.link.as_deref().and_then(|l| l.try_into().ok());
+                    Some((seq, (_, row))) => {
+                        let hash = row.stored.link.as_deref().and_then(|l| l.try_into().ok());
                         chain::suffix(time, *seq, &hash.unwrap_or_default()).to_vec()
                     }
                     None => chain::unlinked_suffix(time).to_vec(),
@@ -304,7 +304,7 @@ pub fn replay(
             if tx.execute("DELETE FROM audit_rejections WHERE id = $1", &[&id])? != 1 {
                 return Err(gone(id));
             }
-            if let Some((seq, (group, stored))) = link {
+            if let Some((seq, (group, rejection))) = link {
                 sink::amend(
                     &mut tx,
                     &[Amendment {
@@ -314,7 +314,7 @@ pub fn replay(
                         target_seq: Some(seq),
                         target_id: None,
                         action: Action::Replayed,
-                        was: stored.entry,
+                        was: rejection.stored.entry,
                         now: target.map(|(_, row)| chain::entry(&row.content, time)),
                         reason: None,
                     }],
@@ -342,39 +342,14 @@ fn gone(id: i64) -> SinkError {
 }
 
 /// The chained rejections among `ids`, as stored, with the consumer group of their chain.
-fn chained(tx: &mut Transaction<'_>, ids: &[i64]) -> Result<Vec<(String, Stored)>, SinkError> {
-    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
-    // COPY takes no parameters: the ids are numbers this command read itself.
-    let sql = sink::copy_out(
-        REJECTIONS,
-        "kafka_topic, kafka_partition",
-        &format!(
-            "WHERE id IN ({}) AND chain_seq IS NOT NULL ORDER BY id",
-            list.join(", ")
-        ),
-    );
-    let mut rows = Vec::new();
-    {
-        let mut tuples = Tuples::new(tx.copy_out(&sql)?);
-        while let Some((_, fields)) = tuples.next_tuple().map_err(SinkError::from_io)? {
-            if let Some(stored) = sink::stored(Kind::Rejection, fields, 2) {
-                rows.push(stored);
-            }
-        }
-    }
+fn chained(tx: &mut Transaction<'_>, ids: &[i64]) -> Result<Vec<(String, ById)>, SinkError> {
+    let rows = sink::stored_by_id(tx, (REJECTIONS, Kind::Rejection), ids, true)?;
     let mut out = Vec::with_capacity(rows.len());
-    for stored in rows {
-        let text = |i: usize| {
-            String::from_utf8_lossy(stored.extra[i].as_deref().unwrap_or_default()).into_owned()
-        };
-        let partition = stored.extra[1]
-            .as_deref()
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, i32::from_be_bytes);
-        let seq = stored.seq.unwrap_or_default();
-        let group = sink::chain_group(tx, &text(0), partition, seq)
+    for row in rows {
+        let seq = row.stored.seq.unwrap_or_default();
+        let group = sink::chain_group(tx, &row.topic, row.partition, seq)
             .map_err(|e| SinkError::Io(std::io::Error::other(e)))?;
-        out.push((group, stored));
+        out.push((group, row));
     }
     Ok(out)
 }
@@ -396,18 +371,14 @@ pub fn purge(client: &mut Client, sel: &Selection, all: bool) -> Result<u64, Str
             let stored = chained(&mut tx, ids)?;
             let amendments: Vec<Amendment<'_>> = stored
                 .iter()
-                .map(|(group, s)| Amendment {
+                .map(|(group, r)| Amendment {
                     group,
-                    topic: std::str::from_utf8(s.extra[0].as_deref().unwrap_or_default())
-                        .unwrap_or_default(),
-                    partition: s.extra[1]
-                        .as_deref()
-                        .and_then(|b| b.try_into().ok())
-                        .map_or(0, i32::from_be_bytes),
-                    target_seq: s.seq,
+                    topic: &r.topic,
+                    partition: r.partition,
+                    target_seq: r.stored.seq,
                     target_id: None,
                     action: Action::Purged,
-                    was: s.entry,
+                    was: r.stored.entry,
                     now: None,
                     reason: None,
                 })

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::chain::Kind;
 use crate::query;
-use crate::sink::{self, Action, Amendment, SinkError, Stored, Tuples, AUDIT};
+use crate::sink::{self, Action, Amendment, ById, AUDIT};
 
 /// What an erased value becomes.
 pub const MARKER: &str = "[erased]";
@@ -63,7 +63,8 @@ pub fn erase(
     }
     tx.batch_execute("SET LOCAL cdc_audit.erasing = 'on'")
         .map_err(db)?;
-    let before = stored_rows(&mut tx, &ids).map_err(|e| e.to_string())?;
+    let before =
+        sink::stored_by_id(&mut tx, (AUDIT, Kind::Row), &ids, false).map_err(|e| e.to_string())?;
     let rows = tx
         .query(
             "SELECT id, old_data::text, new_data::text, primary_key::text, change_detail::text, \
@@ -102,13 +103,19 @@ pub fn erase(
     }
     if !changed.is_empty() {
         let mut planned = Vec::with_capacity(changed.len());
-        for (id, (topic, partition), now) in
-            stored_rows(&mut tx, &changed).map_err(|e| e.to_string())?
+        let after = sink::stored_by_id(&mut tx, (AUDIT, Kind::Row), &changed, false)
+            .map_err(|e| e.to_string())?;
+        for ById {
+            id,
+            topic,
+            partition,
+            stored: now,
+        } in after
         {
             let was = before
                 .iter()
-                .find(|(i, _, _)| *i == id)
-                .map(|(_, _, s)| s.entry)
+                .find(|b| b.id == id)
+                .map(|b| b.stored.entry)
                 .ok_or("a row changed while it was being erased")?;
             let group = sink::chain_group(&mut tx, &topic, partition, now.seq.unwrap_or(0))?;
             planned.push((group, topic, partition, now.seq, id, was, now.entry));
@@ -134,35 +141,6 @@ pub fn erase(
         rows: changed.len(),
         found: ids.len(),
     })
-}
-
-/// The audit rows `ids` as stored: id, (topic, partition), and their link fields and entry.
-type StoredRow = (i64, (String, i32), Stored);
-
-fn stored_rows(
-    tx: &mut postgres::Transaction<'_>,
-    ids: &[i64],
-) -> Result<Vec<StoredRow>, SinkError> {
-    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
-    // COPY takes no parameters: the ids are numbers this command read itself.
-    let sql = sink::copy_out(
-        AUDIT,
-        "id, kafka_topic, kafka_partition",
-        &format!("WHERE id IN ({}) ORDER BY id", list.join(", ")),
-    );
-    let mut out = Vec::with_capacity(ids.len());
-    let mut tuples = Tuples::new(tx.copy_out(&sql)?);
-    while let Some((_, fields)) = tuples.next_tuple().map_err(SinkError::from_io)? {
-        let Some(s) = sink::stored(Kind::Row, fields, 3) else {
-            continue;
-        };
-        let bytes = |i: usize| s.extra[i].clone().unwrap_or_default();
-        let id = i64::from_be_bytes(bytes(0).try_into().unwrap_or_default());
-        let topic = String::from_utf8_lossy(&bytes(1)).into_owned();
-        let partition = i32::from_be_bytes(bytes(2).try_into().unwrap_or_default());
-        out.push((id, (topic, partition), s));
-    }
-    Ok(out)
 }
 
 /// Replaces the values of `columns` (all, when `None`) with the marker, at any depth; `true`

@@ -16,6 +16,7 @@ pub use fence::{
     Target, Written, AUDIT, GAPS, REJECTIONS, TRANSACTIONS,
 };
 pub use stored::{
-    amend, chain_group, copy_out, field, stored, Action, Amendment, Stored, Tuples, AMENDMENTS,
+    amend, chain_group, copy_out, field, stored, stored_by_id, Action, Amendment, ById, Stored,
+    Tuples, AMENDMENTS,
 };
 pub use writer::{Queue, Writer};

@@ -31,6 +31,68 @@ pub struct Stored {
     pub extra: Vec<Option<Vec<u8>>>,
 }
 
+impl Stored {
+    /// Extra column `i` as an int8.
+    pub fn int8(&self, i: usize) -> Option<i64> {
+        let bytes = self.extra.get(i)?.as_deref()?;
+        bytes.try_into().ok().map(i64::from_be_bytes)
+    }
+
+    /// Extra column `i` as an int4.
+    pub fn int4(&self, i: usize) -> Option<i32> {
+        let bytes = self.extra.get(i)?.as_deref()?;
+        bytes.try_into().ok().map(i32::from_be_bytes)
+    }
+
+    /// Extra column `i` as text.
+    pub fn text(&self, i: usize) -> String {
+        let bytes = self.extra.get(i).and_then(|b| b.as_deref());
+        String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned()
+    }
+}
+
+/// A row of a table with Kafka coordinates, picked by its id.
+pub struct ById {
+    pub id: i64,
+    pub topic: String,
+    pub partition: i32,
+    pub stored: Stored,
+}
+
+/// The rows `ids` of `target` as stored (only those with a link, if `linked`), by id.
+pub fn stored_by_id(
+    tx: &mut Transaction<'_>,
+    (target, kind): (Target, Kind),
+    ids: &[i64],
+    linked: bool,
+) -> Result<Vec<ById>, SinkError> {
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let only = if linked {
+        "AND chain_seq IS NOT NULL"
+    } else {
+        ""
+    };
+    // COPY takes no parameters: the ids are numbers the caller read itself.
+    let sql = copy_out(
+        target,
+        "id, kafka_topic, kafka_partition",
+        &format!("WHERE id IN ({}) {only} ORDER BY id", list.join(", ")),
+    );
+    let mut out = Vec::with_capacity(ids.len());
+    let mut tuples = Tuples::new(tx.copy_out(&sql)?);
+    while let Some((_, fields)) = tuples.next_tuple().map_err(SinkError::from_io)? {
+        if let Some(stored) = stored(kind, fields, 3) {
+            out.push(ById {
+                id: stored.int8(0).unwrap_or_default(),
+                topic: stored.text(1),
+                partition: stored.int4(2).unwrap_or_default(),
+                stored,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// The statement that reads `target`'s rows for `Stored`: `extra` columns first (each read as
 /// one field), then the chain's, then the table's own.
 pub fn copy_out(target: Target, extra: &str, rest: &str) -> String {
