@@ -96,6 +96,8 @@ pub struct Stats {
     pub rewinds: IntCounter,
     pub offsets_missing: IntCounter,
     pub offsets_not_delivered: IntCounter,
+    pub offsets_suspect: IntCounter,
+    pub offsets_fetched_again: IntCounter,
     pub rebalances: IntCounterVec,
     pub write_retries: IntCounter,
     pub batch_size: Histogram,
@@ -219,6 +221,16 @@ impl Stats {
                 "Offsets Kafka still held but did not deliver (aborted transactions, compaction); \
                  recorded in audit_gaps",
             ),
+            offsets_suspect: counter(
+                "cdc_audit_offsets_suspect_total",
+                "Offsets the broker did not deliver, nor had when fetched again, on a topic that \
+                 is not compacted (a broker that skips records); recorded in audit_gaps",
+            ),
+            offsets_fetched_again: counter(
+                "cdc_audit_offsets_fetched_again_total",
+                "Messages missing from what the broker delivered that a second fetch found: \
+                 written after all, in offset order",
+            ),
             rebalances: labelled(
                 "cdc_audit_rebalances_total",
                 "Partition assignments and revocations",
@@ -308,6 +320,17 @@ impl Stats {
                 log::info!(
                     "{}[{}]: offsets {start}..{end} are in Kafka's log but were not delivered \
                      (an aborted transaction, or compaction); recorded in audit_gaps",
+                    tp.topic,
+                    tp.partition,
+                );
+            }
+            Some(GapCause::Suspect) => {
+                self.offsets_suspect.inc_by(n);
+                log::error!(
+                    "{}[{}]: offsets {start}..{end} were not delivered, and fetched again the \
+                     broker had nothing there, committed or not, on a topic that is not \
+                     compacted: a broker that skips records loses changes here; recorded in \
+                     audit_gaps as suspect",
                     tp.topic,
                     tp.partition,
                 );

@@ -56,6 +56,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0010_archives.sql",
         include_str!("../schema/0010_archives.sql"),
     ),
+    (
+        11,
+        "0011_suspect_gaps.sql",
+        include_str!("../schema/0011_suspect_gaps.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed key of the advisory lock that serialises migrations.

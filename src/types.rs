@@ -54,11 +54,10 @@ pub struct Batch {
     /// reachable at assignment): the writer then checks the stored position against the first offset.
     pub start: Option<i64>,
     pub end: i64,
-    /// The partition's first offset as the broker gave it when the source saw a hole of more
-    /// than one offset in this batch: what lies below it retention removed; what Kafka did not
-    /// deliver at or past it was an aborted transaction's or compacted. `None`: no such hole,
-    /// or the broker did not answer.
-    pub log_start: Option<i64>,
+    /// The holes of more than one offset the source saw in this batch, each checked with the
+    /// broker and given its cause (see `source::holes`). A hole the writer finds that is not
+    /// here (before the first message of a partition whose start was not known) has no cause.
+    pub holes: Vec<Gap>,
     pub messages: Vec<Message>,
     /// The sum of the messages' [`Message::size`].
     pub bytes: usize,
@@ -237,9 +236,13 @@ pub struct Gap {
 pub enum GapCause {
     /// Below the partition's first offset: retention deleted them before they were read.
     Retention,
-    /// At or past the partition's first offset, yet not delivered: an aborted transaction's
-    /// records and marker, or records compaction removed.
+    /// At or past the partition's first offset, and explained: an aborted transaction's records
+    /// (a second fetch that reads uncommitted records found them) or a compacted topic.
     NotDelivered,
+    /// At or past the partition's first offset, and not explained: fetched again, the broker
+    /// still had nothing there, committed or not, and the topic is not compacted. Kafka never
+    /// does this; a broker that skips records does, and their changes are not in the trail.
+    Suspect,
 }
 
 impl GapCause {
@@ -247,6 +250,7 @@ impl GapCause {
         match self {
             GapCause::Retention => "retention",
             GapCause::NotDelivered => "not_delivered",
+            GapCause::Suspect => "suspect",
         }
     }
 }

@@ -65,7 +65,7 @@ pub fn transformed_batches(
                     epoch: 0,
                     start: Some(start),
                     end: start + chunk.len() as i64,
-                    log_start: None,
+                    holes: Vec::new(),
                     messages: chunk.to_vec(),
                     bytes: chunk.iter().map(Message::size).sum(),
                     created: Instant::now(),

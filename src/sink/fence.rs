@@ -209,7 +209,7 @@ pub fn write_batch(
 
     // Only messages at or past the stored position are new.
     let skipped = batch.messages.iter().filter(|m| m.offset < stored).count();
-    let missing = gaps(missing_offsets(stored, batch), batch.log_start);
+    let missing = gaps(missing_offsets(stored, batch), &batch.holes);
     let mut linked = link_batch(t, skipped, &missing, &HashMap::new(), group, head);
     if isolate {
         // Rows PostgreSQL refuses are found under savepoints; then the chain is made again
@@ -346,24 +346,37 @@ fn missing_offsets(from: i64, batch: &Batch) -> Vec<Range<i64>> {
     missing
 }
 
-/// The missing runs, each split at the partition's first offset when it is known: what lies
-/// below it retention removed.
-fn gaps(missing: Vec<Range<i64>>, log_start: Option<i64>) -> Vec<Gap> {
-    missing
-        .into_iter()
-        .flat_map(|r| match log_start {
-            None => vec![(r, None)],
-            Some(first) => {
-                let split = first.clamp(r.start, r.end);
-                vec![
-                    (r.start..split, Some(GapCause::Retention)),
-                    (split..r.end, Some(GapCause::NotDelivered)),
-                ]
+/// The missing runs, each cut where the source's checked holes begin and end: a piece inside
+/// one takes its cause, a piece outside every one (the source did not see it) has none.
+fn gaps(missing: Vec<Range<i64>>, checked: &[Gap]) -> Vec<Gap> {
+    let mut gaps = Vec::new();
+    for r in missing {
+        let mut at = r.start;
+        for hole in checked {
+            if hole.offsets.end <= at || hole.offsets.start >= r.end {
+                continue;
             }
-        })
-        .filter(|(offsets, _)| !offsets.is_empty())
-        .map(|(offsets, cause)| Gap { offsets, cause })
-        .collect()
+            let start = hole.offsets.start.max(at);
+            if start > at {
+                gaps.push(Gap {
+                    offsets: at..start,
+                    cause: None,
+                });
+            }
+            at = hole.offsets.end.min(r.end);
+            gaps.push(Gap {
+                offsets: start..at,
+                cause: hole.cause,
+            });
+        }
+        if at < r.end {
+            gaps.push(Gap {
+                offsets: at..r.end,
+                cause: None,
+            });
+        }
+    }
+    gaps
 }
 
 /// The stored positions of these partitions' topics for `group`: where each partition's next
@@ -540,25 +553,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_gap_is_split_at_the_partitions_first_offset() {
+    fn a_gap_takes_the_cause_of_the_checked_hole_it_lies_in() {
         let gap = |offsets: Range<i64>, cause| Gap { offsets, cause };
-        let (r, n) = (Some(GapCause::Retention), Some(GapCause::NotDelivered));
+        let (r, n, s) = (
+            Some(GapCause::Retention),
+            Some(GapCause::NotDelivered),
+            Some(GapCause::Suspect),
+        );
         let missing = vec![2..5, 7..9, 12..20];
         assert_eq!(
-            gaps(missing.clone(), None),
+            gaps(missing.clone(), &[]),
             [gap(2..5, None), gap(7..9, None), gap(12..20, None)]
         );
+        // The source split its first hole at the log start and checked the rest.
+        let checked = [gap(2..4, r), gap(4..5, n), gap(7..9, s), gap(12..16, n)];
         assert_eq!(
-            gaps(missing.clone(), Some(8)),
-            [gap(2..5, r), gap(7..8, r), gap(8..9, n), gap(12..20, n)]
+            gaps(missing.clone(), &checked),
+            [
+                gap(2..4, r),
+                gap(4..5, n),
+                gap(7..9, s),
+                gap(12..16, n),
+                gap(16..20, None)
+            ]
         );
+        // The stored position lies inside a checked hole: only what lies past it is missing.
         assert_eq!(
-            gaps(missing.clone(), Some(2)),
-            [gap(2..5, n), gap(7..9, n), gap(12..20, n)]
+            gaps(vec![3..5, 8..9, 14..20], &checked),
+            [
+                gap(3..4, r),
+                gap(4..5, n),
+                gap(8..9, s),
+                gap(14..16, n),
+                gap(16..20, None)
+            ]
         );
+        // A hole the writer sees around a checked one.
         assert_eq!(
-            gaps(missing, Some(20)),
-            [gap(2..5, r), gap(7..9, r), gap(12..20, r)]
+            gaps(std::iter::once(0..10).collect(), &[gap(4..6, s)]),
+            [gap(0..4, None), gap(4..6, s), gap(6..10, None)]
         );
     }
 

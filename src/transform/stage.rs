@@ -154,7 +154,7 @@ mod tests {
             epoch: 1,
             start: None,
             end: messages.len() as i64,
-            log_start: None,
+            holes: Vec::new(),
             bytes: messages.iter().map(Message::size).sum(),
             messages,
             created: Instant::now(),

@@ -290,7 +290,7 @@ pub fn write_trail(db: &TestDb) {
                     epoch: 0,
                     start: Some(start),
                     end,
-                    log_start: Some(0),
+                    holes: Vec::new(),
                     messages: chunk.to_vec(),
                     bytes: 0,
                     created: Instant::now(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cdc_audit::demo::Record;
 use cdc_audit::sink::{write_batch, Written};
 use cdc_audit::transform::transform;
-use cdc_audit::types::{Batch, Message, Tp, Transformed};
+use cdc_audit::types::{Batch, Gap, GapCause, Message, Tp, Transformed};
 
 use crate::proxy::{self, Proxy};
 use crate::util::{
@@ -252,7 +252,7 @@ fn batch(records: &[Record], start: Option<i64>, offsets: std::ops::Range<i64>) 
         epoch: 0,
         start,
         end: offsets.end,
-        log_start: None,
+        holes: Vec::new(),
         bytes: messages.iter().map(Message::size).sum(),
         messages,
         created: Instant::now(),
@@ -389,14 +389,22 @@ fn offsets_missing_from_kafka_are_recorded_once_with_the_batch_that_reads_past_t
     assert_eq!(missing(write(&t)), (40, vec![(35, 37)]));
     assert_eq!(gaps(&db), [(3, 7), (12, 14), (20, 25), (35, 37)]);
 
-    // With the partition's first offset known (the source asks the broker when it sees a
-    // hole), a hole is split at it: below, retention; at or past it, not delivered (an aborted
-    // transaction, or compaction).
+    // The holes the source saw come checked (it asks the broker where the log starts, and
+    // fetches the rest again): below the log start, retention; at or past it, not delivered (an
+    // aborted transaction, or compaction), or suspect (nothing there, yet no reason why).
     let mut t = without(
         batch(&records, Some(40), 40..60),
         &[40, 41, 42, 43, 50, 51, 52],
     );
-    t.batch.log_start = Some(42);
+    let hole = |offsets, cause| Gap {
+        offsets,
+        cause: Some(cause),
+    };
+    t.batch.holes = vec![
+        hole(40..42, GapCause::Retention),
+        hole(42..44, GapCause::NotDelivered),
+        hole(50..53, GapCause::Suspect),
+    ];
     assert_eq!(missing(write(&t)), (60, vec![(40, 42), (42, 44), (50, 53)]));
     let causes: Vec<(i64, Option<String>)> = db
         .client()
@@ -418,7 +426,7 @@ fn offsets_missing_from_kafka_are_recorded_once_with_the_batch_that_reads_past_t
             (35, None),
             (40, cause("retention")),
             (42, cause("not_delivered")),
-            (50, cause("not_delivered")),
+            (50, cause("suspect")),
         ]
     );
 

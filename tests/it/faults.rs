@@ -327,7 +327,7 @@ fn a_10_mb_change_event_is_stored_whole() {
         epoch: 0,
         start: Some(0),
         end: 1,
-        log_start: None,
+        holes: Vec::new(),
         bytes: msg.size(),
         messages: vec![msg],
         created: std::time::Instant::now(),

@@ -60,7 +60,7 @@ pub fn write(db: &TestDb, topic: &str, events: &[Event]) {
         epoch: 0,
         start: Some(start),
         end: start + events.len() as i64,
-        log_start: None,
+        holes: Vec::new(),
         bytes: messages.iter().map(Message::size).sum(),
         messages,
         created: Instant::now(),

@@ -1,5 +1,6 @@
 //! The integration tests: one binary, real PostgreSQL, real Kafka protocol (librdkafka's mock
-//! cluster), each test in its own database and cluster so they run in parallel.
+//! cluster, and tansu where a broker must run in its own process), each test in its own database
+//! and broker so they run in parallel.
 
 mod api;
 mod browser;
@@ -20,4 +21,5 @@ mod proxy;
 mod rejections;
 mod retention;
 mod security;
+mod tansu;
 mod util;

@@ -37,7 +37,14 @@ fn an_existing_trail_becomes_partitioned_with_its_rows_chains_and_grants() {
         "migrations 0009 and 0010 on {before} rows: {:?}",
         started.elapsed()
     );
-    assert_eq!(applied, ["0009_partitions.sql", "0010_archives.sql"]);
+    assert_eq!(
+        applied,
+        [
+            "0009_partitions.sql",
+            "0010_archives.sql",
+            "0011_suspect_gaps.sql"
+        ]
+    );
 
     let kind: i8 = c
         .query_one(

@@ -145,6 +145,22 @@ impl Drop for TestDb {
 }
 
 /// A mock Kafka cluster with the generator's topics.
+/// A Kafka-protocol broker the tests produce to and the service reads from.
+pub trait Broker {
+    fn bootstrap(&self) -> &str;
+    /// The topics the generated traffic goes to.
+    fn topics(&self) -> &[String];
+}
+
+impl Broker for Kafka {
+    fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+    fn topics(&self) -> &[String] {
+        &self.topics
+    }
+}
+
 pub struct Kafka {
     pub cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     pub bootstrap: String,
@@ -201,12 +217,12 @@ pub fn generate(prefix: &str, seed: u64, n: usize) -> Vec<Record> {
 
 /// Produces `records` in `chunks` pieces spread over `over`, from a background thread.
 pub fn produce_over(
-    kafka: &Kafka,
+    kafka: &impl Broker,
     records: Vec<Record>,
     chunks: usize,
     over: Duration,
 ) -> JoinHandle<()> {
-    let bootstrap = kafka.bootstrap.clone();
+    let bootstrap = kafka.bootstrap().to_string();
     thread::spawn(move || {
         let size = records.len().div_ceil(chunks.max(1));
         for chunk in records.chunks(size.max(1)) {
@@ -216,10 +232,10 @@ pub fn produce_over(
     })
 }
 
-pub fn config(kafka: &Kafka, db: &TestDb, group: &str) -> Config {
+pub fn config(kafka: &impl Broker, db: &TestDb, group: &str) -> Config {
     Config {
-        bootstrap_servers: kafka.bootstrap.clone(),
-        topics: Topics::List(kafka.topics.clone()),
+        bootstrap_servers: kafka.bootstrap().to_string(),
+        topics: Topics::List(kafka.topics().to_vec()),
         group_id: group.to_string(),
         database_url: db.url.clone(),
         database_ca_file: None,
@@ -295,7 +311,7 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn spawn(kafka: &Kafka, db: &TestDb, group: &str, extra: &[(&str, &str)]) -> Service {
+    pub fn spawn(kafka: &impl Broker, db: &TestDb, group: &str, extra: &[(&str, &str)]) -> Service {
         static N: AtomicUsize = AtomicUsize::new(0);
         let log = std::env::temp_dir().join(format!(
             "{}-{}-{}.log",
@@ -307,8 +323,8 @@ impl Service {
         cmd.arg("run")
             .env_clear()
             .env("RUST_LOG", "info")
-            .env("CDC_AUDIT_BOOTSTRAP_SERVERS", &kafka.bootstrap)
-            .env("CDC_AUDIT_TOPICS", kafka.topics.join(","))
+            .env("CDC_AUDIT_BOOTSTRAP_SERVERS", kafka.bootstrap())
+            .env("CDC_AUDIT_TOPICS", kafka.topics().join(","))
             .env("CDC_AUDIT_GROUP_ID", group)
             .env("CDC_AUDIT_DATABASE_URL", &db.url)
             .env("CDC_AUDIT_BATCH_SIZE", "100")

@@ -2,6 +2,8 @@
 //! them on, waits for room (and pauses the assignment if the pipeline stays full), and runs the
 //! rebalance callbacks (which happen inside `poll`): positions come from PostgreSQL, not Kafka.
 
+pub mod holes;
+
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -20,6 +22,7 @@ use crate::events::{now_ms, Stats};
 use crate::sink::{self, Pool};
 use crate::tracker::Tracker;
 use crate::types::{Batch, Control, Exit, Load, Message, Tp};
+use holes::Holes;
 
 /// How long the poll thread waits for room downstream before it polls again.
 const ROOM_WAIT: Duration = Duration::from_millis(50);
@@ -122,8 +125,8 @@ fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
 }
 
 /// The partition's first offset and its end; `None` (logged) if the broker cannot say.
-fn watermarks(
-    consumer: &BaseConsumer<AuditContext>,
+fn watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     tp: &Tp,
     timeout: Duration,
 ) -> Option<(i64, i64)> {
@@ -297,6 +300,7 @@ pub struct Source {
     topics: HashMap<String, Arc<str>>,
     last_kafka_commit: Instant,
     kafka_committed: HashMap<Tp, i64>,
+    holes: Holes,
 }
 
 /// The librdkafka settings of the consumer; the user's `CDC_AUDIT_KAFKA_*` come last and win,
@@ -319,6 +323,18 @@ pub fn client_config(config: &Config) -> ClientConfig {
     }
     c.set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false");
+    c
+}
+
+/// The settings of the admin client that reads topics' configuration: the broker and the user's
+/// `CDC_AUDIT_KAFKA_*` (security), without the consumer's own.
+fn admin_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.bootstrap_servers)
+        .set("client.id", "cdc-audit-holes");
+    for (k, v) in &config.kafka {
+        c.set(k, v);
+    }
     c
 }
 
@@ -379,6 +395,7 @@ impl Source {
             topics: HashMap::new(),
             last_kafka_commit: Instant::now(),
             kafka_committed: HashMap::new(),
+            holes: Holes::new(client_config(config), admin_config(config)),
         })
     }
 
@@ -531,7 +548,10 @@ impl Source {
         self.stats.messages_consumed.inc();
         let offset = msg.offset;
         // A hole of more than one offset (a single one is a transaction's commit marker).
-        let hole = cursor.next.is_some_and(|next| offset > next + 1);
+        let hole = cursor
+            .next
+            .filter(|&next| offset > next + 1)
+            .map(|next| next..offset);
         let batch = cursor.pending.get_or_insert_with(|| {
             self.next_batch_id += 1;
             Batch {
@@ -540,17 +560,25 @@ impl Source {
                 epoch: cursor.epoch,
                 start: cursor.next,
                 end: offset + 1,
-                log_start: None,
+                holes: Vec::new(),
                 messages: Vec::with_capacity(self.batch_size.min(4096)),
                 bytes: 0,
                 created: Instant::now(),
             }
         });
-        if hole && batch.log_start.is_none() {
-            // Where the partition's log starts now tells the writer which part of the hole
-            // retention removed. Asked once a batch: a compacted topic has holes everywhere.
-            let watermarks = watermarks(&self.consumer, &batch.tp, Duration::from_secs(5));
-            batch.log_start = watermarks.map(|(low, _)| low);
+        if let Some(hole) = hole {
+            // Checked with the broker before the writer records it: what a second fetch finds
+            // is written after all.
+            let checked = self
+                .holes
+                .check(&self.consumer, &batch.tp, hole, &mut self.topics);
+            for found in checked.found {
+                self.stats.messages_consumed.inc();
+                self.stats.offsets_fetched_again.inc();
+                batch.bytes += found.size();
+                batch.messages.push(found);
+            }
+            batch.holes.extend(checked.holes);
         }
         batch.bytes += msg.size();
         batch.messages.push(msg);
