@@ -26,7 +26,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,10 +35,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cdc_audit::demo::{self, Generator, Record};
-use cdc_audit::source::holes::block_on;
 use clap::Parser;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -220,74 +217,14 @@ fn log_file(name: &str) -> std::fs::File {
     std::fs::File::create(std::env::temp_dir().join(name)).unwrap()
 }
 
-fn tansu_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("TANSU") {
-        return Some(path.into());
-    }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("CARGO_HOME") {
-        dirs.push(PathBuf::from(home).join("bin"));
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    dirs.into_iter()
-        .map(|d| d.join("tansu"))
-        .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
-}
-
 /// Starts tansu with `storage` on a free port; returns it and its bootstrap address.
 fn start_broker(binary: &PathBuf, storage: &str) -> (Process, String) {
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(binary)
-        .args(["broker", "--storage-engine", storage])
-        // A relative sqlite:// path lands in the temporary directory, not in the checkout.
-        .current_dir(std::env::temp_dir())
-        .args(["--listener-url", &url, "--advertised-listener-url", &url])
-        .stdout(Stdio::null())
-        .stderr(log_file("cdc-audit-bench-tansu.log"))
-        .spawn()
-        .unwrap();
+    let (child, address) = common::start_tansu(binary, storage, "cdc-audit-bench-tansu.log");
     let broker = Process {
         child,
         metrics: None,
     };
-    let address = format!("127.0.0.1:{port}");
-    let started = Instant::now();
-    while TcpStream::connect(&address).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "tansu did not listen on {address}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
     (broker, address)
-}
-
-fn create_topics(bootstrap: &str, topics: &[String], partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
-        .collect();
-    for result in block_on(admin.create_topics(&new, &AdminOptions::new())).unwrap() {
-        if let Err((topic, e)) = result {
-            panic!("create topic {topic}: {e}");
-        }
-    }
 }
 
 /// Per partition, one past the highest offset the broker acknowledged: the position a group
@@ -401,7 +338,7 @@ fn producer(
 /// resume after a pause skips the rest of a batch (the service records the hole in audit_gaps).
 fn fetches_inside_a_batch(bootstrap: &str) -> bool {
     let topic = "cdc-audit-bench-probe";
-    create_topics(bootstrap, &[topic.to_string()], 1);
+    common::create_topics(bootstrap, &[topic.to_string()], 1);
     let probe = producer(bootstrap, 10, 1_000_000, None);
     for key in ["a", "b"] {
         probe
@@ -484,7 +421,7 @@ fn service(
     n: usize,
     api: Option<&str>,
 ) -> Process {
-    let http = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", common::free_port());
     let mut command = Command::new(env!("CARGO_BIN_EXE_cdc-audit"));
     command
         .arg("run")
@@ -716,7 +653,7 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 
 fn main() {
     let args = Args::parse();
-    let Some(tansu) = tansu_binary() else {
+    let Some(tansu) = common::tansu_binary() else {
         eprintln!(
             "end_to_end needs the tansu broker: cargo install tansu --features dynostore (or set TANSU)"
         );
@@ -816,8 +753,8 @@ fn main() {
                 .into(),
         ),
     };
-    create_topics(&bootstrap, &backlog_topics, args.partitions);
-    create_topics(
+    common::create_topics(&bootstrap, &backlog_topics, args.partitions);
+    common::create_topics(
         &bootstrap,
         &live_generator.topics(),
         args.latency_partitions,
@@ -843,7 +780,9 @@ fn main() {
     let mut client = cdc_audit::sink::connect(&url_one, None).unwrap();
     checkpoint(&mut admin);
     let broker_cpu = common::cpu_seconds(broker.pid()).unwrap_or(0.0);
-    let api = args.api_load.then(|| format!("127.0.0.1:{}", free_port()));
+    let api = args
+        .api_load
+        .then(|| format!("127.0.0.1:{}", common::free_port()));
     let one = service(
         &bootstrap,
         &all_topics,

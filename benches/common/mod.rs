@@ -1,17 +1,24 @@
 //! Helpers shared by the benchmarks: fresh databases, the COPY ceiling, process figures.
 #![allow(dead_code)] // each benchmark uses its own subset
 
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cdc_audit::chain::{suffix, Suffix};
 use cdc_audit::config::rules::Rules;
 use cdc_audit::demo::{self, Record};
 use cdc_audit::sink::{copy_rows, write_batch, AUDIT};
+use cdc_audit::source::holes::block_on;
 use cdc_audit::transform::transform;
 use cdc_audit::types::Outcome;
 use cdc_audit::types::{Batch, Message, Tp, Transformed};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
 
 /// (Re)creates database `name` on the server and migrates it; returns its URL.
 pub fn fresh_database(admin: &mut postgres::Client, server: &str, name: &str) -> String {
@@ -169,4 +176,71 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
     // utime and stime are fields 14 and 15 of the line; `rest` starts at field 3.
     Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
+
+pub fn tansu_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("TANSU") {
+        return Some(path.into());
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("CARGO_HOME") {
+        dirs.push(PathBuf::from(home).join("bin"));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("tansu"))
+        .find(|p| p.is_file())
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
+/// Starts tansu with `storage` on a free port, its log in the temporary directory as `log`;
+/// returns it and its bootstrap address once it listens.
+pub fn start_tansu(binary: &PathBuf, storage: &str, log: &str) -> (Child, String) {
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(binary)
+        .args(["broker", "--storage-engine", storage])
+        // A relative sqlite:// path lands in the temporary directory, not in the checkout.
+        .current_dir(std::env::temp_dir())
+        .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(std::env::temp_dir().join(log)).unwrap())
+        .spawn()
+        .unwrap();
+    let address = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    while TcpStream::connect(&address).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "tansu did not listen on {address}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    (child, address)
+}
+
+pub fn create_topics(bootstrap: &str, topics: &[String], partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for result in block_on(admin.create_topics(&new, &AdminOptions::new())).unwrap() {
+        if let Err((topic, e)) = result {
+            panic!("create topic {topic}: {e}");
+        }
+    }
 }
