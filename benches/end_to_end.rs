@@ -338,7 +338,7 @@ fn producer(
 /// resume after a pause skips the rest of a batch (the service records the hole in audit_gaps).
 fn fetches_inside_a_batch(bootstrap: &str) -> bool {
     let topic = "cdc-audit-bench-probe";
-    common::create_topics(bootstrap, &[topic.to_string()], 1);
+    common::create_topics(bootstrap, &[topic.to_string()], 1, &[]);
     let probe = producer(bootstrap, 10, 1_000_000, None);
     for key in ["a", "b"] {
         probe
@@ -753,11 +753,12 @@ fn main() {
                 .into(),
         ),
     };
-    common::create_topics(&bootstrap, &backlog_topics, args.partitions);
+    common::create_topics(&bootstrap, &backlog_topics, args.partitions, &[]);
     common::create_topics(
         &bootstrap,
         &live_generator.topics(),
         args.latency_partitions,
+        &[],
     );
     let producing = Instant::now();
     let backlog_producer = producer(&bootstrap, batch_messages, batch_bytes, None);

@@ -155,7 +155,10 @@ fn main() {
     let (mut broker, bootstrap) = common::start_tansu(&tansu, &storage, "cdc-audit-soak-tansu.log");
     let mut generator = Generator::new("soak", 21).without_schemas();
     let topics = generator.topics();
-    common::create_topics(&bootstrap, &topics, args.partitions);
+    // Ten minutes of retention: the broker's disk holds a bounded window, not the hour (tansu on
+    // SQLite deletes by `retention.ms` only where `cleanup.policy` says delete).
+    let retention = [("cleanup.policy", "delete"), ("retention.ms", "600000")];
+    common::create_topics(&bootstrap, &topics, args.partitions, &retention);
     let server = cdc_audit::demo::server_url();
     let mut admin = cdc_audit::sink::connect(&server, None).expect("PostgreSQL");
     let name = format!("cdc_audit_soak_{}", std::process::id());

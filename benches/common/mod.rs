@@ -229,14 +229,23 @@ pub fn start_tansu(binary: &PathBuf, storage: &str, log: &str) -> (Child, String
     (child, address)
 }
 
-pub fn create_topics(bootstrap: &str, topics: &[String], partitions: i32) {
+/// Creates `topics` with `partitions` each and the topic `settings` given.
+pub fn create_topics(
+    bootstrap: &str,
+    topics: &[String],
+    partitions: i32,
+    settings: &[(&str, &str)],
+) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .unwrap();
     let new: Vec<NewTopic> = topics
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .map(|t| {
+            let new = NewTopic::new(t, partitions, TopicReplication::Fixed(1));
+            settings.iter().fold(new, |n, (k, v)| n.set(k, v))
+        })
         .collect();
     for result in block_on(admin.create_topics(&new, &AdminOptions::new())).unwrap() {
         if let Err((topic, e)) = result {

@@ -169,7 +169,7 @@ impl Holes {
                 return Some(*start);
             }
         }
-        let (low, _) = watermarks(consumer, tp, Duration::from_secs(5))?;
+        let (low, _) = watermarks(consumer, tp, Duration::from_secs(2))?;
         self.log_starts.insert(tp.clone(), (Instant::now(), low));
         Some(low)
     }
@@ -201,7 +201,7 @@ impl Holes {
         let Some(admin) = &self.admin else {
             return Err("no admin client".into());
         };
-        let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+        let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(2)));
         let results =
             block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options))
                 .map_err(|e| e.to_string())?;

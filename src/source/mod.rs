@@ -326,14 +326,25 @@ pub fn client_config(config: &Config) -> ClientConfig {
     c
 }
 
-/// The settings of the admin client that reads topics' configuration: the broker and the user's
-/// `CDC_AUDIT_KAFKA_*` (security), without the consumer's own.
+/// The settings of the admin client that reads topics' configuration: the broker, and of the
+/// user's `CDC_AUDIT_KAFKA_*` those of the connection (security, sockets), not the consumer's own,
+/// which librdkafka would warn about.
 fn admin_config(config: &Config) -> ClientConfig {
+    const CONNECTION: [&str; 6] = [
+        "security.",
+        "ssl.",
+        "sasl.",
+        "socket.",
+        "broker.",
+        "client.dns",
+    ];
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.bootstrap_servers)
         .set("client.id", "cdc-audit-holes");
     for (k, v) in &config.kafka {
-        c.set(k, v);
+        if CONNECTION.iter().any(|p| k.starts_with(p)) {
+            c.set(k, v);
+        }
     }
     c
 }
