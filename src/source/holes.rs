@@ -31,7 +31,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::{copy_message, watermarks};
+use super::read::{copy_message, watermarks};
 use crate::types::{Gap, GapCause, Message, Tp};
 
 /// How long checking one hole may take, all fetches together, before the cause of what is left is

@@ -3,6 +3,7 @@
 //! rebalance callbacks (which happen inside `poll`): positions come from PostgreSQL, not Kafka.
 
 pub mod holes;
+mod read;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -13,7 +14,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message as _};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
@@ -23,6 +23,7 @@ use crate::sink::{self, Pool};
 use crate::tracker::Tracker;
 use crate::types::{Batch, Control, Exit, Load, Message, Tp};
 use holes::Holes;
+use read::{copy_message, watermarks};
 
 /// How long the poll thread waits for room downstream before it polls again.
 const ROOM_WAIT: Duration = Duration::from_millis(50);
@@ -122,18 +123,6 @@ fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
             partition: e.partition(),
         })
         .collect()
-}
-
-/// The partition's first offset and its end; `None` (logged) if the broker cannot say.
-fn watermarks<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    tp: &Tp,
-    timeout: Duration,
-) -> Option<(i64, i64)> {
-    consumer
-        .fetch_watermarks(&tp.topic, tp.partition, timeout)
-        .map_err(|e| log::warn!("watermarks of {}[{}]: {e}", tp.topic, tp.partition))
-        .ok()
 }
 
 impl AuditContext {
@@ -793,38 +782,6 @@ impl Source {
         } else {
             Exit::Drained
         }
-    }
-}
-
-/// Copies what the pipeline needs out of librdkafka's buffer; topic names are interned.
-fn copy_message(
-    topics: &mut HashMap<String, Arc<str>>,
-    m: &rdkafka::message::BorrowedMessage<'_>,
-) -> Message {
-    let topic = match topics.get(m.topic()) {
-        Some(t) => t.clone(),
-        None => {
-            let t: Arc<str> = Arc::from(m.topic());
-            topics.insert(m.topic().to_string(), t.clone());
-            t
-        }
-    };
-    let headers = m
-        .headers()
-        .map(|hs| {
-            hs.iter()
-                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                .collect()
-        })
-        .unwrap_or_default();
-    Message {
-        topic,
-        partition: m.partition(),
-        offset: m.offset(),
-        timestamp_ms: m.timestamp().to_millis(),
-        key: m.key().map(<[u8]>::to_vec),
-        payload: m.payload().map(<[u8]>::to_vec),
-        headers,
     }
 }
 
