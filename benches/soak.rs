@@ -2,6 +2,8 @@
 //! whether what it holds stays flat. The broker is tansu on SQLite (a process of its own, storage on
 //! disk: an hour of traffic does not fit in memory), the database the shared server.
 //!
+//! `--broker mock` uses librdkafka's mock cluster instead, whose memory stays bounded.
+//!
 //! 1. The drain rate of this setup: a backlog of `--drain-events` is produced, the instance started,
 //!    and the time from its start to the last commit taken.
 //! 2. The soak: events at `--share` of that rate for `--seconds`, generated as they are sent. Every
@@ -24,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use cdc_audit::demo::{Generator, Record};
 use clap::Parser;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::ClientConfig;
 
 #[derive(Parser)]
@@ -44,6 +47,12 @@ struct Args {
     /// Partitions of each of the three topics.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
+    /// The broker: `tansu` (on SQLite, a process of its own) or `mock` (librdkafka's mock cluster
+    /// in this process, which keeps only the last 4 MB or so of each partition: memory stays
+    /// bounded for an hour, and an instance more than seconds behind loses changes, which the
+    /// end's check reports).
+    #[arg(long, default_value = "tansu", value_parser = ["tansu", "mock"])]
+    broker: String,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -147,18 +156,28 @@ fn fds_and_threads(pid: u32) -> (usize, usize) {
 
 fn main() {
     let args = Args::parse();
-    let Some(tansu) = common::tansu_binary() else {
-        eprintln!("soak needs the tansu broker (with --features libsql), or TANSU");
-        std::process::exit(2);
-    };
-    let storage = format!("sqlite://cdc-audit-soak-{}.db", std::process::id());
-    let (mut broker, bootstrap) = common::start_tansu(&tansu, &storage, "cdc-audit-soak-tansu.log");
     let mut generator = Generator::new("soak", 21).without_schemas();
     let topics = generator.topics();
-    // Ten minutes of retention: the broker's disk holds a bounded window, not the hour (tansu on
-    // SQLite deletes by `retention.ms` only where `cleanup.policy` says delete).
-    let retention = [("cleanup.policy", "delete"), ("retention.ms", "600000")];
-    common::create_topics(&bootstrap, &topics, args.partitions, &retention);
+    let storage = format!("sqlite://cdc-audit-soak-{}.db", std::process::id());
+    let (mut tansu, mock, bootstrap) = if args.broker == "mock" {
+        let cluster: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
+        for t in &topics {
+            cluster.create_topic(t, args.partitions, 1).unwrap();
+        }
+        let bootstrap = cluster.bootstrap_servers();
+        (None, Some(cluster), bootstrap)
+    } else {
+        let Some(binary) = common::tansu_binary() else {
+            eprintln!("soak needs the tansu broker (with --features libsql), or TANSU");
+            std::process::exit(2);
+        };
+        let (child, bootstrap) = common::start_tansu(&binary, &storage, "cdc-audit-soak-tansu.log");
+        // Ten minutes of retention (tansu on SQLite deletes by `retention.ms` only where
+        // `cleanup.policy` says delete); in the run of 2026-11-29 its file grew regardless.
+        let retention = [("cleanup.policy", "delete"), ("retention.ms", "600000")];
+        common::create_topics(&bootstrap, &topics, args.partitions, &retention);
+        (Some(child), None, bootstrap)
+    };
     let server = cdc_audit::demo::server_url();
     let mut admin = cdc_audit::sink::connect(&server, None).expect("PostgreSQL");
     let name = format!("cdc_audit_soak_{}", std::process::id());
@@ -272,10 +291,13 @@ fn main() {
         .args(["-TERM", &pid.to_string()])
         .status();
     let _ = instance.wait();
-    let _ = broker.kill();
-    let _ = broker.wait();
-    let _ =
-        std::fs::remove_file(std::env::temp_dir().join(storage.trim_start_matches("sqlite://")));
+    if let Some(mut child) = tansu.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+        let path = std::env::temp_dir().join(storage.trim_start_matches("sqlite://"));
+        let _ = std::fs::remove_file(path);
+    }
+    drop(mock);
 
     let span = |f: &dyn Fn(&Sample) -> f64| {
         let values: Vec<f64> = samples.iter().map(f).collect();
