@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use cdc_audit::demo::{Generator, Record};
 use clap::Parser;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, DefaultProducerContext, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::ClientConfig;
 
 #[derive(Parser)]
@@ -77,7 +77,17 @@ impl Sender {
     }
 
     fn send(&self, r: &Record) {
-        cdc_audit::demo::send(&self.producer, r).unwrap();
+        let mut record: BaseRecord<'_, str, str> = BaseRecord::to(&r.topic);
+        if let Some(key) = &r.key {
+            record = record.key(key);
+        }
+        if let Some(value) = &r.value {
+            record = record.payload(value);
+        }
+        while let Err((_, back)) = self.producer.send(record) {
+            record = back;
+            self.producer.poll(Duration::from_millis(10));
+        }
     }
 
     fn flush(&self) {

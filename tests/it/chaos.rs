@@ -15,7 +15,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cdc_audit::demo::Record;
-use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
 use crate::crash::PrivatePostgres;
@@ -84,7 +84,22 @@ fn produce_through_faults(
         let size = records.len().div_ceil(chunks.max(1));
         for chunk in records.chunks(size.max(1)) {
             for r in chunk {
-                cdc_audit::demo::send(&producer, r).unwrap();
+                let mut record: BaseRecord<'_, str, str> = BaseRecord::to(&r.topic);
+                if let Some(key) = &r.key {
+                    record = record.key(key);
+                }
+                if let Some(value) = &r.value {
+                    record = record.payload(value);
+                }
+                loop {
+                    match producer.send(record) {
+                        Ok(()) => break,
+                        Err((_, back)) => {
+                            record = back;
+                            producer.poll(Duration::from_millis(100));
+                        }
+                    }
+                }
             }
             producer.poll(Duration::ZERO);
             thread::sleep(over / chunks as u32);
