@@ -1,6 +1,7 @@
 //! Transform throughput: generated Debezium events through `transform`, on one core and on
-//! rayon, for small events (JSON converter without schemas, about 600 bytes) and large ones (with
-//! the schema envelope, about 2.5 KB). Prints figures; asserts nothing.
+//! rayon, for small events (JSON converter without schemas, about 600 bytes), large ones (with
+//! the schema envelope, about 2.5 KB), and the same events as the Avro converter writes them
+//! (registry-framed; schemas already fetched). Prints figures; asserts nothing.
 //!
 //!     cargo bench --bench transform [-- EVENTS]
 
@@ -8,8 +9,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cdc_audit::config::rules::Rules;
+use cdc_audit::demo::avro::AvroWriter;
 use cdc_audit::demo::Generator;
-use cdc_audit::transform::transform;
+use cdc_audit::registry::serve::LocalRegistry;
+use cdc_audit::transform::schemas::{compile, Schemas};
+use cdc_audit::transform::transform_with;
 use cdc_audit::types::Message;
 use cdc_audit::types::Outcome;
 use rayon::prelude::*;
@@ -35,7 +39,34 @@ fn messages(n: usize, mut generator: Generator) -> Vec<Message> {
     messages
 }
 
-fn run(label: &str, messages: &[Message]) {
+/// The messages as the Avro converter writes them, and the schemas to read them with.
+fn in_avro(messages: &[Message]) -> (Vec<Message>, Schemas) {
+    let registry = LocalRegistry::start(([127, 0, 0, 1], 0).into()).expect("registry");
+    let mut writer = AvroWriter::new(&registry);
+    let mut frame = |bytes: &Option<Vec<u8>>, subject: &str| {
+        bytes.as_ref().map(|b| {
+            let text = std::str::from_utf8(b).expect("generated JSON");
+            writer.frame(subject, text).expect("an Avro datum")
+        })
+    };
+    let avro = messages
+        .iter()
+        .map(|m| Message {
+            key: frame(&m.key, "bench-key"),
+            payload: frame(&m.payload, "bench-value"),
+            ..m.clone()
+        })
+        .collect();
+    let schemas = (1..=registry.schemas() as u32)
+        .map(|id| {
+            let text = registry.schema(id).expect("registered");
+            (id, compile(id, "AVRO", &text))
+        })
+        .collect();
+    (avro, schemas)
+}
+
+fn run(label: &str, messages: &[Message], schemas: &Schemas) {
     let n = messages.len();
     let bytes: usize = messages
         .iter()
@@ -58,12 +89,18 @@ fn run(label: &str, messages: &[Message]) {
     };
     let rules = Rules::default();
     let started = Instant::now();
-    let outcomes: Vec<Outcome> = messages.iter().map(|m| transform(m, &rules)).collect();
+    let outcomes: Vec<Outcome> = messages
+        .iter()
+        .map(|m| transform_with(m, &rules, schemas))
+        .collect();
     report("one core", started.elapsed().as_secs_f64(), &outcomes);
     drop(outcomes);
 
     let started = Instant::now();
-    let outcomes: Vec<Outcome> = messages.par_iter().map(|m| transform(m, &rules)).collect();
+    let outcomes: Vec<Outcome> = messages
+        .par_iter()
+        .map(|m| transform_with(m, &rules, schemas))
+        .collect();
     report(
         &format!("rayon ({} threads)", rayon::current_num_threads()),
         started.elapsed().as_secs_f64(),
@@ -76,12 +113,15 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(200_000);
+    let none = Schemas::default();
     run(
         "small (no schema)",
         &messages(n, Generator::new("bench", 1).without_schemas()),
+        &none,
     );
-    run(
-        "large (schema envelope)",
-        &messages(n, Generator::new("bench", 1)),
-    );
+    let enveloped = messages(n, Generator::new("bench", 1));
+    run("large (schema envelope)", &enveloped, &none);
+    let (avro, schemas) = in_avro(&enveloped);
+    drop(enveloped);
+    run("the same in Avro (registry-framed)", &avro, &schemas);
 }

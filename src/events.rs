@@ -34,6 +34,8 @@ pub struct Health {
     pub joined: AtomicBool,
     /// librdkafka reported all brokers down, and nothing has arrived since.
     pub brokers_down: AtomicBool,
+    /// The schema registry did not answer the last request for a schema the pipeline waits on.
+    pub registry_down: AtomicBool,
     /// Stage threads running; lower than expected means one died.
     pub stages_running: AtomicI64,
     pub stages_expected: AtomicI64,
@@ -50,6 +52,7 @@ impl Health {
             writes_failing: AtomicBool::new(false),
             joined: AtomicBool::new(false),
             brokers_down: AtomicBool::new(false),
+            registry_down: AtomicBool::new(false),
             stages_running: AtomicI64::new(0),
             stages_expected: AtomicI64::new(0),
         }
@@ -98,6 +101,7 @@ pub struct Stats {
     pub offsets_not_delivered: IntCounter,
     pub offsets_suspect: IntCounter,
     pub offsets_fetched_again: IntCounter,
+    pub registry_requests: IntCounterVec,
     pub rebalances: IntCounterVec,
     pub write_retries: IntCounter,
     pub batch_size: Histogram,
@@ -225,6 +229,13 @@ impl Stats {
                 "cdc_audit_offsets_suspect_total",
                 "Offsets the broker did not deliver, nor had when fetched again, on a topic that \
                  is not compacted (a broker that skips records); recorded in audit_gaps",
+            ),
+            registry_requests: labelled(
+                "cdc_audit_schema_registry_requests_total",
+                "Schemas asked of the registry, by answer: found, not_found (its 40403), failed \
+                 (unreachable, an error, not a registry's answer: retried)",
+                "result",
+                &["found", "not_found", "failed"],
             ),
             offsets_fetched_again: counter(
                 "cdc_audit_offsets_fetched_again_total",

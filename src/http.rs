@@ -107,6 +107,14 @@ impl HttpState {
             },
         );
         check(
+            "schema_registry",
+            if h.registry_down.load(Ordering::Acquire) {
+                Err("the schema registry does not answer; registry-framed messages wait".into())
+            } else {
+                Ok("answering, or not needed".into())
+            },
+        );
+        check(
             "writers",
             match h.stalled_writer(self.ready.stall_timeout) {
                 Some((w, busy)) => Err(format!(

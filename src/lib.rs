@@ -6,6 +6,7 @@ pub mod chain;
 pub mod config;
 pub mod events;
 pub mod pgcopy;
+pub mod registry;
 pub mod tracker;
 pub mod types;
 

@@ -10,9 +10,11 @@ use crossbeam_channel::{bounded, unbounded};
 
 use crate::config::Config;
 use crate::events::Stats;
+use crate::registry::Registry;
 use crate::sink::{Pool, Queue, Writer};
 use crate::source::{Source, SourceError};
 use crate::tracker::Tracker;
+use crate::transform::schemas::SchemaCache;
 use crate::transform::stage::TransformStage;
 use crate::types::{Batch, Control, Exit, Load, Tp, Transformed};
 
@@ -35,6 +37,13 @@ pub fn run(shared: Shared, started: impl FnOnce()) -> Result<Exit, SourceError> 
         pool,
         stats,
     } = shared;
+    let (registry, cache) = match &config.registry {
+        Some(settings) => (
+            Some(Registry::new(settings).map_err(SourceError::Registry)?),
+            settings.cache,
+        ),
+        None => (None, 1),
+    };
     let (batch_tx, batch_rx) = bounded::<Batch>(config.channel_capacity);
     let (writers_tx, writers_rx) = bounded::<Transformed>(config.channel_capacity);
     let (done_tx, done_rx) = unbounded::<Tp>();
@@ -69,6 +78,10 @@ pub fn run(shared: Shared, started: impl FnOnce()) -> Result<Exit, SourceError> 
             config.channel_capacity,
         ),
         waiting_gauge: stats.channel_depth.with_label_values(&["waiting"]),
+        schemas: SchemaCache::new(registry, cache),
+        stats: stats.clone(),
+        tracker: tracker.clone(),
+        control: control.clone(),
     };
     handles.push(spawn_stage(&stats, "transform", move || transform.run())?);
 

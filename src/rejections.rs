@@ -15,7 +15,8 @@ use crate::config::{self, rules::Rules};
 use crate::sink::{
     self, copy_rows, Action, Amendment, ById, SinkError, AUDIT, REJECTIONS, TRANSACTIONS,
 };
-use crate::transform::transform;
+use crate::transform::schemas::{ids, SchemaCache};
+use crate::transform::transform_with;
 use crate::types::{Message, Outcome};
 
 #[derive(Subcommand)]
@@ -56,7 +57,8 @@ pub struct Select {
     /// Rejection id (repeatable).
     #[arg(long = "id")]
     ids: Vec<i64>,
-    /// not_json, not_a_change_event, unknown_operation, invalid_field, invalid_key, database_refused
+    /// not_json, not_a_change_event, unknown_operation, invalid_field, invalid_key, database_refused,
+    /// schema_not_found, undecodable
     #[arg(long)]
     reason: Option<String>,
     #[arg(long)]
@@ -87,7 +89,14 @@ pub fn command(raw: &BTreeMap<String, String>, command: &Command) -> Result<Exit
         Command::Show { id } => print!("{}", show(&mut client, *id)?),
         Command::Replay { select, dry_run } => {
             let rules = config::rules_from_settings(raw).map_err(|e| e.to_string())?;
-            let done = replay(&mut client, &select.selection(), &rules, *dry_run)?;
+            let mut schemas = crate::transform::inspect::schema_cache(raw)?;
+            let done = replay(
+                &mut client,
+                &select.selection(),
+                &rules,
+                &mut schemas,
+                *dry_run,
+            )?;
             println!(
                 "{}{} written, {} skipped, {} still rejected",
                 if *dry_run { "dry run: " } else { "" },
@@ -231,6 +240,7 @@ pub fn replay(
     client: &mut Client,
     sel: &Selection,
     rules: &Rules,
+    schemas: &mut SchemaCache,
     dry_run: bool,
 ) -> Result<Replayed, String> {
     let rows = query(
@@ -252,7 +262,13 @@ pub fn replay(
             headers: Vec::new(),
         };
         let seq: Option<i64> = r.get(7);
-        let outcome = transform(&msg, rules);
+        let read_with = schemas.lookup(&ids([&msg]), None).map_err(|e| {
+            format!(
+                "the schema registry does not answer ({}); replayed so far: {done:?}",
+                e.0
+            )
+        })?;
+        let outcome = transform_with(&msg, rules, &read_with);
         let target = match &outcome {
             Outcome::Row(row) => Some((AUDIT, row)),
             Outcome::Transaction(row) => Some((TRANSACTIONS, row)),

@@ -194,16 +194,23 @@ pub enum RejectKind {
     InvalidKey,
     /// PostgreSQL refused the row (found by splitting the batch).
     DatabaseRefused,
+    /// Registry-framed, with a schema id the registry does not know (or no registry set).
+    SchemaNotFound,
+    /// Registry-framed bytes that do not decode under their schema, or a schema this version
+    /// does not read.
+    Undecodable,
 }
 
 impl RejectKind {
-    pub const ALL: [RejectKind; 6] = [
+    pub const ALL: [RejectKind; 8] = [
         RejectKind::NotJson,
         RejectKind::NotAChangeEvent,
         RejectKind::UnknownOperation,
         RejectKind::InvalidField,
         RejectKind::InvalidKey,
         RejectKind::DatabaseRefused,
+        RejectKind::SchemaNotFound,
+        RejectKind::Undecodable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -214,6 +221,8 @@ impl RejectKind {
             RejectKind::InvalidField => "invalid_field",
             RejectKind::InvalidKey => "invalid_key",
             RejectKind::DatabaseRefused => "database_refused",
+            RejectKind::SchemaNotFound => "schema_not_found",
+            RejectKind::Undecodable => "undecodable",
         }
     }
 }

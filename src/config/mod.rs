@@ -199,6 +199,41 @@ pub const SETTINGS: &[Setting] = &[
         help: "where expired months are archived, one file each (needs CDC_AUDIT_RETENTION)",
     },
     Setting {
+        name: "CDC_AUDIT_SCHEMA_REGISTRY_URL",
+        default: None,
+        help: "a Confluent-compatible schema registry (Confluent, Apicurio, Redpanda), http:// or https://, for registry-framed Avro; credentials in the URL are read as CDC_AUDIT_SCHEMA_REGISTRY_BASIC_AUTH",
+    },
+    Setting {
+        name: "CDC_AUDIT_SCHEMA_REGISTRY_BASIC_AUTH",
+        default: None,
+        help: "user:password for the registry's HTTP basic auth (never logged)",
+    },
+    Setting {
+        name: "CDC_AUDIT_SCHEMA_REGISTRY_CA_FILE",
+        default: None,
+        help: "PEM file of the CA that signed the registry's certificate (default: the system's)",
+    },
+    Setting {
+        name: "CDC_AUDIT_SCHEMA_REGISTRY_CERT_FILE",
+        default: None,
+        help: "PEM certificate (chain) the service presents to the registry (mutual TLS; with CDC_AUDIT_SCHEMA_REGISTRY_KEY_FILE)",
+    },
+    Setting {
+        name: "CDC_AUDIT_SCHEMA_REGISTRY_KEY_FILE",
+        default: None,
+        help: "PEM private key of CDC_AUDIT_SCHEMA_REGISTRY_CERT_FILE",
+    },
+    Setting {
+        name: "CDC_AUDIT_SCHEMA_REGISTRY_TIMEOUT_MS",
+        default: Some("5000"),
+        help: "connect and read timeout of one registry request, 100..=120000",
+    },
+    Setting {
+        name: "CDC_AUDIT_SCHEMA_REGISTRY_CACHE",
+        default: Some("1000"),
+        help: "how many schemas are kept by id, 1..=100000",
+    },
+    Setting {
         name: "CDC_AUDIT_SIGNING_KEY_FILE",
         default: None,
         help: "Ed25519 private key (PEM, `openssl genpkey -algorithm ed25519`) that signs digests of the trail's hash chains",
@@ -321,6 +356,8 @@ pub struct Config {
     pub partitions_ahead: i32,
     /// How long a month is kept, and where it is archived after.
     pub retention: Option<Retention>,
+    /// The schema registry, when `CDC_AUDIT_SCHEMA_REGISTRY_URL` is set.
+    pub registry: Option<RegistrySettings>,
 }
 
 /// Retention of `audit_logging` months: kept `days`, then archived into `dir` and dropped.
@@ -399,6 +436,134 @@ impl fmt::Debug for ApiSettings {
             .field("statement_timeout", &self.statement_timeout)
             .finish()
     }
+}
+
+/// Where registry-framed messages' schemas come from.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// Without credentials: `http(s)://host[:port][/path]`.
+    pub url: String,
+    /// `user:password`, from the URL or `CDC_AUDIT_SCHEMA_REGISTRY_BASIC_AUTH`.
+    pub basic_auth: Option<String>,
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and its key, for mutual TLS.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub timeout: Duration,
+    pub cache: usize,
+}
+
+impl fmt::Debug for RegistrySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistrySettings")
+            .field("url", &self.url)
+            .field("basic_auth", &self.basic_auth.as_ref().map(|_| "****"))
+            .field("ca_file", &self.ca_file)
+            .field(
+                "client_cert",
+                &self.client_cert.as_ref().map(|(cert, _)| cert),
+            )
+            .field("timeout", &self.timeout)
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+/// Only the registry's settings (the CLI's `inspect` and `rejections replay` read them too):
+/// `None` without `CDC_AUDIT_SCHEMA_REGISTRY_URL`.
+pub fn registry_from_settings(
+    raw: &BTreeMap<String, String>,
+) -> Result<Option<RegistrySettings>, ConfigError> {
+    let get = |k: &str| raw.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let Some(url) = get("CDC_AUDIT_SCHEMA_REGISTRY_URL") else {
+        for dependent in [
+            "CDC_AUDIT_SCHEMA_REGISTRY_BASIC_AUTH",
+            "CDC_AUDIT_SCHEMA_REGISTRY_CA_FILE",
+            "CDC_AUDIT_SCHEMA_REGISTRY_CERT_FILE",
+            "CDC_AUDIT_SCHEMA_REGISTRY_KEY_FILE",
+        ] {
+            if get(dependent).is_some() {
+                return Err(ConfigError::Conflict {
+                    message: format!("{dependent} is set but CDC_AUDIT_SCHEMA_REGISTRY_URL is not: set the registry's URL too"),
+                });
+            }
+        }
+        return Ok(None);
+    };
+    let allowed = "http://host[:port][/path] or https://..., e.g. http://registry:8081";
+    let masked = mask_url(url);
+    let (scheme, rest) = url
+        .split_once("://")
+        .filter(|(s, _)| matches!(*s, "http" | "https"))
+        .ok_or_else(|| invalid("CDC_AUDIT_SCHEMA_REGISTRY_URL", &masked, allowed))?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (userinfo, host) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    if host.is_empty() || host.contains(['?', '#', ' ']) || path.contains(['?', '#']) {
+        return Err(invalid("CDC_AUDIT_SCHEMA_REGISTRY_URL", &masked, allowed));
+    }
+    let basic_auth = match (userinfo, get("CDC_AUDIT_SCHEMA_REGISTRY_BASIC_AUTH")) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Conflict {
+                message: "CDC_AUDIT_SCHEMA_REGISTRY_URL holds credentials and CDC_AUDIT_SCHEMA_REGISTRY_BASIC_AUTH is set: set one of them".into(),
+            })
+        }
+        (Some(u), None) | (None, Some(u)) => {
+            if !u.contains(':') {
+                return Err(invalid(
+                    "CDC_AUDIT_SCHEMA_REGISTRY_BASIC_AUTH",
+                    "****",
+                    "user:password",
+                ));
+            }
+            Some(u.to_string())
+        }
+        (None, None) => None,
+    };
+    let pem = |name: &str| match get(name).map(std::path::PathBuf::from) {
+        Some(path) if !path.is_file() => Err(invalid(
+            name,
+            &path.display().to_string(),
+            "a readable PEM file",
+        )),
+        other => Ok(other),
+    };
+    let ca_file = pem("CDC_AUDIT_SCHEMA_REGISTRY_CA_FILE")?;
+    let client_cert = match (
+        pem("CDC_AUDIT_SCHEMA_REGISTRY_CERT_FILE")?,
+        pem("CDC_AUDIT_SCHEMA_REGISTRY_KEY_FILE")?,
+    ) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError::Conflict {
+                message: "CDC_AUDIT_SCHEMA_REGISTRY_CERT_FILE and CDC_AUDIT_SCHEMA_REGISTRY_KEY_FILE go together: set both, or neither".into(),
+            })
+        }
+    };
+    if client_cert.is_some() && scheme != "https" {
+        return Err(invalid(
+            "CDC_AUDIT_SCHEMA_REGISTRY_URL",
+            &masked,
+            "https://... when a client certificate is set",
+        ));
+    }
+    let number =
+        |name: &str, default: u64, min: u64, max: u64| whole(name, get(name), default, min..=max);
+    Ok(Some(RegistrySettings {
+        url: format!("{scheme}://{host}{}", path.trim_end_matches('/')),
+        basic_auth,
+        ca_file,
+        client_cert,
+        timeout: Duration::from_millis(number(
+            "CDC_AUDIT_SCHEMA_REGISTRY_TIMEOUT_MS",
+            5000,
+            100,
+            120_000,
+        )?),
+        cache: number("CDC_AUDIT_SCHEMA_REGISTRY_CACHE", 1000, 1, 100_000)? as usize,
+    }))
 }
 
 /// Refuses a `CDC_AUDIT_*` name that is not a setting (a typo would otherwise be ignored).
@@ -643,17 +808,8 @@ impl Config {
             ));
         }
 
-        let number = |name: &str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
-            match get(name) {
-                None => Ok(default),
-                Some(v) => v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (min..=max).contains(n))
-                    .ok_or_else(|| {
-                        invalid(name, v, &format!("a whole number from {min} to {max}"))
-                    }),
-            }
+        let number = |name: &str, default: u64, min: u64, max: u64| {
+            whole(name, get(name), default, min..=max)
         };
         let batch_size = number("CDC_AUDIT_BATCH_SIZE", 2000, 1, 100_000)? as usize;
         let batch_bytes = number("CDC_AUDIT_BATCH_BYTES", 1 << 20, 1 << 10, 1 << 28)? as usize;
@@ -831,6 +987,7 @@ impl Config {
             digest,
             partitions_ahead,
             retention,
+            registry: registry_from_settings(raw)?,
         })
     }
 
@@ -905,6 +1062,7 @@ impl Config {
         let r = &self.rules;
         let globs = |g: &[Glob]| g.iter().map(Glob::as_str).collect::<Vec<_>>().join(",");
         let api = self.api.as_ref();
+        let registry = self.registry.as_ref();
         let optional = [
             (
                 "CDC_AUDIT_API_TOKEN",
@@ -960,6 +1118,42 @@ impl Config {
                 self.digest
                     .as_ref()
                     .map_or(String::new(), |d| d.interval.as_secs().to_string()),
+            ),
+            (
+                "CDC_AUDIT_SCHEMA_REGISTRY_URL",
+                registry.map_or(String::new(), |g| g.url.clone()),
+            ),
+            (
+                "CDC_AUDIT_SCHEMA_REGISTRY_BASIC_AUTH",
+                registry
+                    .and_then(|g| g.basic_auth.as_ref())
+                    .map_or(String::new(), |_| "****".into()),
+            ),
+            (
+                "CDC_AUDIT_SCHEMA_REGISTRY_CA_FILE",
+                registry
+                    .and_then(|g| g.ca_file.as_ref())
+                    .map_or(String::new(), |p| p.display().to_string()),
+            ),
+            (
+                "CDC_AUDIT_SCHEMA_REGISTRY_CERT_FILE",
+                registry
+                    .and_then(|g| g.client_cert.as_ref())
+                    .map_or(String::new(), |(c, _)| c.display().to_string()),
+            ),
+            (
+                "CDC_AUDIT_SCHEMA_REGISTRY_KEY_FILE",
+                registry
+                    .and_then(|g| g.client_cert.as_ref())
+                    .map_or(String::new(), |(_, k)| k.display().to_string()),
+            ),
+            (
+                "CDC_AUDIT_SCHEMA_REGISTRY_TIMEOUT_MS",
+                registry.map_or(String::new(), |g| g.timeout.as_millis().to_string()),
+            ),
+            (
+                "CDC_AUDIT_SCHEMA_REGISTRY_CACHE",
+                registry.map_or(String::new(), |g| g.cache.to_string()),
             ),
             ("CDC_AUDIT_INCLUDE_TABLES", globs(&r.include)),
             ("CDC_AUDIT_EXCLUDE_TABLES", globs(&r.exclude)),
@@ -1089,6 +1283,29 @@ fn rules<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<Rules, ConfigErro
         context_prefixes,
         actor_field,
     })
+}
+
+/// A whole-number setting: `default` when unset.
+fn whole(
+    name: &str,
+    value: Option<&str>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    name,
+                    v,
+                    &format!("a whole number from {} to {}", range.start(), range.end()),
+                )
+            }),
+    }
 }
 
 fn invalid(setting: &str, value: &str, allowed: &str) -> ConfigError {

@@ -35,6 +35,8 @@ pub enum SourceError {
     Panicked,
     /// A downstream stage ended while the source was still running.
     StageDied,
+    /// The schema registry's client could not be set up (its CA file, its address).
+    Registry(String),
 }
 
 impl fmt::Display for SourceError {
@@ -46,6 +48,7 @@ impl fmt::Display for SourceError {
             SourceError::StageDied => f.write_str(
                 "the transform or a writer thread died; exiting so the service restarts",
             ),
+            SourceError::Registry(e) => write!(f, "CDC_AUDIT_SCHEMA_REGISTRY_*: {e}"),
         }
     }
 }

@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::describe;
+use super::describe_with;
+use super::schemas::{ids, SchemaCache};
 use crate::config;
+use crate::registry::Registry;
 use crate::types::Message;
 
 /// `cdc-audit inspect`: what the service would store for one message whose value (and key) are
@@ -27,5 +29,16 @@ pub fn inspect(
         payload: value.map(read).transpose()?,
         headers: Vec::new(),
     };
-    serde_json::to_string_pretty(&describe(&msg, &rules)).map_err(|e| e.to_string())
+    let schemas = schema_cache(raw)?
+        .lookup(&ids([&msg]), None)
+        .map_err(|e| format!("the schema registry does not answer: {}", e.0))?;
+    serde_json::to_string_pretty(&describe_with(&msg, &rules, &schemas)).map_err(|e| e.to_string())
+}
+
+/// The registry `CDC_AUDIT_SCHEMA_REGISTRY_*` of `raw` names, if any, for a command that reads
+/// messages outside the pipeline.
+pub fn schema_cache(raw: &BTreeMap<String, String>) -> Result<SchemaCache, String> {
+    let settings = config::registry_from_settings(raw).map_err(|e| e.to_string())?;
+    let registry = settings.as_ref().map(Registry::new).transpose()?;
+    Ok(SchemaCache::new(registry, settings.map_or(1, |s| s.cache)))
 }

@@ -3,11 +3,14 @@
 //! the text Debezium sent unless the schema, MongoDB's Extended JSON, the TOAST placeholder or a
 //! column rule asks for a change.
 
+pub mod avro;
 pub mod context;
 pub mod decode;
 pub mod inspect;
 pub mod json;
+pub mod jsonschema;
 pub mod mongo;
+pub mod schemas;
 pub mod stage;
 
 use std::borrow::Cow;
@@ -20,6 +23,7 @@ use crate::pgcopy::Tuple;
 use crate::types::{Message, Outcome, RejectKind, Rejection, Row, Skip};
 use decode::StructSchema;
 use json::{is_object, jsonb_safe, scalar_text, skip_ws, Members, ObjectWriter};
+pub use schemas::Schemas;
 
 /// Columns of `audit_logging` filled by COPY, in the order [`AuditRecord::encode`] writes them.
 pub const AUDIT_COLUMNS: &str = "source_database, source_schema, source_table, operation_type, \
@@ -96,8 +100,76 @@ pub enum Interpreted<'a> {
     Skip(Skip),
 }
 
-/// Turns one Kafka message into an audit row, a transaction row, a skip, or a rejection.
+/// Turns one Kafka message into an audit row, a transaction row, a skip, or a rejection. A
+/// registry-framed message is rejected: there are no schemas to read it with.
 pub fn transform(msg: &Message, rules: &Rules) -> Outcome {
+    transform_with(msg, rules, &Schemas::default())
+}
+
+/// [`transform`], reading registry-framed messages with `schemas`: as the JSON converter would
+/// have sent them, so they make the same rows.
+pub fn transform_with(msg: &Message, rules: &Rules, schemas: &Schemas) -> Outcome {
+    match from_registry(msg, schemas) {
+        Ok(Some(json)) => transform_json(&json, rules),
+        Ok(None) => transform_json(msg, rules),
+        Err(rejection) => Outcome::Rejected(rejection),
+    }
+}
+
+/// A message whose value (or key) is registry-framed, as the JSON converter would have sent it;
+/// `None` when neither is framed (or it is a tombstone, whatever its key).
+fn from_registry(msg: &Message, schemas: &Schemas) -> Result<Option<Message>, Rejection> {
+    if msg.payload.is_none() {
+        return Ok(None);
+    }
+    let read = |bytes: &[u8], what: &str| -> Result<Option<Vec<u8>>, Rejection> {
+        if avro::guid_framed(bytes) {
+            return Err(reject(
+                RejectKind::Undecodable,
+                format!("the {what} is framed by a schema GUID (magic byte 1), which this version does not read"),
+            ));
+        }
+        let Some((id, datum)) = avro::framed(bytes) else {
+            return Ok(None);
+        };
+        let schema = schemas
+            .get(id)
+            .map_err(|r| reject(r.kind, format!("the {what}: {}", r.reason)))?;
+        let json = schema.to_json(datum).map_err(|e| {
+            reject(
+                RejectKind::Undecodable,
+                format!("the {what} does not decode under schema id {id}: {e}"),
+            )
+        })?;
+        Ok(Some(json.into_bytes()))
+    };
+    let value = msg
+        .payload
+        .as_deref()
+        .map(|v| read(v, "value"))
+        .transpose()?
+        .flatten();
+    let key = msg
+        .key
+        .as_deref()
+        .map(|k| read(k, "key"))
+        .transpose()?
+        .flatten();
+    if value.is_none() && key.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Message {
+        topic: msg.topic.clone(),
+        partition: msg.partition,
+        offset: msg.offset,
+        timestamp_ms: msg.timestamp_ms,
+        key: key.or_else(|| msg.key.clone()),
+        payload: value.or_else(|| msg.payload.clone()),
+        headers: msg.headers.clone(),
+    }))
+}
+
+fn transform_json(msg: &Message, rules: &Rules) -> Outcome {
     match interpret(msg, rules) {
         Ok(Interpreted::Change(record)) => Outcome::Row(chained(
             Kind::Row,
@@ -792,7 +864,21 @@ impl TransactionRecord<'_> {
 /// A readable rendering of what a message becomes: the golden tests pin it, and it is what
 /// a person wants to see when asking "what would cdc-audit store for this?".
 pub fn describe(msg: &Message, rules: &Rules) -> serde_json::Value {
+    describe_with(msg, rules, &Schemas::default())
+}
+
+/// [`describe`], reading registry-framed messages with `schemas`.
+pub fn describe_with(msg: &Message, rules: &Rules, schemas: &Schemas) -> serde_json::Value {
     use serde_json::{json, Value};
+    let translated;
+    let msg = match from_registry(msg, schemas) {
+        Ok(Some(json)) => {
+            translated = json;
+            &translated
+        }
+        Ok(None) => msg,
+        Err(r) => return json!({ "rejected": { "reason": r.kind.as_str(), "error": r.error } }),
+    };
     let parse = |s: Option<&str>| {
         s.map_or(Value::Null, |s| {
             serde_json::from_str(&jsonb_safe(s)).unwrap_or(Value::String(s.to_string()))

@@ -8,9 +8,12 @@ use crossbeam_channel::{Receiver, Select, Sender};
 use prometheus::IntGauge;
 use rayon::prelude::*;
 
-use super::transform;
+use super::schemas::{ids, SchemaCache};
+use super::transform_with;
 use crate::config::rules::Rules;
-use crate::types::{Batch, Load, Tp, Transformed};
+use crate::events::Stats;
+use crate::tracker::Tracker;
+use crate::types::{Batch, Control, Finish, Load, Tp, Transformed};
 
 /// The transform stage: one thread that takes batches in order, transforms each one's messages
 /// in parallel on rayon, and hands them to the writers, which share one queue. A partition has at
@@ -27,6 +30,11 @@ pub struct TransformStage {
     /// What may wait here before the stage stops taking batches from the source.
     pub budget: Load,
     pub waiting_gauge: IntGauge,
+    /// Where registry-framed messages' schemas come from.
+    pub schemas: SchemaCache,
+    pub stats: Arc<Stats>,
+    pub tracker: Arc<Tracker>,
+    pub control: Arc<Control>,
 }
 
 /// Per partition, transformed batches waiting for the one the writers have.
@@ -38,7 +46,7 @@ struct Lanes {
 }
 
 impl TransformStage {
-    pub fn run(self) {
+    pub fn run(mut self) {
         let mut lanes = Lanes::default();
         let mut input_open = true;
         loop {
@@ -52,7 +60,7 @@ impl TransformStage {
             let op = select.select();
             let next = if Some(op.index()) == input {
                 match op.recv(&self.input) {
-                    Ok(batch) => lanes.push(self.transform(batch)),
+                    Ok(batch) => self.transform(batch).and_then(|t| lanes.push(t)),
                     Err(_) => {
                         input_open = false;
                         None
@@ -76,14 +84,33 @@ impl TransformStage {
         log::error!("the writers are gone; stopping the transform stage");
     }
 
-    fn transform(&self, batch: Batch) -> Transformed {
+    /// The batch's messages transformed; `None` if it was given up while the schema registry
+    /// did not answer (its epoch ended, or shutdown): read again, like any batch not written.
+    fn transform(&mut self, batch: Batch) -> Option<Transformed> {
+        let ids = ids(&batch.messages);
+        let stale = !ids.is_empty() && !self.tracker.is_current(&batch.tp, batch.epoch);
+        let schemas = if ids.is_empty() || stale {
+            // A stale batch goes on unread: the writers drop it, as any other.
+            Default::default()
+        } else {
+            let (tracker, control) = (&self.tracker, &self.control);
+            let give_up = || control.shutting_down() || !tracker.is_current(&batch.tp, batch.epoch);
+            match self.schemas.resolve(&ids, &self.stats, give_up) {
+                Ok(schemas) => schemas,
+                Err(_) => {
+                    self.stats.batches_dropped.inc();
+                    self.tracker.finish(&batch.tp, batch.epoch, Finish::Dropped);
+                    return None;
+                }
+            }
+        };
         let rules = &*self.rules;
         let outcomes = batch
             .messages
             .par_iter()
-            .map(|m| transform(m, rules))
+            .map(|m| transform_with(m, rules, &schemas))
             .collect();
-        Transformed { batch, outcomes }
+        Some(Transformed { batch, outcomes })
     }
 }
 
@@ -179,6 +206,10 @@ mod tests {
             output: output_tx,
             budget,
             waiting_gauge: IntGauge::new("waiting", "test").unwrap(),
+            schemas: SchemaCache::new(None, 1),
+            stats: Arc::new(Stats::new()),
+            tracker: Arc::new(Tracker::default()),
+            control: Arc::new(Control::default()),
         };
         (input, done, output, stage)
     }

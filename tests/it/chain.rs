@@ -591,7 +591,14 @@ fn replayed_and_purged_rejections_keep_the_chain_verifiable() {
         reason: Some("database_refused".into()),
         ..Default::default()
     };
-    let done = cdc_audit::rejections::replay(&mut c, &refused, &rules, false).unwrap();
+    let done = cdc_audit::rejections::replay(
+        &mut c,
+        &refused,
+        &rules,
+        &mut cdc_audit::transform::schemas::SchemaCache::new(None, 1),
+        false,
+    )
+    .unwrap();
     assert_eq!((done.written, done.still_rejected), (2, 2), "{done:?}");
     let poison = cdc_audit::rejections::Selection {
         reason: Some("not_json".into()),

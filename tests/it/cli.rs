@@ -473,3 +473,89 @@ fn retention_settings_are_checked_before_startup() {
         &["CDC_AUDIT_ARCHIVE_DIR", "unless CDC_AUDIT_RETENTION"],
     );
 }
+
+#[test]
+fn registry_settings_are_checked_and_its_password_never_printed() {
+    refused(
+        &[("CDC_AUDIT_SCHEMA_REGISTRY_URL", "registry:8081")],
+        &["CDC_AUDIT_SCHEMA_REGISTRY_URL", "http://"],
+    );
+    refused(
+        &[("CDC_AUDIT_SCHEMA_REGISTRY_BASIC_AUTH", "user:s3cret")],
+        &[
+            "CDC_AUDIT_SCHEMA_REGISTRY_BASIC_AUTH",
+            "CDC_AUDIT_SCHEMA_REGISTRY_URL",
+        ],
+    );
+    refused(
+        &[
+            (
+                "CDC_AUDIT_SCHEMA_REGISTRY_URL",
+                "https://user:s3cret@registry:8081",
+            ),
+            ("CDC_AUDIT_SCHEMA_REGISTRY_BASIC_AUTH", "other:s3cret"),
+        ],
+        &["set one of them"],
+    );
+    refused(
+        &[
+            ("CDC_AUDIT_SCHEMA_REGISTRY_URL", "http://registry:8081"),
+            ("CDC_AUDIT_SCHEMA_REGISTRY_TIMEOUT_MS", "5"),
+        ],
+        &["CDC_AUDIT_SCHEMA_REGISTRY_TIMEOUT_MS", "100 to 120000"],
+    );
+    let env = [
+        VALID,
+        &[(
+            "CDC_AUDIT_SCHEMA_REGISTRY_URL",
+            "https://user:s3cret@registry:8081/apis/ccompat/v7/",
+        )],
+    ]
+    .concat();
+    let out = run_ok(&mut command(&["check-config"], &env));
+    assert!(
+        out.contains("CDC_AUDIT_SCHEMA_REGISTRY_URL=https://registry:8081/apis/ccompat/v7"),
+        "{out}"
+    );
+    assert!(
+        out.contains("CDC_AUDIT_SCHEMA_REGISTRY_BASIC_AUTH=****"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cret"), "the password leaked: {out}");
+}
+
+#[test]
+fn inspect_reads_a_registry_framed_file_with_the_registrys_schema() {
+    let avro = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/avro");
+    let registry =
+        cdc_audit::registry::serve::LocalRegistry::start(([127, 0, 0, 1], 0).into()).unwrap();
+    let schema = std::fs::read_to_string(avro.join("mysql_customers-value.avsc")).unwrap();
+    // The captured message names schema id 6.
+    for i in 1..6 {
+        registry.register(
+            "filler",
+            &format!("{{\"type\": \"fixed\", \"name\": \"f{i}\", \"size\": {i}}}"),
+        );
+    }
+    assert_eq!(
+        registry.register("dbserver1.inventory.customers-value", &schema),
+        6
+    );
+    let value = avro.join("mysql_customers_read.bin");
+    let url = registry.url();
+    let out = run_ok(&mut command(
+        &["inspect", value.to_str().unwrap()],
+        &[("CDC_AUDIT_SCHEMA_REGISTRY_URL", &url)],
+    ));
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        shown["audit_logging"]["new_data"]["first_name"], "Sally",
+        "{out}"
+    );
+    // Without the registry, the message says what is missing.
+    let out = run_ok(&mut command(&["inspect", value.to_str().unwrap()], &[]));
+    assert!(
+        out.contains("schema_not_found") && out.contains("CDC_AUDIT_SCHEMA_REGISTRY_URL"),
+        "{out}"
+    );
+}

@@ -14,8 +14,9 @@ const LAYERS: &[&[&str]] = &[
     &["types"],
     // Leaves: settings, COPY encoding, systemd's socket.
     &["config", "pgcopy", "chain", "systemd"],
-    // Telemetry and the partition state shared by the poll thread and the writers.
-    &["events", "tracker"],
+    // Telemetry, the partition state shared by the poll thread and the writers, and the schema
+    // registry's client.
+    &["events", "tracker", "registry"],
     // The stages, downstream first: the source hands on to the transform, which hands on to the
     // sink; the source reads stored positions through the sink.
     &["transform"],

@@ -3,6 +3,7 @@
 //! and broker so they run in parallel.
 
 mod api;
+mod avro;
 mod browser;
 mod chain;
 mod chaos;

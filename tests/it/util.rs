@@ -257,6 +257,7 @@ pub fn config(kafka: &impl Broker, db: &TestDb, group: &str) -> Config {
         digest: None,
         partitions_ahead: 3,
         retention: None,
+        registry: None,
         rules: Default::default(),
         kafka: fast_group_settings()
             .into_iter()

@@ -2,6 +2,8 @@
 //! mock cluster, into a database it creates (and drops unless `--keep`). The generator is also
 //! what the integration tests produce.
 
+pub mod avro;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread;
@@ -15,7 +17,9 @@ use serde_json::{json, Value};
 
 use crate::config::{Config, Topics};
 use crate::events::Stats;
+use crate::registry::serve::LocalRegistry;
 use crate::types::{Control, RejectKind};
+use avro::AvroWriter;
 
 /// The PostgreSQL server the demo and the tests use when `DATABASE_URL` is not set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -41,6 +45,10 @@ pub struct DemoArgs {
     /// Writer threads.
     #[arg(long, default_value_t = 2)]
     pub writers: usize,
+    /// How the events are serialized: `json` (Debezium's JSON converter, with schemas) or `avro`
+    /// (Confluent's Avro converter, schemas in a registry the demo runs in process).
+    #[arg(long, default_value = "json", value_parser = ["json", "avro"])]
+    pub format: String,
 }
 
 /// One Kafka record to produce.
@@ -382,12 +390,27 @@ pub fn send<C: ProducerContext<DeliveryOpaque = ()>>(
     producer: &BaseProducer<C>,
     r: &Record,
 ) -> Result<(), String> {
-    let mut record: BaseRecord<'_, str, str> = BaseRecord::to(&r.topic);
-    if let Some(k) = &r.key {
-        record = record.key(k.as_str());
+    send_bytes(
+        producer,
+        &r.topic,
+        r.key.as_deref().map(str::as_bytes),
+        r.value.as_deref().map(str::as_bytes),
+    )
+}
+
+/// [`send`] for a record of any bytes.
+pub fn send_bytes<C: ProducerContext<DeliveryOpaque = ()>>(
+    producer: &BaseProducer<C>,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> Result<(), String> {
+    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+    if let Some(k) = key {
+        record = record.key(k);
     }
-    if let Some(v) = &r.value {
-        record = record.payload(v.as_str());
+    if let Some(v) = value {
+        record = record.payload(v);
     }
     loop {
         match producer.send(record) {
@@ -401,7 +424,7 @@ pub fn send<C: ProducerContext<DeliveryOpaque = ()>>(
                 record = back;
                 producer.poll(Duration::from_millis(10));
             }
-            Err((e, _)) => return Err(format!("produce to {}: {e}", r.topic)),
+            Err((e, _)) => return Err(format!("produce to {topic}: {e}")),
         }
     }
     producer.poll(Duration::ZERO);
@@ -410,14 +433,31 @@ pub fn send<C: ProducerContext<DeliveryOpaque = ()>>(
 
 /// Produces records and waits until all are acknowledged.
 pub fn produce(bootstrap: &str, records: &[Record]) -> Result<(), String> {
+    produce_bytes(
+        bootstrap,
+        records.iter().map(|r| {
+            (
+                r.topic.as_str(),
+                r.key.as_deref().map(str::as_bytes),
+                r.value.as_deref().map(str::as_bytes),
+            )
+        }),
+    )
+}
+
+/// [`produce`] for records of any bytes: topic, key, value.
+pub fn produce_bytes<'a>(
+    bootstrap: &str,
+    records: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>, Option<&'a [u8]>)>,
+) -> Result<(), String> {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
         .set("message.timeout.ms", "60000")
         .create()
         .map_err(|e| format!("producer: {e}"))?;
-    for r in records {
-        send(&producer, r)?;
+    for (topic, key, value) in records {
+        send_bytes(&producer, topic, key, value)?;
     }
     producer
         .flush(Duration::from_secs(120))
@@ -542,7 +582,32 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         "producing {} change events + {} context messages + {} tombstones + {} malformed messages ...",
         generator.changes, generator.messages, generator.tombstones, args.poison
     );
-    produce(&bootstrap, &records)?;
+    let registry = if args.format == "avro" {
+        let registry = LocalRegistry::start(([127, 0, 0, 1], 0).into())?;
+        let mut framed = in_avro(&registry, &records)?;
+        // And one framed with a schema id the registry does not know (999999): a rejection.
+        framed.push((
+            topics[0].clone(),
+            None,
+            Some(vec![0, 0, 0x0f, 0x42, 0x3f, 2, 4]),
+        ));
+        println!(
+            "  in Avro, as Confluent's AvroConverter writes it; schemas in a registry at {} \
+             (and one message naming a schema id the registry does not know)",
+            registry.url()
+        );
+        produce_bytes(
+            &bootstrap,
+            framed
+                .iter()
+                .map(|(t, k, v)| (t.as_str(), k.as_deref(), v.as_deref())),
+        )?;
+        Some(registry)
+    } else {
+        produce(&bootstrap, &records)?;
+        None
+    };
+    let total = total + usize::from(registry.is_some());
 
     let config = Config {
         bootstrap_servers: bootstrap.clone(),
@@ -569,6 +634,14 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         digest: None,
         partitions_ahead: 3,
         retention: None,
+        registry: registry.as_ref().map(|r| crate::config::RegistrySettings {
+            url: r.url(),
+            basic_auth: None,
+            ca_file: None,
+            client_cert: None,
+            timeout: Duration::from_secs(5),
+            cache: 1000,
+        }),
         rules: crate::config::rules::Rules {
             change_user_column: Some("updated_by".into()),
             ..Default::default()
@@ -644,6 +717,30 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         elapsed,
     )
 }
+
+/// The records as the Avro converter sends them: every JSON-converter envelope framed Avro (its
+/// schema registered under `<topic>-value` or `<topic>-key`), the rest (context messages without
+/// a schema, malformed ones) as they are.
+pub fn in_avro(registry: &LocalRegistry, records: &[Record]) -> Result<Vec<Framed>, String> {
+    let mut writer = AvroWriter::new(registry);
+    let mut frame = |topic: &str, text: &Option<String>, suffix: &str| match text {
+        Some(t) if t.starts_with("{\"schema\":{") => {
+            writer.frame(&format!("{topic}-{suffix}"), t).map(Some)
+        }
+        other => Ok(other.clone().map(String::into_bytes)),
+    };
+    records
+        .iter()
+        .map(|r| {
+            let key = frame(&r.topic, &r.key, "key")?;
+            let value = frame(&r.topic, &r.value, "value")?;
+            Ok((r.topic.clone(), key, value))
+        })
+        .collect()
+}
+
+/// A record's topic, key and value as bytes.
+pub type Framed = (String, Option<Vec<u8>>, Option<Vec<u8>>);
 
 fn rejection_count(stats: &Stats) -> u64 {
     RejectKind::ALL
