@@ -36,8 +36,8 @@ pub fn guid_framed(bytes: &[u8]) -> bool {
 #[derive(Debug)]
 pub struct AvroSchema {
     root: Node,
-    /// `{"schema":<the Connect schema>,"payload":`, the start of every message's text.
-    prefix: String,
+    /// The Connect schema, as the JSON converter prints it.
+    connect: String,
 }
 
 /// How a datum is read, named types resolved.
@@ -175,39 +175,51 @@ impl AvroSchema {
             serde_json::from_str(text).map_err(|e| format!("the schema is not JSON: {e}"))?;
         let mut parser = Parser::default();
         let t = parser.parse(&json, "")?;
-        let prefix = format!("{{\"schema\":{},\"payload\":", t.connect.text(None));
+        let connect = t.connect.text(None);
         Ok(AvroSchema {
             root: t.node,
-            prefix,
+            connect,
         })
     }
 
     /// The Connect schema, as the JSON converter prints it.
     pub fn connect(&self) -> &str {
-        self.prefix
-            .strip_prefix("{\"schema\":")
-            .and_then(|s| s.strip_suffix(",\"payload\":"))
-            .unwrap_or_default()
+        &self.connect
     }
 
     /// The JSON converter's text of one datum: `{"schema": ..., "payload": ...}`.
     pub fn to_json(&self, datum: &[u8]) -> Result<String, String> {
-        let mut out = String::with_capacity(self.prefix.len() + datum.len() * 3 + 16);
-        out.push_str(&self.prefix);
+        let mut out = String::with_capacity(self.connect.len() + datum.len() * 3 + 32);
+        out.push_str("{\"schema\":");
+        out.push_str(&self.connect);
+        out.push_str(",\"payload\":");
+        self.read(datum, &mut out)?;
+        out.push('}');
+        Ok(out)
+    }
+
+    /// The `payload` of that text alone.
+    pub fn payload(&self, datum: &[u8]) -> Result<String, String> {
+        let mut out = String::with_capacity(datum.len() * 3 + 16);
+        self.read(datum, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends the datum as JSON; all of it must be read.
+    fn read(&self, datum: &[u8], out: &mut String) -> Result<(), String> {
         let mut reader = Reader {
             bytes: datum,
             at: 0,
-            limit: out.capacity() + 64 * datum.len() + 64 * 1024,
+            limit: out.len() + 64 * datum.len() + 64 * 1024,
         };
-        reader.value(&self.root, &mut out)?;
+        reader.value(&self.root, out)?;
         if reader.at != datum.len() {
             return Err(format!(
                 "{} bytes left after the datum: the data does not match its schema",
                 datum.len() - reader.at
             ));
         }
-        out.push('}');
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -16,8 +16,8 @@ use serde_json::{Map, Value};
 /// A JSON Schema ready to read values with.
 #[derive(Debug)]
 pub struct JsonSchema {
-    /// `{"schema":<the Connect schema>,"payload":`.
-    prefix: String,
+    /// The Connect schema, as the JSON converter prints it.
+    connect: String,
 }
 
 impl JsonSchema {
@@ -25,18 +25,19 @@ impl JsonSchema {
         let json: Value =
             serde_json::from_str(text).map_err(|e| format!("the schema is not JSON: {e}"))?;
         Ok(JsonSchema {
-            prefix: format!("{{\"schema\":{},\"payload\":", connect(&json, false, None)?),
+            connect: connect(&json, false, None)?,
         })
+    }
+
+    /// The Connect schema, as the JSON converter prints it.
+    pub fn connect(&self) -> &str {
+        &self.connect
     }
 
     /// The JSON converter's text of one value: `{"schema": ..., "payload": <the value>}`.
     pub fn to_json(&self, value: &[u8]) -> Result<String, String> {
         let value = std::str::from_utf8(value).map_err(|e| format!("not UTF-8: {e}"))?;
-        let mut out = String::with_capacity(self.prefix.len() + value.len() + 1);
-        out.push_str(&self.prefix);
-        out.push_str(value);
-        out.push('}');
-        Ok(out)
+        Ok(format!("{{\"schema\":{},\"payload\":{value}}}", self.connect))
     }
 }
 

@@ -23,6 +23,7 @@ use crate::pgcopy::Tuple;
 use crate::types::{Message, Outcome, RejectKind, Rejection, Row, Skip};
 use decode::StructSchema;
 use json::{is_object, jsonb_safe, scalar_text, skip_ws, Members, ObjectWriter};
+use schemas::Registered;
 pub use schemas::Schemas;
 
 /// Columns of `audit_logging` filled by COPY, in the order [`AuditRecord::encode`] writes them.
@@ -109,20 +110,41 @@ pub fn transform(msg: &Message, rules: &Rules) -> Outcome {
 /// [`transform`], reading registry-framed messages with `schemas`: as the JSON converter would
 /// have sent them, so they make the same rows.
 pub fn transform_with(msg: &Message, rules: &Rules, schemas: &Schemas) -> Outcome {
-    match from_registry(msg, schemas) {
-        Ok(Some(json)) => transform_json(&json, rules),
-        Ok(None) => transform_json(msg, rules),
+    let translated;
+    let (msg, connect) = match from_registry(msg, schemas) {
+        Ok(Some((json, connect))) => {
+            translated = json;
+            (&translated, connect)
+        }
+        Ok(None) => (msg, None),
+        Err(rejection) => return Outcome::Rejected(rejection),
+    };
+    match interpret_with(msg, connect, rules) {
+        Ok(Interpreted::Change(record)) => Outcome::Row(chained(
+            Kind::Row,
+            record.encode(msg),
+            record.change_timestamp,
+        )),
+        Ok(Interpreted::Transaction(t)) => {
+            Outcome::Transaction(chained(Kind::Transaction, t.encode(msg), None))
+        }
+        Ok(Interpreted::Skip(skip)) => Outcome::Skipped(skip),
         Err(rejection) => Outcome::Rejected(rejection),
     }
 }
 
-/// A message whose value (or key) is registry-framed, as the JSON converter would have sent it;
-/// `None` when neither is framed (or it is a tombstone, whatever its key).
-fn from_registry(msg: &Message, schemas: &Schemas) -> Result<Option<Message>, Rejection> {
+/// A message whose value (or key) is registry-framed, as the JSON converter would have sent it,
+/// but for the value's envelope: its payload, and its Connect schema apart (`None` when the value
+/// is not framed), so the schema's text is neither copied nor scanned. `None` when neither is
+/// framed (or it is a tombstone, whatever its key).
+fn from_registry<'s>(
+    msg: &Message,
+    schemas: &'s Schemas,
+) -> Result<Option<(Message, Option<&'s str>)>, Rejection> {
     if msg.payload.is_none() {
         return Ok(None);
     }
-    let read = |bytes: &[u8], what: &str| -> Result<Option<Vec<u8>>, Rejection> {
+    let registered = |bytes: &[u8], what: &str| -> Result<Option<(u32, &'s Registered, Vec<u8>)>, Rejection> {
         if avro::guid_framed(bytes) {
             return Err(reject(
                 RejectKind::Undecodable,
@@ -135,53 +157,72 @@ fn from_registry(msg: &Message, schemas: &Schemas) -> Result<Option<Message>, Re
         let schema = schemas
             .get(id)
             .map_err(|r| reject(r.kind, format!("the {what}: {}", r.reason)))?;
-        let json = schema.to_json(datum).map_err(|e| {
-            reject(
-                RejectKind::Undecodable,
-                format!("the {what} does not decode under schema id {id}: {e}"),
-            )
-        })?;
-        Ok(Some(json.into_bytes()))
+        Ok(Some((id, schema, datum.to_vec())))
     };
-    let value = msg
-        .payload
-        .as_deref()
-        .map(|v| read(v, "value"))
-        .transpose()?
-        .flatten();
-    let key = msg
-        .key
-        .as_deref()
-        .map(|k| read(k, "key"))
-        .transpose()?
-        .flatten();
+    let undecodable = |what: &str, id: u32, e: String| {
+        reject(
+            RejectKind::Undecodable,
+            format!("the {what} does not decode under schema id {id}: {e}"),
+        )
+    };
+    let value = match msg.payload.as_deref().map(|v| registered(v, "value")).transpose()?.flatten() {
+        Some((id, schema, datum)) => Some((
+            schema.payload(&datum).map_err(|e| undecodable("value", id, e))?,
+            schema.connect(),
+        )),
+        None => None,
+    };
+    let key = match msg.key.as_deref().map(|k| registered(k, "key")).transpose()?.flatten() {
+        Some((id, schema, datum)) => {
+            Some(schema.to_json(&datum).map_err(|e| undecodable("key", id, e))?)
+        }
+        None => None,
+    };
     if value.is_none() && key.is_none() {
         return Ok(None);
     }
-    Ok(Some(Message {
-        topic: msg.topic.clone(),
-        partition: msg.partition,
-        offset: msg.offset,
-        timestamp_ms: msg.timestamp_ms,
-        key: key.or_else(|| msg.key.clone()),
-        payload: value.or_else(|| msg.payload.clone()),
-        headers: msg.headers.clone(),
-    }))
+    let connect = value.as_ref().map(|(_, c)| *c);
+    Ok(Some((
+        Message {
+            topic: msg.topic.clone(),
+            partition: msg.partition,
+            offset: msg.offset,
+            timestamp_ms: msg.timestamp_ms,
+            key: key.map(String::into_bytes).or_else(|| msg.key.clone()),
+            payload: value
+                .map(|(payload, _)| payload.into_bytes())
+                .or_else(|| msg.payload.clone()),
+            headers: msg.headers.clone(),
+        },
+        connect,
+    )))
 }
 
-fn transform_json(msg: &Message, rules: &Rules) -> Outcome {
-    match interpret(msg, rules) {
-        Ok(Interpreted::Change(record)) => Outcome::Row(chained(
-            Kind::Row,
-            record.encode(msg),
-            record.change_timestamp,
-        )),
-        Ok(Interpreted::Transaction(t)) => {
-            Outcome::Transaction(chained(Kind::Transaction, t.encode(msg), None))
-        }
-        Ok(Interpreted::Skip(skip)) => Outcome::Skipped(skip),
-        Err(rejection) => Outcome::Rejected(rejection),
+/// [`interpret`], or with the value's Connect schema apart (`connect`): the value is then the
+/// envelope's payload alone.
+fn interpret_with<'a>(
+    msg: &'a Message,
+    connect: Option<&'a str>,
+    rules: &Rules,
+) -> Result<Interpreted<'a>, Rejection> {
+    let Some(schema) = connect else {
+        return interpret(msg, rules);
+    };
+    let Some(value) = msg.payload.as_deref() else {
+        return Ok(Interpreted::Skip(Skip::Tombstone));
+    };
+    if msg.topic.starts_with("__debezium-heartbeat") {
+        return Ok(Interpreted::Skip(Skip::Heartbeat));
     }
+    let text = std::str::from_utf8(value)
+        .map_err(|e| reject(RejectKind::NotJson, format!("value is not UTF-8: {e}")))?;
+    if text == "null" {
+        // How the converter renders a tombstone: {"schema": ..., "payload": null}.
+        return Ok(Interpreted::Skip(Skip::Tombstone));
+    }
+    let event = Members::parse(text)
+        .ok_or_else(|| reject(RejectKind::NotAChangeEvent, "\"payload\" is not an object"))?;
+    event_of(msg, Some(schema), &event, rules)
 }
 
 /// An encoded tuple with its content hash: its fields, after the field count.
@@ -871,12 +912,12 @@ pub fn describe(msg: &Message, rules: &Rules) -> serde_json::Value {
 pub fn describe_with(msg: &Message, rules: &Rules, schemas: &Schemas) -> serde_json::Value {
     use serde_json::{json, Value};
     let translated;
-    let msg = match from_registry(msg, schemas) {
-        Ok(Some(json)) => {
+    let (msg, connect) = match from_registry(msg, schemas) {
+        Ok(Some((json, connect))) => {
             translated = json;
-            &translated
+            (&translated, connect)
         }
-        Ok(None) => msg,
+        Ok(None) => (msg, None),
         Err(r) => return json!({ "rejected": { "reason": r.kind.as_str(), "error": r.error } }),
     };
     let parse = |s: Option<&str>| {
@@ -885,7 +926,7 @@ pub fn describe_with(msg: &Message, rules: &Rules, schemas: &Schemas) -> serde_j
         })
     };
     let time = |us: Option<i64>| us.map_or(Value::Null, |us| Value::String(decode::iso_micros(us)));
-    match interpret(msg, rules) {
+    match interpret_with(msg, connect, rules) {
         Ok(Interpreted::Change(r)) => json!({
             "audit_logging": {
                 "source_database": r.source_database, "source_schema": r.source_schema,

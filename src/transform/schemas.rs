@@ -36,6 +36,24 @@ impl Registered {
             Registered::Json(s) => s.to_json(datum),
         }
     }
+
+    /// The `payload` of that text alone.
+    pub fn payload(&self, datum: &[u8]) -> Result<String, String> {
+        match self {
+            Registered::Avro(s) => s.payload(datum),
+            Registered::Json(_) => std::str::from_utf8(datum)
+                .map(str::to_string)
+                .map_err(|e| format!("not UTF-8: {e}")),
+        }
+    }
+
+    /// The Connect schema of that text, as the JSON converter prints it.
+    pub fn connect(&self) -> &str {
+        match self {
+            Registered::Avro(s) => s.connect(),
+            Registered::Json(s) => s.connect(),
+        }
+    }
 }
 
 type Compiled = Result<Arc<Registered>, Refusal>;
