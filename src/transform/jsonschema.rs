@@ -37,7 +37,10 @@ impl JsonSchema {
     /// The JSON converter's text of one value: `{"schema": ..., "payload": <the value>}`.
     pub fn to_json(&self, value: &[u8]) -> Result<String, String> {
         let value = std::str::from_utf8(value).map_err(|e| format!("not UTF-8: {e}"))?;
-        Ok(format!("{{\"schema\":{},\"payload\":{value}}}", self.connect))
+        Ok(format!(
+            "{{\"schema\":{},\"payload\":{value}}}",
+            self.connect
+        ))
     }
 }
 

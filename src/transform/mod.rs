@@ -110,27 +110,34 @@ pub fn transform(msg: &Message, rules: &Rules) -> Outcome {
 /// [`transform`], reading registry-framed messages with `schemas`: as the JSON converter would
 /// have sent them, so they make the same rows.
 pub fn transform_with(msg: &Message, rules: &Rules, schemas: &Schemas) -> Outcome {
-    let translated;
-    let (msg, connect) = match from_registry(msg, schemas) {
-        Ok(Some((json, connect))) => {
-            translated = json;
-            (&translated, connect)
+    as_json(msg, schemas, |msg, connect| {
+        match interpret_with(msg, connect, rules) {
+            Ok(Interpreted::Change(record)) => Outcome::Row(chained(
+                Kind::Row,
+                record.encode(msg),
+                record.change_timestamp,
+            )),
+            Ok(Interpreted::Transaction(t)) => {
+                Outcome::Transaction(chained(Kind::Transaction, t.encode(msg), None))
+            }
+            Ok(Interpreted::Skip(skip)) => Outcome::Skipped(skip),
+            Err(rejection) => Outcome::Rejected(rejection),
         }
-        Ok(None) => (msg, None),
-        Err(rejection) => return Outcome::Rejected(rejection),
-    };
-    match interpret_with(msg, connect, rules) {
-        Ok(Interpreted::Change(record)) => Outcome::Row(chained(
-            Kind::Row,
-            record.encode(msg),
-            record.change_timestamp,
-        )),
-        Ok(Interpreted::Transaction(t)) => {
-            Outcome::Transaction(chained(Kind::Transaction, t.encode(msg), None))
-        }
-        Ok(Interpreted::Skip(skip)) => Outcome::Skipped(skip),
-        Err(rejection) => Outcome::Rejected(rejection),
-    }
+    })
+    .unwrap_or_else(Outcome::Rejected)
+}
+
+/// `read` of the message as the JSON converter would have sent it ([`from_registry`]), with
+/// the value's Connect schema apart when it was framed.
+fn as_json<R>(
+    msg: &Message,
+    schemas: &Schemas,
+    read: impl FnOnce(&Message, Option<&str>) -> R,
+) -> Result<R, Rejection> {
+    Ok(match from_registry(msg, schemas)? {
+        Some((json, connect)) => read(&json, connect),
+        None => read(msg, None),
+    })
 }
 
 /// A message whose value (or key) is registry-framed, as the JSON converter would have sent it,
@@ -144,7 +151,8 @@ fn from_registry<'s>(
     if msg.payload.is_none() {
         return Ok(None);
     }
-    let registered = |bytes: &[u8], what: &str| -> Result<Option<(u32, &'s Registered, Vec<u8>)>, Rejection> {
+    type Found<'s> = (u32, &'s Registered, Vec<u8>);
+    let registered = |bytes: &[u8], what: &str| -> Result<Option<Found<'s>>, Rejection> {
         if avro::guid_framed(bytes) {
             return Err(reject(
                 RejectKind::Undecodable,
@@ -165,17 +173,33 @@ fn from_registry<'s>(
             format!("the {what} does not decode under schema id {id}: {e}"),
         )
     };
-    let value = match msg.payload.as_deref().map(|v| registered(v, "value")).transpose()?.flatten() {
+    let value = match msg
+        .payload
+        .as_deref()
+        .map(|v| registered(v, "value"))
+        .transpose()?
+        .flatten()
+    {
         Some((id, schema, datum)) => Some((
-            schema.payload(&datum).map_err(|e| undecodable("value", id, e))?,
+            schema
+                .payload(&datum)
+                .map_err(|e| undecodable("value", id, e))?,
             schema.connect(),
         )),
         None => None,
     };
-    let key = match msg.key.as_deref().map(|k| registered(k, "key")).transpose()?.flatten() {
-        Some((id, schema, datum)) => {
-            Some(schema.to_json(&datum).map_err(|e| undecodable("key", id, e))?)
-        }
+    let key = match msg
+        .key
+        .as_deref()
+        .map(|k| registered(k, "key"))
+        .transpose()?
+        .flatten()
+    {
+        Some((id, schema, datum)) => Some(
+            schema
+                .to_json(&datum)
+                .map_err(|e| undecodable("key", id, e))?,
+        ),
         None => None,
     };
     if value.is_none() && key.is_none() {
@@ -208,14 +232,10 @@ fn interpret_with<'a>(
     let Some(schema) = connect else {
         return interpret(msg, rules);
     };
-    let Some(value) = msg.payload.as_deref() else {
-        return Ok(Interpreted::Skip(Skip::Tombstone));
+    let text = match value_text(msg)? {
+        Ok(text) => text,
+        Err(skip) => return Ok(Interpreted::Skip(skip)),
     };
-    if msg.topic.starts_with("__debezium-heartbeat") {
-        return Ok(Interpreted::Skip(Skip::Heartbeat));
-    }
-    let text = std::str::from_utf8(value)
-        .map_err(|e| reject(RejectKind::NotJson, format!("value is not UTF-8: {e}")))?;
     if text == "null" {
         // How the converter renders a tombstone: {"schema": ..., "payload": null}.
         return Ok(Interpreted::Skip(Skip::Tombstone));
@@ -234,16 +254,26 @@ fn chained(kind: Kind, bytes: Vec<u8>, source_time_us: Option<i64>) -> Row {
     }
 }
 
-/// Reads a message as Debezium wrote it.
-pub fn interpret<'a>(msg: &'a Message, rules: &Rules) -> Result<Interpreted<'a>, Rejection> {
+/// The value's text, or why there is nothing to read (a tombstone, a heartbeat topic).
+fn value_text(msg: &Message) -> Result<Result<&str, Skip>, Rejection> {
     let Some(value) = msg.payload.as_deref() else {
-        return Ok(Interpreted::Skip(Skip::Tombstone));
+        return Ok(Err(Skip::Tombstone));
     };
     if msg.topic.starts_with("__debezium-heartbeat") {
-        return Ok(Interpreted::Skip(Skip::Heartbeat));
+        return Ok(Err(Skip::Heartbeat));
     }
-    let text = std::str::from_utf8(value)
-        .map_err(|e| reject(RejectKind::NotJson, format!("value is not UTF-8: {e}")))?;
+    std::str::from_utf8(value)
+        .map(Ok)
+        .map_err(|e| reject(RejectKind::NotJson, format!("value is not UTF-8: {e}")))
+}
+
+/// Reads a message as Debezium wrote it.
+pub fn interpret<'a>(msg: &'a Message, rules: &Rules) -> Result<Interpreted<'a>, Rejection> {
+    let text = match value_text(msg)? {
+        Ok(text) => text,
+        Err(skip) => return Ok(Interpreted::Skip(skip)),
+    };
+    let value = text.as_bytes();
     if let Some((schema, event)) = known_envelope(text) {
         return event_of(msg, Some(schema), &event, rules);
     }
@@ -910,23 +940,23 @@ pub fn describe(msg: &Message, rules: &Rules) -> serde_json::Value {
 
 /// [`describe`], reading registry-framed messages with `schemas`.
 pub fn describe_with(msg: &Message, rules: &Rules, schemas: &Schemas) -> serde_json::Value {
+    as_json(msg, schemas, |msg, connect| {
+        describe_read(interpret_with(msg, connect, rules))
+    })
+    .unwrap_or_else(
+        |r| serde_json::json!({ "rejected": { "reason": r.kind.as_str(), "error": r.error } }),
+    )
+}
+
+fn describe_read(read: Result<Interpreted<'_>, Rejection>) -> serde_json::Value {
     use serde_json::{json, Value};
-    let translated;
-    let (msg, connect) = match from_registry(msg, schemas) {
-        Ok(Some((json, connect))) => {
-            translated = json;
-            (&translated, connect)
-        }
-        Ok(None) => (msg, None),
-        Err(r) => return json!({ "rejected": { "reason": r.kind.as_str(), "error": r.error } }),
-    };
     let parse = |s: Option<&str>| {
         s.map_or(Value::Null, |s| {
             serde_json::from_str(&jsonb_safe(s)).unwrap_or(Value::String(s.to_string()))
         })
     };
     let time = |us: Option<i64>| us.map_or(Value::Null, |us| Value::String(decode::iso_micros(us)));
-    match interpret_with(msg, connect, rules) {
+    match read {
         Ok(Interpreted::Change(r)) => json!({
             "audit_logging": {
                 "source_database": r.source_database, "source_schema": r.source_schema,

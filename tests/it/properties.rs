@@ -9,7 +9,7 @@ use cdc_audit::types::Message;
 use cdc_audit::types::Outcome;
 use proptest::prelude::*;
 
-fn message(key: Option<Vec<u8>>, value: Option<Vec<u8>>) -> Message {
+pub fn message(key: Option<Vec<u8>>, value: Option<Vec<u8>>) -> Message {
     Message {
         topic: Arc::from("t"),
         partition: 0,
