@@ -374,3 +374,46 @@ fn docker_compose_file_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The shipped Alertmanager configuration is valid, and routes each shipped alert by its
+/// severity: critical ones page (PagerDuty), warnings go to Slack.
+#[test]
+fn every_shipped_alert_is_routed_by_its_severity() {
+    if !have("amtool") {
+        return; // .ci/run installs it (Debian's prometheus-alertmanager)
+    }
+    let config = repo("deploy/prometheus/alertmanager.yml");
+    run_ok(Command::new("amtool").args(["check-config", &config]));
+    let rules = std::fs::read_to_string(repo("deploy/prometheus/alerts.yml")).unwrap();
+    let mut alert = None;
+    let mut routed = 0;
+    for line in rules.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("- alert: ") {
+            alert = Some(name.to_string());
+        }
+        let Some(severity) = line
+            .strip_prefix("labels: {severity: ")
+            .and_then(|s| s.strip_suffix('}'))
+        else {
+            continue;
+        };
+        let name = alert.take().expect("labels after their alert");
+        let receiver = run_ok(Command::new("amtool").args([
+            "config",
+            "routes",
+            "test",
+            &format!("--config.file={config}"),
+            &format!("alertname={name}"),
+            &format!("severity={severity}"),
+            "instance=cdc-audit-0",
+        ]));
+        let expected = match severity {
+            "critical" => "pagerduty",
+            "warning" => "slack",
+            other => panic!("{name} has severity {other}, which nothing routes"),
+        };
+        assert_eq!(receiver.trim(), expected, "{name} ({severity})");
+        routed += 1;
+    }
+    assert!(routed >= 10, "only {routed} alerts found in alerts.yml");
+}
