@@ -148,71 +148,27 @@ fn from_registry<'s>(
     msg: &Message,
     schemas: &'s Schemas,
 ) -> Result<Option<(Message, Option<&'s str>)>, Rejection> {
-    if msg.payload.is_none() {
+    let Some(payload) = &msg.payload else {
         return Ok(None);
-    }
-    type Found<'s> = (u32, &'s Registered, Vec<u8>);
-    let registered = |bytes: &[u8], what: &str| -> Result<Option<Found<'s>>, Rejection> {
-        if avro::guid_framed(bytes) {
-            return Err(reject(
-                RejectKind::Undecodable,
-                format!("the {what} is framed by a schema GUID (magic byte 1), which this version does not read"),
-            ));
-        }
-        let Some((id, datum)) = avro::framed(bytes) else {
-            return Ok(None);
-        };
-        let schema = schemas
-            .get(id)
-            .map_err(|r| reject(r.kind, format!("the {what}: {}", r.reason)))?;
-        Ok(Some((id, schema, datum.to_vec())))
     };
-    let undecodable = |what: &str, id: u32, e: String| {
-        reject(
-            RejectKind::Undecodable,
-            format!("the {what} does not decode under schema id {id}: {e}"),
-        )
-    };
-    let value = match msg
-        .payload
-        .as_deref()
-        .map(|v| registered(v, "value"))
-        .transpose()?
-        .flatten()
-    {
-        Some((id, schema, datum)) => Some((
-            schema
-                .payload(&datum)
-                .map_err(|e| undecodable("value", id, e))?,
-            schema.connect(),
-        )),
-        None => None,
-    };
-    let key = match msg
-        .key
-        .as_deref()
-        .map(|k| registered(k, "key"))
-        .transpose()?
-        .flatten()
-    {
-        Some((id, schema, datum)) => Some(
-            schema
-                .to_json(&datum)
-                .map_err(|e| undecodable("key", id, e))?,
-        ),
+    let value = decode_framed(payload, "value", schemas, Registered::payload)?;
+    let key = match &msg.key {
+        Some(k) => decode_framed(k, "key", schemas, Registered::to_json)?,
         None => None,
     };
     if value.is_none() && key.is_none() {
         return Ok(None);
     }
-    let connect = value.as_ref().map(|(_, c)| *c);
+    let connect = value.as_ref().map(|(_, schema)| schema.connect());
     Ok(Some((
         Message {
             topic: msg.topic.clone(),
             partition: msg.partition,
             offset: msg.offset,
             timestamp_ms: msg.timestamp_ms,
-            key: key.map(String::into_bytes).or_else(|| msg.key.clone()),
+            key: key
+                .map(|(json, _)| json.into_bytes())
+                .or_else(|| msg.key.clone()),
             payload: value
                 .map(|(payload, _)| payload.into_bytes())
                 .or_else(|| msg.payload.clone()),
@@ -220,6 +176,35 @@ fn from_registry<'s>(
         },
         connect,
     )))
+}
+
+/// `read` of registry-framed `bytes` (the value or the key: `what`) with the schema they name,
+/// and that schema; `None` if they are not framed.
+fn decode_framed<'s>(
+    bytes: &[u8],
+    what: &str,
+    schemas: &'s Schemas,
+    read: fn(&Registered, &[u8]) -> Result<String, String>,
+) -> Result<Option<(String, &'s Registered)>, Rejection> {
+    if avro::guid_framed(bytes) {
+        return Err(reject(
+            RejectKind::Undecodable,
+            format!("the {what} is framed by a schema GUID (magic byte 1), which this version does not read"),
+        ));
+    }
+    let Some((id, datum)) = avro::framed(bytes) else {
+        return Ok(None);
+    };
+    let schema = schemas
+        .get(id)
+        .map_err(|r| reject(r.kind, format!("the {what}: {}", r.reason)))?;
+    let json = read(schema, datum).map_err(|e| {
+        reject(
+            RejectKind::Undecodable,
+            format!("the {what} does not decode under schema id {id}: {e}"),
+        )
+    })?;
+    Ok(Some((json, schema)))
 }
 
 /// [`interpret`], or with the value's Connect schema apart (`connect`): the value is then the
