@@ -940,14 +940,14 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn base64_into(out: &mut String, bytes: &[u8]) {
+pub(super) fn base64_into(out: &mut String, bytes: &[u8]) {
     out.push('"');
     base64::engine::general_purpose::STANDARD.encode_string(bytes, out);
     out.push('"');
 }
 
 /// A JSON string literal of `s`, escaped as serde_json escapes.
-fn escape_into(out: &mut String, s: &str) {
+pub(super) fn escape_into(out: &mut String, s: &str) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push('"');
         out.push_str(s);
@@ -961,7 +961,7 @@ fn escape_into(out: &mut String, s: &str) {
 /// converter sends: the shortest digits that read back as the same value (`sci`, Rust's `{:e}`),
 /// in plain notation from 10^-3 up to 10^7 and as `d.dddE±n` outside, always with a fraction
 /// digit. Non-finite values, which JSON cannot hold, are sent as strings.
-fn java_float(out: &mut String, v: f64, sci: String) {
+pub(super) fn java_float(out: &mut String, v: f64, sci: String) {
     if !v.is_finite() {
         let _ = write!(
             out,

@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod json;
 pub mod jsonschema;
 pub mod mongo;
+pub mod protobuf;
 pub mod schemas;
 pub mod stage;
 
@@ -153,13 +154,13 @@ fn from_registry<'s>(
     };
     let value = decode_framed(payload, "value", schemas, Registered::payload)?;
     let key = match &msg.key {
-        Some(k) => decode_framed(k, "key", schemas, Registered::to_json)?,
+        Some(k) => decode_framed(k, "key", schemas, |s, datum| Ok((s.to_json(datum)?, "")))?,
         None => None,
     };
     if value.is_none() && key.is_none() {
         return Ok(None);
     }
-    let connect = value.as_ref().map(|(_, schema)| schema.connect());
+    let connect = value.as_ref().map(|(_, connect)| *connect);
     Ok(Some((
         Message {
             topic: msg.topic.clone(),
@@ -178,14 +179,17 @@ fn from_registry<'s>(
     )))
 }
 
-/// `read` of registry-framed `bytes` (the value or the key: `what`) with the schema they name,
-/// and that schema; `None` if they are not framed.
+/// How a framed value or key is read: its text, and its Connect schema.
+type Read = for<'r> fn(&'r Registered, &[u8]) -> Result<(String, &'r str), String>;
+
+/// `read` of registry-framed `bytes` (the value or the key: `what`) with the schema they name:
+/// the text and its Connect schema; `None` if they are not framed.
 fn decode_framed<'s>(
     bytes: &[u8],
     what: &str,
     schemas: &'s Schemas,
-    read: fn(&Registered, &[u8]) -> Result<String, String>,
-) -> Result<Option<(String, &'s Registered)>, Rejection> {
+    read: Read,
+) -> Result<Option<(String, &'s str)>, Rejection> {
     if avro::guid_framed(bytes) {
         return Err(reject(
             RejectKind::Undecodable,
@@ -204,7 +208,7 @@ fn decode_framed<'s>(
             format!("the {what} does not decode under schema id {id}: {e}"),
         )
     })?;
-    Ok(Some((json, schema)))
+    Ok(Some(json))
 }
 
 /// [`interpret`], or with the value's Connect schema apart (`connect`): the value is then the

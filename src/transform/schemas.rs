@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::avro::{framed, AvroSchema};
 use super::jsonschema::JsonSchema;
+use super::protobuf::ProtoSchema;
 use crate::events::Stats;
 use crate::registry::{Answer, Outage, Registry};
 use crate::types::{Message, RejectKind};
@@ -26,6 +27,7 @@ pub struct Refusal {
 pub enum Registered {
     Avro(AvroSchema),
     Json(JsonSchema),
+    Protobuf(ProtoSchema),
 }
 
 impl Registered {
@@ -34,24 +36,18 @@ impl Registered {
         match self {
             Registered::Avro(s) => s.to_json(datum),
             Registered::Json(s) => s.to_json(datum),
+            Registered::Protobuf(s) => s.to_json(datum),
         }
     }
 
-    /// The `payload` of that text alone.
-    pub fn payload(&self, datum: &[u8]) -> Result<String, String> {
+    /// The `payload` of that text alone, and its Connect schema as the JSON converter prints it.
+    pub fn payload(&self, datum: &[u8]) -> Result<(String, &str), String> {
         match self {
-            Registered::Avro(s) => s.payload(datum),
-            Registered::Json(_) => std::str::from_utf8(datum)
-                .map(str::to_string)
+            Registered::Avro(s) => Ok((s.payload(datum)?, s.connect())),
+            Registered::Json(s) => std::str::from_utf8(datum)
+                .map(|text| (text.to_string(), s.connect()))
                 .map_err(|e| format!("not UTF-8: {e}")),
-        }
-    }
-
-    /// The Connect schema of that text, as the JSON converter prints it.
-    pub fn connect(&self) -> &str {
-        match self {
-            Registered::Avro(s) => s.connect(),
-            Registered::Json(s) => s.connect(),
+            Registered::Protobuf(s) => s.payload(datum),
         }
     }
 }
@@ -205,12 +201,18 @@ pub fn compile(id: u32, schema_type: &str, text: &str) -> Compiled {
     let read = match schema_type.to_ascii_uppercase().as_str() {
         "AVRO" => AvroSchema::parse(text).map(Registered::Avro),
         "JSON" => JsonSchema::parse(text).map(Registered::Json),
+        "PROTOBUF" => ProtoSchema::parse(text).map(|s| {
+            if let Some(warning) = s.nullability_warning() {
+                log::warn!("schema id {id}: {warning}");
+            }
+            Registered::Protobuf(s)
+        }),
         _ => {
             return Err(Refusal {
                 kind: RejectKind::Undecodable,
                 reason: format!(
-                    "schema id {id} is a {schema_type} schema; this version reads Avro and JSON \
-                     Schema from the registry"
+                    "schema id {id} is a {schema_type} schema; this version reads Avro, JSON \
+                     Schema and Protobuf from the registry"
                 ),
             })
         }
@@ -234,9 +236,13 @@ mod tests {
     }
 
     #[test]
-    fn protobuf_and_broken_schemas_are_refused_as_undecodable() {
+    fn unknown_types_and_broken_schemas_are_refused_as_undecodable() {
         assert_eq!(
-            compile(1, "PROTOBUF", "syntax = \"proto3\";")
+            compile(1, "XML", "<schema/>").unwrap_err().kind,
+            RejectKind::Undecodable
+        );
+        assert_eq!(
+            compile(4, "PROTOBUF", "syntax = \"proto3\";")
                 .unwrap_err()
                 .kind,
             RejectKind::Undecodable

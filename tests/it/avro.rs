@@ -39,7 +39,7 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn frame(id: u32, datum: Vec<u8>) -> Vec<u8> {
+pub(crate) fn frame(id: u32, datum: Vec<u8>) -> Vec<u8> {
     let mut out = vec![0];
     out.extend(id.to_be_bytes());
     out.extend(datum);
@@ -342,18 +342,18 @@ fn complete(c: &Value, v: &Value) -> Value {
 }
 
 /// A fixture as the JSON converter sends it with its schema, and the value's and key's envelopes.
-struct Case {
-    name: String,
-    json: Message,
-    value: Value,
-    key: Option<Value>,
+pub(crate) struct Case {
+    pub name: String,
+    pub json: Message,
+    pub value: Value,
+    pub key: Option<Value>,
 }
 
 /// The fixtures the parity tests compare: each one with a schema envelope whose payload fits it,
 /// and each one whose schema was elided in the documentation, given the schema of a fixture of
 /// the same connector that it fits (the same table). A key that does not fit its schema stays
 /// JSON: a message may mix them.
-fn parity_cases() -> Vec<Case> {
+pub(crate) fn parity_cases() -> Vec<Case> {
     let enveloped = |b: &[u8]| {
         let v: Value = serde_json::from_slice(b).ok()?;
         (v.get("schema").is_some_and(Value::is_object) && v.get("payload").is_some()).then_some(v)
@@ -452,7 +452,7 @@ fn parity_cases() -> Vec<Case> {
 
 /// The registry-framed message, read with the `registered` schemas of `schema_type`, reads as
 /// its JSON twin, and makes the same row, byte for byte.
-fn assert_same_rows(
+pub(crate) fn assert_same_rows(
     name: &str,
     framed: &Message,
     json: &Message,

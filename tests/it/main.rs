@@ -18,6 +18,7 @@ mod ops;
 mod partitions;
 mod pipeline;
 mod properties;
+mod protobuf;
 mod proxy;
 mod rejections;
 mod retention;
