@@ -723,6 +723,130 @@ fn the_registry_client_tells_a_missing_schema_from_an_outage() {
     );
 }
 
+/// A key and a certificate for `cn`, signed by the test CA in `dir`.
+fn signed(dir: &std::path::Path, name: &str, cn: &str, san: &str) {
+    let at = |file: String| dir.join(file).to_string_lossy().into_owned();
+    let (key, csr, ext, pem) = (
+        at(format!("{name}.key")),
+        at(format!("{name}.csr")),
+        at(format!("{name}.ext")),
+        at(format!("{name}.pem")),
+    );
+    let subject = format!("/CN={cn}");
+    crate::util::openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        &subject,
+    ]);
+    std::fs::write(&ext, format!("subjectAltName={san}\n")).unwrap();
+    let (ca, ca_key) = (at("ca.pem".into()), at("ca.key".into()));
+    crate::util::openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        &pem,
+        "-extfile",
+        &ext,
+    ]);
+}
+
+#[test]
+fn the_registry_client_speaks_tls_with_the_ca_and_client_certificate_it_is_given() {
+    // The server is OpenSSL's own (`s_server -WWW` serves the files under its directory), with a
+    // CA of the test's making, and it asks for a client certificate signed by that CA.
+    let dir = crate::util::tempdir("registry-tls");
+    let (ca_key, ca) = (dir.join("ca.key"), dir.join("ca.pem"));
+    crate::util::openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &ca_key.to_string_lossy(),
+        "-out",
+        &ca.to_string_lossy(),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=cdc-audit-test-ca",
+    ]);
+    signed(&dir, "server", "localhost", "DNS:localhost");
+    signed(&dir, "client", "cdc-audit", "DNS:cdc-audit");
+    std::fs::create_dir_all(dir.join("schemas/ids")).unwrap();
+    std::fs::write(
+        dir.join("schemas/ids/1"),
+        r#"{"schema": "\"string\"", "schemaType": "AVRO"}"#,
+    )
+    .unwrap();
+    let port = crate::util::free_port();
+    let mut server = std::process::Command::new("openssl")
+        .args([
+            "s_server", "-WWW", "-quiet", "-Verify", "1", "-CAfile", "ca.pem",
+        ])
+        .args(["-cert", "server.pem", "-key", "server.key"])
+        .args(["-accept", &format!("127.0.0.1:{port}")])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_server starts");
+    wait_until(Duration::from_secs(20), "openssl s_server listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let url = format!("https://localhost:{port}");
+    let with = |ca: bool, client: bool| RegistrySettings {
+        ca_file: ca.then(|| dir.join("ca.pem")),
+        client_cert: client.then(|| (dir.join("client.pem"), dir.join("client.key"))),
+        ..settings(url.clone())
+    };
+    let answer = Registry::new(&with(true, true)).unwrap().schema(1);
+    let not_trusted = Registry::new(&with(false, true)).unwrap().schema(1);
+    let no_client_cert = Registry::new(&with(true, false)).unwrap().schema(1);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        answer.unwrap(),
+        Answer::Schema {
+            schema_type: "AVRO".into(),
+            text: "\"string\"".into()
+        }
+    );
+    // A server the CA file does not vouch for, and a server that wants a client certificate:
+    // outages that say TLS, never a schema read from the wrong peer.
+    let not_trusted = not_trusted.unwrap_err().0;
+    assert!(not_trusted.contains("TLS"), "{not_trusted}");
+    assert!(no_client_cert.is_err());
+    // A key that is not the certificate's is refused when the client is made, naming the file.
+    let mismatched = RegistrySettings {
+        client_cert: Some((dir.join("client.pem"), dir.join("server.key"))),
+        ..with(true, false)
+    };
+    let e = Registry::new(&mismatched).err().expect("refused");
+    assert!(e.contains("server.key") && e.contains("mismatch"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn avro_through_a_registry_outage_is_written_once_as_its_json_twin_and_replays_once_registered() {
     let kafka = Kafka::new("avro");
