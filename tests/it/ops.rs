@@ -417,3 +417,167 @@ fn every_shipped_alert_is_routed_by_its_severity() {
     }
     assert!(routed >= 10, "only {routed} alerts found in alerts.yml");
 }
+
+/// The documents of a manifest under deploy/kubernetes, as JSON (PyYAML reads them).
+fn manifest(file: &str) -> Vec<Value> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, json, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
+            &repo(&format!("deploy/kubernetes/{file}")),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{file}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The port of an `ip:port` setting.
+fn port_of(addr: &Value) -> u64 {
+    let addr = addr.as_str().unwrap();
+    addr.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+#[test]
+fn the_kubernetes_manifests_build_validate_and_agree_with_what_the_binary_serves() {
+    assert!(
+        have("kubectl") && have("kubernetes-validate"),
+        ".ci/run installs kubectl (Debian's kubernetes-client) and kubernetes-validate (PyPI)"
+    );
+    // kustomize assembles them; every built-in kind passes the Kubernetes schemas, strictly.
+    let built = run_ok(Command::new("kubectl").args(["kustomize", &repo("deploy/kubernetes")]));
+    let file = std::env::temp_dir().join(format!("cdc-audit-k8s-{}.yaml", std::process::id()));
+    std::fs::write(&file, &built).unwrap();
+    let mut files = vec![file.to_string_lossy().to_string()];
+    files.push(repo("deploy/kubernetes/keda-scaledobject.yaml"));
+    let report = run_ok(
+        Command::new("kubernetes-validate")
+            .arg("--strict")
+            .args(&files),
+    );
+    let _ = std::fs::remove_file(&file);
+    for kind in [
+        "deployment/cdc-audit",
+        "service/cdc-audit",
+        "poddisruptionbudget/cdc-audit",
+        "secret/cdc-audit-secrets",
+        "configmap/cdc-audit-settings",
+    ] {
+        assert!(
+            report.contains(&format!("passed for resource {kind}")),
+            "{report}"
+        );
+    }
+
+    let deployment = &manifest("deployment.yaml")[0];
+    let settings = &manifest("configmap.yaml")[0]["data"];
+    let secret = &manifest("secret.yaml")[0]["stringData"];
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let ports: std::collections::HashMap<&str, u64> = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ports["metrics"], port_of(&settings["CDC_AUDIT_HTTP_ADDR"]));
+    assert_eq!(ports["api"], port_of(&settings["CDC_AUDIT_API_ADDR"]));
+    // A rolling update drains: the kill comes after the service's own shutdown timeout.
+    let grace_ms = pod["terminationGracePeriodSeconds"].as_u64().unwrap() * 1000;
+    let shutdown_ms: u64 = settings["CDC_AUDIT_SHUTDOWN_TIMEOUT_MS"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        grace_ms > shutdown_ms,
+        "{grace_ms} ms of grace, {shutdown_ms} ms to drain"
+    );
+    assert_eq!(
+        deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
+        0
+    );
+    // Every secret the pod names is in the Secret.
+    for env in container["env"].as_array().unwrap() {
+        if let Some(key) = env["valueFrom"]["secretKeyRef"]["key"].as_str() {
+            assert!(secret.get(key).is_some(), "{key}");
+        }
+    }
+    for item in pod["volumes"][0]["secret"]["items"].as_array().unwrap() {
+        assert!(
+            secret.get(item["key"].as_str().unwrap()).is_some(),
+            "{item}"
+        );
+    }
+    // The Service and the ServiceMonitor reach the pods' metrics port.
+    let service = &manifest("service.yaml")[0];
+    let monitor = &manifest("servicemonitor.yaml")[0];
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in service["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&pod_labels[k], v, "the Service selects the pods");
+    }
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(
+            &service["metadata"]["labels"][k], v,
+            "the ServiceMonitor selects the Service"
+        );
+    }
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    let service_port = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == endpoint["port"])
+        .expect("the ServiceMonitor's port is the Service's");
+    assert_eq!(
+        ports[service_port["targetPort"].as_str().unwrap()],
+        ports["metrics"]
+    );
+    // KEDA scales this Deployment on this group's lag.
+    let keda = &manifest("keda-scaledobject.yaml")[0]["spec"];
+    assert_eq!(
+        keda["scaleTargetRef"]["name"],
+        deployment["metadata"]["name"]
+    );
+    assert_eq!(
+        keda["triggers"][0]["metadata"]["consumerGroup"],
+        settings["CDC_AUDIT_GROUP_ID"]
+    );
+    assert!(keda["maxReplicaCount"].as_u64().unwrap() >= 1);
+
+    // The probes ask what the binary serves, on the port they name.
+    let db = TestDb::new("k8s_probes");
+    let kafka = Kafka::new("k8s-probes");
+    let records = generate("k8s-probes", 2, 50);
+    kafka.produce(&records);
+    db.migrate();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _service = Service::spawn(&kafka, &db, "g", &[("CDC_AUDIT_HTTP_ADDR", &addr)]);
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(
+            ports[get["port"].as_str().unwrap()],
+            ports["metrics"],
+            "{probe}"
+        );
+        let path = get["path"].as_str().unwrap();
+        wait_until(
+            Duration::from_secs(90),
+            &format!("{probe} {path} is 200"),
+            || self::get(port, path).0 == 200,
+        );
+    }
+}
