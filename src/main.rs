@@ -35,7 +35,13 @@ enum Command {
     /// Run the service: consume the topics and append one audit row per change, exactly once.
     Run,
     /// Apply the SQL migrations in schema/ to the database (idempotent).
-    Migrate,
+    Migrate {
+        /// Then take the positions of the consumer cdc-audit replaces from its table (topic,
+        /// partition, offset: one row per processed message) into audit_positions, for
+        /// CDC_AUDIT_GROUP_ID: the next offset of each partition is one past its last.
+        #[arg(long, value_name = "TABLE")]
+        import_positions_from: Option<String>,
+    },
     /// Validate the settings and print the effective values, secrets masked; exit 1 on error.
     #[command(after_help = config::settings_help())]
     CheckConfig,
@@ -124,7 +130,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Run => load(&cli).and_then(service::command),
-        Command::Migrate => load(&cli).and_then(|c| migrate::command(&c)).map(print),
+        Command::Migrate {
+            import_positions_from,
+        } => load(&cli)
+            .and_then(|c| migrate::command(&c, import_positions_from.as_deref()))
+            .map(print),
         Command::CheckConfig => load(&cli).map(|c| {
             let lines: Vec<String> = c
                 .describe()

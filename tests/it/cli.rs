@@ -559,3 +559,178 @@ fn inspect_reads_a_registry_framed_file_with_the_registrys_schema() {
         "{out}"
     );
 }
+
+/// Every message of the broker's topics: (topic, partition, offset) and whether it is a change.
+fn every_message(kafka: &crate::util::Kafka) -> Vec<(String, i32, i64, bool)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .set("group.id", "reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut left = 0;
+    for t in &kafka.topics {
+        for p in 0..crate::util::PARTITIONS {
+            tpl.add_partition_offset(t, p, Offset::Beginning).unwrap();
+            let (_, high) = consumer
+                .fetch_watermarks(t, p, std::time::Duration::from_secs(10))
+                .unwrap();
+            left += high;
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    while left > 0 {
+        let Some(m) = consumer.poll(std::time::Duration::from_secs(10)) else {
+            panic!("{left} messages not read back");
+        };
+        let m = m.unwrap();
+        let change = m
+            .payload()
+            .is_some_and(|v| String::from_utf8_lossy(v).contains("\"op\""));
+        out.push((m.topic().to_string(), m.partition(), m.offset(), change));
+        left -= 1;
+    }
+    out
+}
+
+/// The switch from the Python consumer: its trail and its `kafka_offsets` (one row per message it
+/// processed, after the message's audit row) for the first part of each partition; cdc-audit
+/// refuses to migrate over its `audit_logging`, takes its positions once the tables are moved
+/// aside, and goes on from there: every change is in one of the two trails, once.
+#[test]
+fn the_old_consumers_positions_are_imported_and_the_switch_loses_and_repeats_nothing() {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use crate::util::{generate, wait_until, Kafka, Service};
+
+    let db = TestDb::new("switch");
+    let kafka = Kafka::new("switch");
+    let records = generate("switch", 11, 3000);
+    kafka.produce(&records);
+    let messages = every_message(&kafka);
+    assert_eq!(messages.len(), records.len());
+    // The old consumer's tables, as it left them: the first 60% of each partition processed.
+    let mut c = db.client();
+    c.batch_execute(
+        "CREATE TABLE audit_logging (id bigserial PRIMARY KEY, source_table text, \
+             operation_type text, new_data jsonb, kafka_topic text, kafka_partition integer, \
+             kafka_offset bigint, created_at timestamptz DEFAULT now());
+         CREATE TABLE kafka_offsets (topic text, partition integer, \"offset\" bigint, \
+             timestamp timestamptz DEFAULT now());",
+    )
+    .unwrap();
+    let mut ends = std::collections::HashMap::new();
+    for (t, p, o, _) in &messages {
+        let end: &mut i64 = ends.entry((t.clone(), *p)).or_default();
+        *end = (*end).max(o + 1);
+    }
+    let cut = |t: &str, p: i32| ends[&(t.to_string(), p)] * 6 / 10;
+    let mut old = 0;
+    for (t, p, o, change) in &messages {
+        if *o >= cut(t, *p) {
+            continue;
+        }
+        if *change {
+            c.execute(
+                "INSERT INTO audit_logging (source_table, operation_type, kafka_topic, \
+                 kafka_partition, kafka_offset) VALUES ('t', 'INSERT', $1, $2, $3)",
+                &[t, p, o],
+            )
+            .unwrap();
+            old += 1;
+        }
+        c.execute(
+            "INSERT INTO kafka_offsets (topic, partition, \"offset\") VALUES ($1, $2, $3)",
+            &[t, p, o],
+        )
+        .unwrap();
+    }
+    assert!(old > 1000, "{old} old rows");
+
+    let env = [
+        ("CDC_AUDIT_BOOTSTRAP_SERVERS", kafka.bootstrap.as_str()),
+        ("CDC_AUDIT_TOPICS", &kafka.topics.join(",")),
+        ("CDC_AUDIT_DATABASE_URL", db.url.as_str()),
+        ("CDC_AUDIT_GROUP_ID", "switch"),
+    ];
+    // Its audit_logging is not ours: nothing is touched until it is moved aside.
+    let refused = cdc_audit(&["migrate"], &env);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("audit_logging") && stderr.contains("legacy"),
+        "{stderr}"
+    );
+    assert_eq!(db.count("audit_logging"), old);
+    c.batch_execute(
+        "CREATE SCHEMA legacy; ALTER TABLE audit_logging SET SCHEMA legacy; \
+         ALTER TABLE kafka_offsets SET SCHEMA legacy;",
+    )
+    .unwrap();
+    // A bad table name, or a table without the columns, is named and changes nothing.
+    for (table, says) in [
+        ("kafka_offsets; DROP TABLE x", "a table name"),
+        ("legacy.nothing", "topic, partition and offset"),
+    ] {
+        let out = cdc_audit(&["migrate", "--import-positions-from", table], &env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{table}: {stderr}");
+        assert!(stderr.contains(says), "{table}: {stderr}");
+    }
+    assert_eq!(db.committed("switch"), 0);
+    let out = run_ok(&mut command(
+        &["migrate", "--import-positions-from", "legacy.kafka_offsets"],
+        &env,
+    ));
+    let partitions = kafka.topics.len() * crate::util::PARTITIONS as usize;
+    assert!(
+        out.contains(&format!("imported {partitions} positions")),
+        "{out}"
+    );
+
+    let service = Service::spawn(&kafka, &db, "switch", &[]);
+    wait_until(Duration::from_secs(120), "every message committed", || {
+        db.committed("switch") == messages.len() as i64
+    });
+    drop(service);
+    // Each change is in one trail or the other, once: the old one's up to the cut, ours after.
+    let expected: BTreeSet<(String, i32, i64)> = messages
+        .iter()
+        .filter(|m| m.3)
+        .map(|(t, p, o, _)| (t.clone(), *p, *o))
+        .collect();
+    let mut rows = |table: &str| -> Vec<(String, i32, i64)> {
+        c.query(
+            &format!("SELECT kafka_topic, kafka_partition, kafka_offset FROM {table}"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+    };
+    let mut both = rows("legacy.audit_logging");
+    let ours = rows("public.audit_logging");
+    assert!(
+        ours.iter().all(|(t, p, o)| *o >= cut(t, *p)),
+        "nothing before the cut again"
+    );
+    both.extend(ours);
+    let seen: BTreeSet<_> = both.iter().cloned().collect();
+    assert_eq!(seen.len(), both.len(), "a change in both trails, or twice");
+    assert_eq!(seen, expected, "a change in neither trail");
+    // Importing again, now that the service has gone on, would move positions back: refused.
+    let again = cdc_audit(
+        &["migrate", "--import-positions-from", "legacy.kafka_offsets"],
+        &env,
+    );
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nothing imported"), "{stderr}");
+    assert_eq!(db.committed("switch"), messages.len() as i64);
+}
