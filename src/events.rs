@@ -102,6 +102,8 @@ pub struct Stats {
     pub offsets_suspect: IntCounter,
     pub offsets_fetched_again: IntCounter,
     pub registry_requests: IntCounterVec,
+    pub bulk_changes: IntCounterVec,
+    pub notable_changes: IntCounterVec,
     pub rebalances: IntCounterVec,
     pub write_retries: IntCounter,
     pub batch_size: Histogram,
@@ -126,6 +128,14 @@ fn register<T: Collector + Clone + 'static>(
         .register(Box::new(metric.clone()))
         .unwrap_or_else(|e| panic!("metric registration: {e}"));
     metric
+}
+
+/// `c` with a series at 0 for each of `values` and no table named, so that rates start from 0.
+fn labelled_unnamed(c: IntCounterVec, values: &[&str]) -> IntCounterVec {
+    for v in values {
+        c.with_label_values(&[v, ""]);
+    }
+    c
 }
 
 impl Stats {
@@ -229,6 +239,35 @@ impl Stats {
                 "cdc_audit_offsets_suspect_total",
                 "Offsets the broker did not deliver, nor had when fetched again, on a topic that \
                  is not compacted (a broker that skips records); recorded in audit_gaps",
+            ),
+            bulk_changes: labelled_unnamed(
+                register(
+                    &r,
+                    IntCounterVec::new(
+                    Opts::new(
+                        "cdc_audit_bulk_changes_total",
+                        "Source transactions (or batches, without transaction metadata) that \
+                         updated or deleted more than CDC_AUDIT_BULK_THRESHOLD rows of one table; \
+                         the table is named when CDC_AUDIT_BULK_WATCH_TABLES matches it",
+                    ),
+                    &["operation", "table"],
+                    ),
+                ),
+                &["update", "delete"],
+            ),
+            notable_changes: labelled_unnamed(
+                register(
+                    &r,
+                    IntCounterVec::new(
+                    Opts::new(
+                        "cdc_audit_notable_changes_total",
+                        "Truncates, and schema changes that drop a table or a column; the table \
+                         is named when CDC_AUDIT_BULK_WATCH_TABLES matches it",
+                    ),
+                    &["kind", "table"],
+                    ),
+                ),
+                &["truncate", "drop_table", "drop_column"],
             ),
             registry_requests: labelled(
                 "cdc_audit_schema_registry_requests_total",

@@ -14,6 +14,7 @@ pub mod types;
 pub mod pipeline;
 pub mod sink;
 pub mod source;
+pub mod suspicious;
 pub mod transform;
 
 // What runs and watches them, and the tools beside them.

@@ -13,6 +13,7 @@ use crate::events::Stats;
 use crate::registry::Registry;
 use crate::sink::{Pool, Queue, Writer};
 use crate::source::{Source, SourceError};
+use crate::suspicious::Suspicious;
 use crate::tracker::Tracker;
 use crate::transform::schemas::SchemaCache;
 use crate::transform::stage::TransformStage;
@@ -48,6 +49,11 @@ pub fn run(shared: Shared, started: impl FnOnce()) -> Result<Exit, SourceError> 
     let (writers_tx, writers_rx) = bounded::<Transformed>(config.channel_capacity);
     let (done_tx, done_rx) = unbounded::<Tp>();
     let mut handles: Vec<JoinHandle<()>> = Vec::new();
+    let suspicious = Arc::new(Suspicious::new(
+        config.bulk_threshold,
+        config.bulk_watch.clone(),
+        stats.clone(),
+    ));
     for id in 0..config.writers {
         let queue = Queue {
             batches: writers_rx.clone(),
@@ -61,6 +67,7 @@ pub fn run(shared: Shared, started: impl FnOnce()) -> Result<Exit, SourceError> 
             tracker.clone(),
             control.clone(),
             stats.clone(),
+            suspicious.clone(),
         );
         handles.push(spawn_stage(&stats, &format!("writer-{id}"), move || {
             writer.run()

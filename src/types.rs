@@ -160,6 +160,39 @@ pub struct Row {
     pub bytes: Vec<u8>,
     pub content: [u8; 32],
     pub source_time_us: Option<i64>,
+    /// What the suspicious-change detector counts, for the rows it looks at (updates, deletes,
+    /// truncates, drops).
+    pub notice: Option<Box<Notice>>,
+}
+
+/// A change the detector of suspicious changes counts once its row is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub kind: NoticeKind,
+    /// `db.schema.table`, empty parts left out.
+    pub table: String,
+    pub transaction: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NoticeKind {
+    Update,
+    Delete,
+    Truncate,
+    DropTable,
+    DropColumn,
+}
+
+impl NoticeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::Update => "update",
+            NoticeKind::Delete => "delete",
+            NoticeKind::Truncate => "truncate",
+            NoticeKind::DropTable => "drop_table",
+            NoticeKind::DropColumn => "drop_column",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -189,6 +189,16 @@ pub const SETTINGS: &[Setting] = &[
         help: "months of audit_logging partitions the service keeps made ahead (0: none, when pg_partman or a person makes them)",
     },
     Setting {
+        name: "CDC_AUDIT_BULK_THRESHOLD",
+        default: Some("1000"),
+        help: "a source transaction updating or deleting more rows of one table than this is a bulk change (counted, logged, alerted on); 0: off",
+    },
+    Setting {
+        name: "CDC_AUDIT_BULK_WATCH_TABLES",
+        default: None,
+        help: "tables named in the bulk and notable change metrics: comma-separated patterns of db.schema.table (* and ?); others are counted unnamed",
+    },
+    Setting {
         name: "CDC_AUDIT_RETENTION",
         default: Some("off"),
         help: "how long audit_logging keeps a month, in days (`400d`): older months are archived to CDC_AUDIT_ARCHIVE_DIR, then dropped; or `off`",
@@ -358,6 +368,10 @@ pub struct Config {
     pub retention: Option<Retention>,
     /// The schema registry, when `CDC_AUDIT_SCHEMA_REGISTRY_URL` is set.
     pub registry: Option<RegistrySettings>,
+    /// More rows than this of one table updated or deleted by one transaction is a bulk change; 0: off.
+    pub bulk_threshold: u64,
+    /// Tables the suspicious-change metrics name.
+    pub bulk_watch: Vec<Glob>,
 }
 
 /// Retention of `audit_logging` months: kept `days`, then archived into `dir` and dropped.
@@ -928,6 +942,8 @@ impl Config {
 
         let partitions_ahead = number("CDC_AUDIT_PARTITIONS_AHEAD", 3, 0, 120)? as i32;
         let retention = retention_from(get("CDC_AUDIT_RETENTION"), get("CDC_AUDIT_ARCHIVE_DIR"))?;
+        let bulk_threshold = number("CDC_AUDIT_BULK_THRESHOLD", 1000, 0, 1_000_000_000)?;
+        let bulk_watch = table_globs(&get, "CDC_AUDIT_BULK_WATCH_TABLES")?;
         let digest = match get("CDC_AUDIT_SIGNING_KEY_FILE") {
             None => {
                 if let Some(dir) = get("CDC_AUDIT_DIGEST_DIR") {
@@ -988,6 +1004,8 @@ impl Config {
             partitions_ahead,
             retention,
             registry: registry_from_settings(raw)?,
+            bulk_threshold,
+            bulk_watch,
         })
     }
 
@@ -1088,6 +1106,8 @@ impl Config {
                 "CDC_AUDIT_PARTITIONS_AHEAD",
                 self.partitions_ahead.to_string(),
             ),
+            ("CDC_AUDIT_BULK_THRESHOLD", self.bulk_threshold.to_string()),
+            ("CDC_AUDIT_BULK_WATCH_TABLES", globs(&self.bulk_watch)),
             (
                 "CDC_AUDIT_RETENTION",
                 self.retention
@@ -1211,20 +1231,30 @@ pub fn rules_from_settings(raw: &BTreeMap<String, String>) -> Result<Rules, Conf
     rules(&|name: &str| raw.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()))
 }
 
-fn rules<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<Rules, ConfigError> {
-    let globs = |name: &str| -> Result<Vec<Glob>, ConfigError> {
-        let Some(v) = get(name) else {
-            return Ok(Vec::new());
-        };
-        let patterns: Vec<&str> = v.split(',').map(str::trim).collect();
-        if patterns
-            .iter()
-            .any(|p| p.is_empty() || p.contains(char::is_whitespace))
-        {
-            return Err(invalid(name, v, "comma-separated patterns of db.schema.table, such as inventory.public.* (no spaces)"));
-        }
-        Ok(patterns.into_iter().map(Glob::new).collect())
+/// A setting of comma-separated `db.schema.table` patterns.
+fn table_globs<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+    name: &str,
+) -> Result<Vec<Glob>, ConfigError> {
+    let Some(v) = get(name) else {
+        return Ok(Vec::new());
     };
+    let patterns: Vec<&str> = v.split(',').map(str::trim).collect();
+    if patterns
+        .iter()
+        .any(|p| p.is_empty() || p.contains(char::is_whitespace))
+    {
+        return Err(invalid(
+            name,
+            v,
+            "comma-separated patterns of db.schema.table, such as inventory.public.* (no spaces)",
+        ));
+    }
+    Ok(patterns.into_iter().map(Glob::new).collect())
+}
+
+fn rules<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<Rules, ConfigError> {
+    let globs = |name: &str| table_globs(get, name);
     let columns = match get("CDC_AUDIT_COLUMN_RULES") {
         None => Vec::new(),
         Some(v) => {

@@ -642,6 +642,8 @@ fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
             timeout: Duration::from_secs(5),
             cache: 1000,
         }),
+        bulk_threshold: 1000,
+        bulk_watch: Vec::new(),
         rules: crate::config::rules::Rules {
             change_user_column: Some("updated_by".into()),
             ..Default::default()

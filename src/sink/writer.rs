@@ -11,6 +11,7 @@ use super::connect::Pool;
 use super::error::{Backoff, ErrorClass};
 use super::fence::{write_batch, Written};
 use crate::events::{now_ms, Stats};
+use crate::suspicious::Suspicious;
 use crate::tracker::Tracker;
 use crate::types::{Control, Finish, Outcome, Row, Tp, Transformed};
 
@@ -32,9 +33,11 @@ pub struct Writer {
     tracker: Arc<Tracker>,
     control: Arc<Control>,
     stats: Arc<Stats>,
+    suspicious: Arc<Suspicious>,
 }
 
 impl Writer {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
         queue: Queue,
@@ -43,6 +46,7 @@ impl Writer {
         tracker: Arc<Tracker>,
         control: Arc<Control>,
         stats: Arc<Stats>,
+        suspicious: Arc<Suspicious>,
     ) -> Self {
         Writer {
             id,
@@ -52,6 +56,7 @@ impl Writer {
             tracker,
             control,
             stats,
+            suspicious,
         }
     }
 
@@ -124,6 +129,8 @@ impl Writer {
                                 .observe((now_us - at).max(0) as f64 / 1e6);
                         }
                     }
+                    self.suspicious
+                        .committed(&b.tp.topic, t.outcomes.iter().skip(skipped));
                     for skip in skips {
                         self.stats.skipped(skip);
                     }

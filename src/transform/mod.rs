@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use crate::chain::{self, Kind, CHAIN_FIELDS};
 use crate::config::rules::{Action, Rules, TableRules};
 use crate::pgcopy::Tuple;
-use crate::types::{Message, Outcome, RejectKind, Rejection, Row, Skip};
+use crate::types::{Message, Notice, NoticeKind, Outcome, RejectKind, Rejection, Row, Skip};
 use decode::StructSchema;
 use json::{is_object, jsonb_safe, scalar_text, skip_ws, Members, ObjectWriter};
 use schemas::Registered;
@@ -113,11 +113,11 @@ pub fn transform(msg: &Message, rules: &Rules) -> Outcome {
 pub fn transform_with(msg: &Message, rules: &Rules, schemas: &Schemas) -> Outcome {
     as_json(msg, schemas, |msg, connect| {
         match interpret_with(msg, connect, rules) {
-            Ok(Interpreted::Change(record)) => Outcome::Row(chained(
-                Kind::Row,
-                record.encode(msg),
-                record.change_timestamp,
-            )),
+            Ok(Interpreted::Change(record)) => {
+                let mut row = chained(Kind::Row, record.encode(msg), record.change_timestamp);
+                row.notice = notice(*record);
+                Outcome::Row(row)
+            }
             Ok(Interpreted::Transaction(t)) => {
                 Outcome::Transaction(chained(Kind::Transaction, t.encode(msg), None))
             }
@@ -237,10 +237,82 @@ fn interpret_with<'a>(
 /// An encoded tuple with its content hash: its fields, after the field count.
 fn chained(kind: Kind, bytes: Vec<u8>, source_time_us: Option<i64>) -> Row {
     Row {
+        notice: None,
         content: chain::content(kind, bytes.get(2..).unwrap_or_default()),
         bytes,
         source_time_us,
     }
+}
+
+/// What the detector of suspicious changes counts of a change: updates, deletes and truncates,
+/// and schema changes that drop a table or a column.
+fn notice(record: AuditRecord<'_>) -> Option<Box<Notice>> {
+    let kind = match record.operation {
+        "UPDATE" => NoticeKind::Update,
+        "DELETE" => NoticeKind::Delete,
+        "TRUNCATE" => NoticeKind::Truncate,
+        "DDL" => dropped(record.change_detail.as_deref()?)?,
+        _ => return None,
+    };
+    Some(Box::new(Notice {
+        kind,
+        table: qualified(&[
+            record.source_database.as_deref(),
+            record.source_schema.as_deref(),
+            record.source_table.as_deref(),
+        ]),
+        transaction: record.transaction_id,
+    }))
+}
+
+/// What a schema change's detail (`{"ddl": ..., "tableChanges": [...]}`) drops, if anything.
+fn dropped(detail: &str) -> Option<NoticeKind> {
+    let detail: serde_json::Value = serde_json::from_str(detail).ok()?;
+    let changes = detail.get("tableChanges").and_then(|c| c.as_array());
+    if changes
+        .into_iter()
+        .flatten()
+        .any(|c| c.get("type").and_then(|t| t.as_str()) == Some("DROP"))
+    {
+        return Some(NoticeKind::DropTable);
+    }
+    let ddl = detail.get("ddl").and_then(|d| d.as_str())?;
+    let words: Vec<String> = ddl
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ';')
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_uppercase)
+        .collect();
+    let at = |i: usize| words.get(i).map(String::as_str);
+    if at(0) == Some("DROP") && at(1) == Some("TABLE") {
+        return Some(NoticeKind::DropTable);
+    }
+    // ALTER TABLE t DROP [COLUMN] c, but not DROP CONSTRAINT, INDEX, KEY, DEFAULT, ...
+    let not_a_column = [
+        "CONSTRAINT",
+        "INDEX",
+        "KEY",
+        "PRIMARY",
+        "FOREIGN",
+        "PARTITION",
+        "CHECK",
+        "DEFAULT",
+        "NOT",
+        "EXPRESSION",
+        "IDENTITY",
+        "SUPPLEMENTAL",
+        "UNIQUE",
+        "PERIOD",
+    ];
+    let alter = at(0) == Some("ALTER") && at(1) == Some("TABLE");
+    let drops_a_column = words.iter().enumerate().any(|(i, w)| {
+        w == "DROP"
+            && match at(i + 1) {
+                Some("COLUMN") => true,
+                Some(next) => alter && !not_a_column.contains(&next),
+                None => false,
+            }
+    });
+    drops_a_column.then_some(NoticeKind::DropColumn)
 }
 
 /// The value's text, or why there is nothing to read (a tombstone, a heartbeat topic).
@@ -1229,5 +1301,37 @@ mod tests {
             transform(&msg(None, Some(nested.as_bytes())), &Rules::default()),
             Outcome::Row(_)
         ));
+    }
+
+    #[test]
+    fn schema_changes_that_drop_a_table_or_a_column_are_told_from_others() {
+        let detail = |ddl: &str, change: &str| {
+            serde_json::json!({"ddl": ddl, "tableChanges": [{"type": change}]}).to_string()
+        };
+        for (ddl, change, expected) in [
+            ("DROP TABLE customers", "DROP", Some(NoticeKind::DropTable)),
+            (
+                "drop   table if exists t",
+                "ALTER",
+                Some(NoticeKind::DropTable),
+            ),
+            (
+                "ALTER TABLE t DROP COLUMN email",
+                "ALTER",
+                Some(NoticeKind::DropColumn),
+            ),
+            (
+                "ALTER TABLE `t` DROP `email`, ADD x int",
+                "ALTER",
+                Some(NoticeKind::DropColumn),
+            ),
+            ("ALTER TABLE t DROP CONSTRAINT t_pk", "ALTER", None),
+            ("ALTER TABLE t DROP INDEX i", "ALTER", None),
+            ("ALTER TABLE t ALTER COLUMN c DROP DEFAULT", "ALTER", None),
+            ("ALTER TABLE t ALTER COLUMN c DROP NOT NULL", "ALTER", None),
+            ("CREATE TABLE t (id int)", "CREATE", None),
+        ] {
+            assert_eq!(dropped(&detail(ddl, change)), expected, "{ddl}");
+        }
     }
 }

@@ -581,3 +581,96 @@ fn the_kubernetes_manifests_build_validate_and_agree_with_what_the_binary_serves
         );
     }
 }
+
+/// A delete event without a schema, in the source transaction `tx` (or none).
+fn delete_event(table: &str, id: usize, tx: Option<&str>) -> cdc_audit::demo::Record {
+    let transaction = match tx {
+        Some(tx) => {
+            serde_json::json!({"id": tx, "total_order": id + 1, "data_collection_order": id + 1})
+        }
+        None => Value::Null,
+    };
+    let value = serde_json::json!({
+        "before": {"id": id, "note": "gone"},
+        "after": null,
+        "source": {"connector": "postgresql", "name": "inv", "db": "inv", "schema": "public",
+                   "table": table, "ts_ms": 1_700_000_000_000i64, "txId": 777, "lsn": 1000 + id},
+        "op": if table == "truncated" { "t" } else { "d" },
+        "ts_ms": 1_700_000_000_100i64,
+        "transaction": transaction,
+    });
+    cdc_audit::demo::Record {
+        topic: String::new(),
+        key: Some(serde_json::json!({"id": id}).to_string()),
+        value: Some(value.to_string()),
+    }
+}
+
+#[test]
+fn a_bulk_delete_and_a_truncate_are_counted_logged_and_named_when_watched() {
+    let db = TestDb::new("bulk");
+    let kafka = Kafka::new("bulk");
+    let topic = kafka.topics[0].clone();
+    let mut records: Vec<cdc_audit::demo::Record> = Vec::new();
+    // One transaction deletes 250 rows of a watched table, spread over the topic's partitions
+    // by key; another deletes 50 of it; a third, 150 rows of a table not watched.
+    records.extend((0..250).map(|i| delete_event("orders", i, Some("571:9000"))));
+    records.extend((250..300).map(|i| delete_event("orders", i, Some("572:9100"))));
+    records.extend((300..450).map(|i| delete_event("lines", i, Some("573:9200"))));
+    records.push(delete_event("truncated", 999, None));
+    for r in &mut records {
+        r.topic = topic.clone();
+    }
+    kafka.produce(&records);
+    db.migrate();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let service = Service::spawn(
+        &kafka,
+        &db,
+        "g",
+        &[
+            ("CDC_AUDIT_HTTP_ADDR", &addr),
+            ("CDC_AUDIT_BULK_THRESHOLD", "100"),
+            ("CDC_AUDIT_BULK_WATCH_TABLES", "inv.public.orders"),
+        ],
+    );
+    wait_until(Duration::from_secs(90), "every message committed", || {
+        db.committed("g") == records.len() as i64
+    });
+    let (_, metrics) = get(port, "/metrics");
+    let series = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("absent")
+            .to_string()
+    };
+    assert_eq!(
+        series(r#"cdc_audit_bulk_changes_total{operation="delete",table="inv.public.orders"}"#),
+        "1",
+        "one bulk transaction of the watched table: {metrics}"
+    );
+    assert_eq!(
+        series(r#"cdc_audit_bulk_changes_total{operation="delete",table=""}"#),
+        "1",
+        "the other table's, unnamed"
+    );
+    assert_eq!(
+        series(r#"cdc_audit_notable_changes_total{kind="truncate",table=""}"#),
+        "1"
+    );
+    let log = service.log_text();
+    assert!(
+        log.contains(
+            "bulk change: transaction 571:9000 deleted more than 100 rows of inv.public.orders"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("572:9100"), "50 rows are not a bulk change");
+    assert!(
+        log.contains("notable change: inv.public.truncated truncated"),
+        "{log}"
+    );
+}

@@ -258,6 +258,8 @@ pub fn config(kafka: &impl Broker, db: &TestDb, group: &str) -> Config {
         partitions_ahead: 3,
         retention: None,
         registry: None,
+        bulk_threshold: 1000,
+        bulk_watch: Vec::new(),
         rules: Default::default(),
         kafka: fast_group_settings()
             .into_iter()

@@ -1,0 +1,254 @@
+//! Suspicious changes: what the audited data does that a person should look at, counted as the
+//! rows commit here and logged.
+//! - A bulk change: one source transaction that updates or deletes more than
+//!   `CDC_AUDIT_BULK_THRESHOLD` rows of one table. Rows carry their transaction's id when the
+//!   connector sends transaction metadata (`provide.transaction.metadata=true`); the rows of one
+//!   transaction this instance commits are counted together, across batches and partitions.
+//!   Without it, each batch is counted on its own, and the log says so.
+//! - A notable change: any truncate, and any schema change that drops a table or a column.
+//!
+//! Metrics have bounded labels: the operation, and the table only when it matches
+//! `CDC_AUDIT_BULK_WATCH_TABLES`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use crate::config::rules::Glob;
+use crate::events::Stats;
+use crate::types::{Notice, NoticeKind, Outcome};
+
+/// How many transactions' counts are kept; the oldest go first.
+const OPEN_TRANSACTIONS: usize = 10_000;
+
+type Key = (String, String, NoticeKind);
+
+pub struct Suspicious {
+    /// More than this many rows of one table in one transaction is a bulk change; 0: off.
+    threshold: u64,
+    watch: Vec<Glob>,
+    stats: Arc<Stats>,
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    counts: HashMap<Key, u64>,
+    order: VecDeque<Key>,
+    flagged: HashSet<Key>,
+}
+
+impl Suspicious {
+    pub fn new(threshold: u64, watch: Vec<Glob>, stats: Arc<Stats>) -> Suspicious {
+        Suspicious {
+            threshold,
+            watch,
+            stats,
+            open: Mutex::new(Open::default()),
+        }
+    }
+
+    /// The label a table gets: its name when it is watched, else empty.
+    fn label<'t>(&self, table: &'t str) -> &'t str {
+        if self.watch.iter().any(|g| g.matches(table)) {
+            table
+        } else {
+            ""
+        }
+    }
+
+    /// The outcomes of one committed batch (of `topic`).
+    pub fn committed<'a>(&self, topic: &str, outcomes: impl Iterator<Item = &'a Outcome>) {
+        let mut per_batch: HashMap<(&str, NoticeKind), u64> = HashMap::new();
+        let mut in_transactions = Vec::new();
+        for outcome in outcomes {
+            let Outcome::Row(row) = outcome else { continue };
+            let Some(n) = row.notice.as_deref() else {
+                continue;
+            };
+            match n.kind {
+                NoticeKind::Update | NoticeKind::Delete => {
+                    if self.threshold == 0 {
+                        continue;
+                    }
+                    match &n.transaction {
+                        Some(_) => in_transactions.push(n),
+                        None => *per_batch.entry((n.table.as_str(), n.kind)).or_default() += 1,
+                    }
+                }
+                NoticeKind::Truncate | NoticeKind::DropTable | NoticeKind::DropColumn => {
+                    self.notable(n)
+                }
+            }
+        }
+        for ((table, kind), count) in per_batch {
+            if count > self.threshold {
+                self.bulk(table, kind);
+                log::warn!(
+                    "bulk change: {count} rows of {table} {} in one batch of {topic} (more than \
+                     CDC_AUDIT_BULK_THRESHOLD={}); the events carry no transaction metadata, so \
+                     batches are counted, not transactions",
+                    past(kind),
+                    self.threshold
+                );
+            }
+        }
+        if in_transactions.is_empty() {
+            return;
+        }
+        let mut crossed = Vec::new();
+        {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            for n in in_transactions {
+                let key = (
+                    n.transaction.clone().unwrap_or_default(),
+                    n.table.clone(),
+                    n.kind,
+                );
+                let count = match open.counts.get_mut(&key) {
+                    Some(c) => {
+                        *c += 1;
+                        *c
+                    }
+                    None => {
+                        if open.order.len() >= OPEN_TRANSACTIONS {
+                            if let Some(oldest) = open.order.pop_front() {
+                                open.counts.remove(&oldest);
+                                open.flagged.remove(&oldest);
+                            }
+                        }
+                        open.order.push_back(key.clone());
+                        open.counts.insert(key.clone(), 1);
+                        1
+                    }
+                };
+                if count > self.threshold && open.flagged.insert(key.clone()) {
+                    crossed.push(key);
+                }
+            }
+        }
+        for (transaction, table, kind) in crossed {
+            self.bulk(&table, kind);
+            log::warn!(
+                "bulk change: transaction {transaction} {} more than {} rows of {table} \
+                 (CDC_AUDIT_BULK_THRESHOLD)",
+                past(kind),
+                self.threshold
+            );
+        }
+    }
+
+    fn bulk(&self, table: &str, kind: NoticeKind) {
+        self.stats
+            .bulk_changes
+            .with_label_values(&[kind.as_str(), self.label(table)])
+            .inc();
+    }
+
+    fn notable(&self, n: &Notice) {
+        self.stats
+            .notable_changes
+            .with_label_values(&[n.kind.as_str(), self.label(&n.table)])
+            .inc();
+        let what = match n.kind {
+            NoticeKind::Truncate => "truncated",
+            NoticeKind::DropTable => "dropped",
+            _ => "lost a column:",
+        };
+        match &n.transaction {
+            Some(t) => log::warn!("notable change: {} {what} (transaction {t})", n.table),
+            None => log::warn!("notable change: {} {what}", n.table),
+        }
+    }
+}
+
+fn past(kind: NoticeKind) -> &'static str {
+    match kind {
+        NoticeKind::Delete => "deleted",
+        _ => "updated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Row;
+
+    fn row(kind: NoticeKind, table: &str, transaction: Option<&str>) -> Outcome {
+        Outcome::Row(Row {
+            bytes: Vec::new(),
+            content: [0; 32],
+            source_time_us: None,
+            notice: Some(Box::new(Notice {
+                kind,
+                table: table.to_string(),
+                transaction: transaction.map(str::to_string),
+            })),
+        })
+    }
+
+    fn count(stats: &Stats, kind: &str, table: &str) -> u64 {
+        stats.bulk_changes.with_label_values(&[kind, table]).get()
+    }
+
+    #[test]
+    fn a_transaction_over_the_threshold_is_one_bulk_change_across_batches() {
+        let stats = Arc::new(Stats::new());
+        let s = Suspicious::new(3, vec![Glob::new("db.public.watched")], stats.clone());
+        let batch = |n: usize, table: &str, tx: &str| {
+            (0..n)
+                .map(|_| row(NoticeKind::Delete, table, Some(tx)))
+                .collect::<Vec<_>>()
+        };
+        s.committed("t", batch(2, "db.public.watched", "tx1").iter());
+        assert_eq!(count(&stats, "delete", "db.public.watched"), 0, "2 of 3");
+        s.committed("t", batch(2, "db.public.watched", "tx1").iter());
+        assert_eq!(count(&stats, "delete", "db.public.watched"), 1, "4 > 3");
+        s.committed("t", batch(5, "db.public.watched", "tx1").iter());
+        assert_eq!(
+            count(&stats, "delete", "db.public.watched"),
+            1,
+            "once a transaction"
+        );
+        // Another table, unwatched: counted without its name.
+        s.committed("t", batch(4, "db.public.other", "tx2").iter());
+        assert_eq!(count(&stats, "delete", ""), 1);
+        // Updates and deletes of one transaction are counted apart.
+        let mixed: Vec<Outcome> = (0..3)
+            .map(|_| row(NoticeKind::Update, "db.public.other", Some("tx3")))
+            .chain((0..3).map(|_| row(NoticeKind::Delete, "db.public.other", Some("tx3"))))
+            .collect();
+        s.committed("t", mixed.iter());
+        assert_eq!(count(&stats, "update", ""), 0);
+        assert_eq!(count(&stats, "delete", ""), 1);
+    }
+
+    #[test]
+    fn without_transaction_metadata_a_batch_is_counted_and_truncates_always_are() {
+        let stats = Arc::new(Stats::new());
+        let s = Suspicious::new(3, Vec::new(), stats.clone());
+        let rows: Vec<Outcome> = (0..4)
+            .map(|_| row(NoticeKind::Update, "db.t", None))
+            .chain([row(NoticeKind::Truncate, "db.t", None)])
+            .collect();
+        s.committed("t", rows.iter());
+        assert_eq!(count(&stats, "update", ""), 1);
+        assert_eq!(
+            stats
+                .notable_changes
+                .with_label_values(&["truncate", ""])
+                .get(),
+            1
+        );
+        // Off: no bulk changes counted, truncates still.
+        let off = Suspicious::new(0, Vec::new(), stats.clone());
+        off.committed("t", rows.iter());
+        assert_eq!(count(&stats, "update", ""), 1);
+        assert_eq!(
+            stats
+                .notable_changes
+                .with_label_values(&["truncate", ""])
+                .get(),
+            2
+        );
+    }
+}
