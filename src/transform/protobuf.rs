@@ -387,7 +387,7 @@ impl ProtoSchema {
         let (m, bytes) = self.select(datum)?;
         let connect = self.messages[m]
             .connect
-            .get_or_init(|| self.struct_connect(m, false, 0))
+            .get_or_init(|| self.struct_connect(m, false, &mut Vec::new()))
             .as_deref()
             .map_err(Clone::clone)?;
         let mut out = Out {
@@ -400,20 +400,29 @@ impl ProtoSchema {
     }
 
     /// A message's Connect struct, as the JSON converter prints it.
-    fn struct_connect(&self, m: usize, optional: bool, depth: usize) -> Result<String, String> {
-        if depth > MAX_DEPTH {
+    /// `within`: the messages being printed around it, none of which it may be.
+    fn struct_connect(
+        &self,
+        m: usize,
+        optional: bool,
+        within: &mut Vec<usize>,
+    ) -> Result<String, String> {
+        let msg = &self.messages[m];
+        if within.contains(&m) || within.len() > MAX_DEPTH {
             return Err(format!(
-                "messages nest deeper than {MAX_DEPTH} (a recursive message?)"
+                "{} contains itself, which a Connect schema cannot",
+                msg.full
             ));
         }
-        let msg = &self.messages[m];
+        within.push(m);
         let mut s = String::from("{\"type\":\"struct\",\"fields\":[");
         for (i, f) in msg.fields.iter().enumerate() {
             if i > 0 {
                 s.push(',');
             }
-            s.push_str(&self.field_connect(f, false, depth + 1)?);
+            s.push_str(&self.field_connect(f, false, within)?);
         }
+        within.pop();
         let scale_and_value = msg.fields.len() == 2
             && msg.fields[0].name == "scale"
             && msg.fields[0].kind == Kind::Scalar(Scalar::Int32)
@@ -429,7 +438,12 @@ impl ProtoSchema {
     }
 
     /// A field's Connect schema (`element`: of one item of a repeated field, without its name).
-    fn field_connect(&self, f: &Field, element: bool, depth: usize) -> Result<String, String> {
+    fn field_connect(
+        &self,
+        f: &Field,
+        element: bool,
+        within: &mut Vec<usize>,
+    ) -> Result<String, String> {
         let named = |s: String| {
             if element {
                 s
@@ -444,14 +458,14 @@ impl ProtoSchema {
                     let (k, v) = (&entry.fields[0], &entry.fields[1]);
                     return Ok(named(format!(
                         "{{\"type\":\"map\",\"keys\":{},\"values\":{},\"optional\":true}}",
-                        self.field_connect(k, true, depth)?,
-                        self.field_connect(v, true, depth)?
+                        self.field_connect(k, true, within)?,
+                        self.field_connect(v, true, within)?
                     )));
                 }
             }
             return Ok(named(format!(
                 "{{\"type\":\"array\",\"items\":{},\"optional\":true}}",
-                self.field_connect(f, true, depth)?
+                self.field_connect(f, true, within)?
             )));
         }
         let logical = |ty: &str, name: &str, parameters: String| {
@@ -472,7 +486,7 @@ impl ProtoSchema {
                 quote(&self.enums[e].name)
             ),
             Kind::Message(m) => match self.messages[m].special {
-                Special::None | Special::MapEntry => self.struct_connect(m, true, depth)?,
+                Special::None | Special::MapEntry => self.struct_connect(m, true, within)?,
                 Special::Timestamp => logical("int64", "Timestamp", String::new()),
                 Special::Date => logical("int32", "Date", String::new()),
                 Special::TimeOfDay => logical("int32", "Time", String::new()),
@@ -1534,7 +1548,8 @@ mod tests {
         )
         .unwrap();
         let connect: serde_json::Value =
-            serde_json::from_str(&s.struct_connect(s.top[0], false, 0).unwrap()).unwrap();
+            serde_json::from_str(&s.struct_connect(s.top[0], false, &mut Vec::new()).unwrap())
+                .unwrap();
         let value = &connect["fields"][0];
         assert_eq!(value["name"], "Value");
         assert_eq!(value["fields"][0]["type"], "int16");
@@ -1551,6 +1566,16 @@ mod tests {
         assert_eq!(value["fields"][5]["items"]["type"], "int32");
         assert_eq!(connect["fields"][1]["name"], "Value");
         assert!(s.nullability_warning().is_none(), "`note` is optional");
+    }
+
+    #[test]
+    fn a_message_that_contains_itself_is_refused_not_expanded_forever() {
+        let s = ProtoSchema::parse(
+            "syntax = \"proto3\"; message T { T a = 1; T b = 2; T c = 3; int32 n = 4; }",
+        )
+        .unwrap();
+        let e = s.to_json(&[0]).unwrap_err();
+        assert!(e.contains("contains itself"), "{e}");
     }
 
     #[test]
