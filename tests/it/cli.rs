@@ -322,9 +322,10 @@ fn migrate_applies_once_and_is_idempotent() {
 #[test]
 fn a_failed_migration_says_what_postgresql_said() {
     let db = TestDb::new("migfail");
-    // A table of that name, not made by the migrations: 0001 cannot create it.
+    // A table of that name, not made by the migrations: 0001 cannot create it. (An
+    // audit_logging of its own is refused before any migration runs: see the switch test.)
     db.client()
-        .batch_execute("CREATE TABLE audit_logging (id int)")
+        .batch_execute("CREATE TABLE audit_rejections (id int)")
         .unwrap();
     let env = [
         ("CDC_AUDIT_BOOTSTRAP_SERVERS", "localhost:9092"),
@@ -335,7 +336,8 @@ fn a_failed_migration_says_what_postgresql_said() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("migration failed") && stderr.contains("\"audit_logging\" already exists"),
+        stderr.contains("migration failed")
+            && stderr.contains("\"audit_rejections\" already exists"),
         "{stderr}"
     );
 }

@@ -17,6 +17,8 @@ const LAYERS: &[&[&str]] = &[
     // Telemetry, the partition state shared by the poll thread and the writers, and the schema
     // registry's client.
     &["events", "tracker", "registry"],
+    // What committed rows say about the audited data: suspicious changes, which the sink counts.
+    &["suspicious"],
     // The stages, downstream first: the source hands on to the transform, which hands on to the
     // sink; the source reads stored positions through the sink.
     &["transform"],
