@@ -7,7 +7,7 @@ use crate::util::{run_ok, TestDb};
 /// The binary with exactly these arguments and environment.
 fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cdc-audit"));
-    cmd.args(args).env_clear();
+    cmd.args(args).env_clear().envs(crate::util::coverage_env());
     for (k, v) in env {
         cmd.env(k, v);
     }

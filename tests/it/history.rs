@@ -535,6 +535,7 @@ fn cdc_audit(db: &TestDb, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cdc-audit"))
         .args(args)
         .env_clear()
+        .envs(crate::util::coverage_env())
         .env("CDC_AUDIT_DATABASE_URL", &db.url)
         .output()
         .unwrap();

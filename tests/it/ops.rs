@@ -141,6 +141,7 @@ fn http_endpoints_report_health_metrics_and_status_and_readiness_follows_the_dat
         Command::new(env!("CARGO_BIN_EXE_cdc-audit"))
             .args(["healthcheck", "--url", addr])
             .env_clear()
+            .envs(crate::util::coverage_env())
             .output()
             .unwrap()
             .status

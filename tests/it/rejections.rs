@@ -13,6 +13,7 @@ fn rejections(db: &TestDb, args: &[&str]) -> Output {
         .arg("rejections")
         .args(args)
         .env_clear()
+        .envs(crate::util::coverage_env())
         .env("DATABASE_URL", &db.url)
         .output()
         .unwrap()

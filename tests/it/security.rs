@@ -68,7 +68,9 @@ fn connections_use_tls_as_sslmode_says_and_verify_with_a_ca_file() {
 
 fn check_config(env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cdc-audit"));
-    cmd.arg("check-config").env_clear();
+    cmd.arg("check-config")
+        .env_clear()
+        .envs(crate::util::coverage_env());
     for (k, v) in [
         ("CDC_AUDIT_BOOTSTRAP_SERVERS", "kafka:9093"),
         ("CDC_AUDIT_TOPICS", "t"),

@@ -325,6 +325,7 @@ impl Service {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cdc-audit"));
         cmd.arg("run")
             .env_clear()
+            .envs(crate::util::coverage_env())
             .env("RUST_LOG", "info")
             .env("CDC_AUDIT_BOOTSTRAP_SERVERS", kafka.bootstrap())
             .env("CDC_AUDIT_TOPICS", kafka.topics().join(","))
@@ -628,4 +629,12 @@ pub fn ed25519_key(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
         path.to_str().unwrap(),
     ]);
     path
+}
+
+/// What a child process keeps of this one's environment when it is otherwise cleared: where
+/// `cargo llvm-cov` wants its coverage profile written, so the binary's runs count.
+pub fn coverage_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| k == "LLVM_PROFILE_FILE")
+        .collect()
 }
