@@ -542,3 +542,115 @@ fn what_the_reader_does_not_read_is_a_rejection_that_says_why() {
     )
     .contains("references"));
 }
+
+#[test]
+fn connects_logical_types_and_maps_come_back_as_the_json_converter_prints_them() {
+    // A Connect record with each logical type Confluent's converter writes as a message of its
+    // own, before and after the epoch, written by prost-reflect and read back.
+    let field = |name: &str, schema: Value| {
+        let mut s = schema;
+        s["field"] = json!(name);
+        s["optional"] = json!(true);
+        s
+    };
+    let logical = |ty: &str, name: &str| json!({"type": ty, "name": name, "version": 1});
+    let schema = json!({"type": "struct", "name": "s.t.Value", "optional": false, "fields": [
+        field("at", logical("int64", TIMESTAMP)),
+        field("early", logical("int64", TIMESTAMP)),
+        field("day", logical("int32", DATE)),
+        field("old_day", logical("int32", DATE)),
+        field("time", logical("int32", TIME)),
+        field("price", json!({"type": "bytes", "name": DECIMAL, "version": 1,
+                              "parameters": {"scale": "2", "connect.decimal.precision": "10"}})),
+        field("tiny", json!({"type": "int8"})),
+        field("ratio", json!({"type": "float"})),
+        field("tags", json!({"type": "array", "items": {"type": "string", "optional": true}})),
+    ]});
+    let payload = json!({
+        "at": 1_700_000_000_123i64,
+        "early": -1500,
+        "day": 19_782,
+        "old_day": -1,
+        "time": 45_296_789,
+        "price": "AwnD", // 199_107 unscaled: 1991.07
+        "tiny": -5,
+        "ratio": 0.25,
+        "tags": ["a", "b"],
+    });
+    let (text, bytes) = by_prost(&json!({"schema": schema, "payload": payload}));
+    let Ok(registered) = compile(5, "PROTOBUF", &text) else {
+        panic!("compiles: {text}")
+    };
+    let read: Value = serde_json::from_str(&registered.to_json(&bytes).unwrap()).unwrap();
+    assert_eq!(read["payload"], payload, "{text}");
+    let names: Vec<&str> = read["schema"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert_eq!(names, [TIMESTAMP, TIMESTAMP, DATE, DATE, TIME, DECIMAL]);
+    assert_eq!(read["schema"]["fields"][5]["parameters"]["scale"], "2");
+    assert_eq!(read["schema"]["fields"][6]["type"], "int8");
+
+    // A decimal whose scale is not its field's is refused, as Connect's Decimal refuses it.
+    let text = "syntax = \"proto3\";\nimport \"confluent/meta.proto\";\nimport \"confluent/type/decimal.proto\";\n\
+        message M { confluent.type.Decimal d = 1 [(confluent.field_meta) = { params: [ { key: \"scale\", value: \"2\" } ] }]; }\n";
+    let pool = compiled(text);
+    let m = pool.get_message_by_name("M").unwrap();
+    let d = m.get_field_by_name("d").unwrap();
+    let mut msg = DynamicMessage::new(m.clone());
+    let prost_reflect::Kind::Message(decimal) = d.kind() else {
+        panic!("a message")
+    };
+    msg.set_field(
+        &d,
+        message_of(
+            &decimal,
+            &[
+                ("value", Proto::Bytes(vec![1].into())),
+                ("scale", Proto::I32(3)),
+            ],
+        ),
+    );
+    let mut datum = vec![0];
+    datum.extend(msg.encode_to_vec());
+    let Ok(schema) = compile(6, "PROTOBUF", text) else {
+        panic!("compiles")
+    };
+    let e = schema.to_json(&datum).unwrap_err();
+    assert!(e.contains("scale 3") && e.contains("says 2"), "{e}");
+
+    // Maps: string keys as an object, others as pairs.
+    let text = "syntax = \"proto3\";\nmessage M { map<string, int64> by_name = 1; map<int32, string> by_id = 2; }\n";
+    let pool = compiled(text);
+    let m = pool.get_message_by_name("M").unwrap();
+    let mut msg = DynamicMessage::new(m);
+    msg.set_field_by_name(
+        "by_name",
+        Proto::Map(
+            [(prost_reflect::MapKey::String("x".into()), Proto::I64(7))]
+                .into_iter()
+                .collect(),
+        ),
+    );
+    msg.set_field_by_name(
+        "by_id",
+        Proto::Map(
+            [(prost_reflect::MapKey::I32(3), Proto::String("three".into()))]
+                .into_iter()
+                .collect(),
+        ),
+    );
+    let mut datum = vec![0];
+    datum.extend(msg.encode_to_vec());
+    let Ok(schema) = compile(7, "PROTOBUF", text) else {
+        panic!("compiles")
+    };
+    let read: Value = serde_json::from_str(&schema.to_json(&datum).unwrap()).unwrap();
+    assert_eq!(
+        read["payload"],
+        json!({"by_name": {"x": 7}, "by_id": [[3, "three"]]})
+    );
+    assert_eq!(read["schema"]["fields"][0]["type"], "map");
+}
