@@ -190,6 +190,13 @@ mod tests {
         stats.bulk_changes.with_label_values(&[kind, table]).get()
     }
 
+    fn truncates(stats: &Stats) -> u64 {
+        stats
+            .notable_changes
+            .with_label_values(&["truncate", ""])
+            .get()
+    }
+
     #[test]
     fn a_transaction_over_the_threshold_is_one_bulk_change_across_batches() {
         let stats = Arc::new(Stats::new());
@@ -232,23 +239,11 @@ mod tests {
             .collect();
         s.committed("t", rows.iter());
         assert_eq!(count(&stats, "update", ""), 1);
-        assert_eq!(
-            stats
-                .notable_changes
-                .with_label_values(&["truncate", ""])
-                .get(),
-            1
-        );
+        assert_eq!(truncates(&stats), 1);
         // Off: no bulk changes counted, truncates still.
         let off = Suspicious::new(0, Vec::new(), stats.clone());
         off.committed("t", rows.iter());
         assert_eq!(count(&stats, "update", ""), 1);
-        assert_eq!(
-            stats
-                .notable_changes
-                .with_label_values(&["truncate", ""])
-                .get(),
-            2
-        );
+        assert_eq!(truncates(&stats), 2);
     }
 }

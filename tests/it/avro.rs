@@ -723,6 +723,16 @@ fn the_registry_client_tells_a_missing_schema_from_an_outage() {
     );
 }
 
+/// `openssl req` arguments for a new P-256 key, unencrypted.
+const NEW_EC_KEY: [&str; 6] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+    "-keyout",
+];
+
 /// A key and a certificate for `cn`, signed by the test CA in `dir`.
 fn signed(dir: &std::path::Path, name: &str, cn: &str, san: &str) {
     let at = |file: String| dir.join(file).to_string_lossy().into_owned();
@@ -733,20 +743,12 @@ fn signed(dir: &std::path::Path, name: &str, cn: &str, san: &str) {
         at(format!("{name}.pem")),
     );
     let subject = format!("/CN={cn}");
-    crate::util::openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        &key,
-        "-out",
-        &csr,
-        "-subj",
-        &subject,
-    ]);
+    let args = [
+        &["req"][..],
+        &NEW_EC_KEY,
+        &[&key, "-out", &csr, "-subj", &subject],
+    ];
+    crate::util::openssl(&args.concat());
     std::fs::write(&ext, format!("subjectAltName={san}\n")).unwrap();
     let (ca, ca_key) = (at("ca.pem".into()), at("ca.key".into()));
     crate::util::openssl(&[
@@ -774,23 +776,21 @@ fn the_registry_client_speaks_tls_with_the_ca_and_client_certificate_it_is_given
     // CA of the test's making, and it asks for a client certificate signed by that CA.
     let dir = crate::util::tempdir("registry-tls");
     let (ca_key, ca) = (dir.join("ca.key"), dir.join("ca.pem"));
-    crate::util::openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        &ca_key.to_string_lossy(),
-        "-out",
-        &ca.to_string_lossy(),
-        "-days",
-        "2",
-        "-subj",
-        "/CN=cdc-audit-test-ca",
-    ]);
+    let (ca_key, ca) = (ca_key.to_string_lossy(), ca.to_string_lossy());
+    let args = [
+        &["req", "-x509"][..],
+        &NEW_EC_KEY,
+        &[
+            &ca_key,
+            "-out",
+            &ca,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=cdc-audit-test-ca",
+        ],
+    ];
+    crate::util::openssl(&args.concat());
     signed(&dir, "server", "localhost", "DNS:localhost");
     signed(&dir, "client", "cdc-audit", "DNS:cdc-audit");
     std::fs::create_dir_all(dir.join("schemas/ids")).unwrap();
