@@ -130,14 +130,6 @@ fn register<T: Collector + Clone + 'static>(
     metric
 }
 
-/// `c` with a series at 0 for each of `values` and no table named, so that rates start from 0.
-fn labelled_unnamed(c: IntCounterVec, values: &[&str]) -> IntCounterVec {
-    for v in values {
-        c.with_label_values(&[v, ""]);
-    }
-    c
-}
-
 impl Stats {
     pub fn new() -> Stats {
         let r = Registry::new();
@@ -146,6 +138,18 @@ impl Stats {
             let c = register(&r, IntCounterVec::new(Opts::new(name, help), &[label]));
             for v in values {
                 c.with_label_values(&[v]);
+            }
+            c
+        };
+        // Labelled by `label` and `table`: a series at 0 for each of `values` with no table
+        // named, so that rates start from 0.
+        let by_table = |name: &str, help: &str, label: &str, values: &[&str]| {
+            let c = register(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), &[label, "table"]),
+            );
+            for v in values {
+                c.with_label_values(&[v, ""]);
             }
             c
         };
@@ -240,33 +244,19 @@ impl Stats {
                 "Offsets the broker did not deliver, nor had when fetched again, on a topic that \
                  is not compacted (a broker that skips records); recorded in audit_gaps",
             ),
-            bulk_changes: labelled_unnamed(
-                register(
-                    &r,
-                    IntCounterVec::new(
-                    Opts::new(
-                        "cdc_audit_bulk_changes_total",
-                        "Source transactions (or batches, without transaction metadata) that \
-                         updated or deleted more than CDC_AUDIT_BULK_THRESHOLD rows of one table; \
-                         the table is named when CDC_AUDIT_BULK_WATCH_TABLES matches it",
-                    ),
-                    &["operation", "table"],
-                    ),
-                ),
+            bulk_changes: by_table(
+                "cdc_audit_bulk_changes_total",
+                "Source transactions (or batches, without transaction metadata) that updated or \
+                 deleted more than CDC_AUDIT_BULK_THRESHOLD rows of one table; the table is named \
+                 when CDC_AUDIT_BULK_WATCH_TABLES matches it",
+                "operation",
                 &["update", "delete"],
             ),
-            notable_changes: labelled_unnamed(
-                register(
-                    &r,
-                    IntCounterVec::new(
-                    Opts::new(
-                        "cdc_audit_notable_changes_total",
-                        "Truncates, and schema changes that drop a table or a column; the table \
-                         is named when CDC_AUDIT_BULK_WATCH_TABLES matches it",
-                    ),
-                    &["kind", "table"],
-                    ),
-                ),
+            notable_changes: by_table(
+                "cdc_audit_notable_changes_total",
+                "Truncates, and schema changes that drop a table or a column; the table is named \
+                 when CDC_AUDIT_BULK_WATCH_TABLES matches it",
+                "kind",
                 &["truncate", "drop_table", "drop_column"],
             ),
             registry_requests: labelled(
