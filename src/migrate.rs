@@ -150,9 +150,10 @@ fn quoted_table(table: &str) -> Result<String, String> {
              name or schema.name) is expected"
         ));
     }
+    // As PostgreSQL reads an unquoted name: folded to lower case.
     Ok(parts
         .iter()
-        .map(|p| format!("\"{p}\""))
+        .map(|p| format!("\"{}\"", p.to_ascii_lowercase()))
         .collect::<Vec<_>>()
         .join("."))
 }
