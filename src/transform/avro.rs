@@ -16,6 +16,8 @@ use std::fmt::Write;
 use base64::Engine;
 use serde_json::{Map, Value};
 
+use super::json::{base64_into, escape_into, java_float};
+
 /// Confluent's wire format: this byte, then a 4-byte schema id.
 const MAGIC: u8 = 0;
 /// The schema id of a registry-framed value or key, and the datum after it; `None` for anything
@@ -937,81 +939,6 @@ impl<'a> Reader<'a> {
                 item(self, out)?;
             }
         }
-    }
-}
-
-pub(super) fn base64_into(out: &mut String, bytes: &[u8]) {
-    out.push('"');
-    base64::engine::general_purpose::STANDARD.encode_string(bytes, out);
-    out.push('"');
-}
-
-/// A JSON string literal of `s`, escaped as serde_json escapes.
-pub(super) fn escape_into(out: &mut String, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
-    } else {
-        out.push_str(&quote(s));
-    }
-}
-
-/// A float as Java's `Double.toString` and `Float.toString` print it, which is what the JSON
-/// converter sends: the shortest digits that read back as the same value (`sci`, Rust's `{:e}`),
-/// in plain notation from 10^-3 up to 10^7 and as `d.dddE±n` outside, always with a fraction
-/// digit. Non-finite values, which JSON cannot hold, are sent as strings.
-pub(super) fn java_float(out: &mut String, v: f64, sci: String) {
-    if !v.is_finite() {
-        let _ = write!(
-            out,
-            "\"{}\"",
-            if v.is_nan() {
-                "NaN"
-            } else if v > 0.0 {
-                "Infinity"
-            } else {
-                "-Infinity"
-            }
-        );
-        return;
-    }
-    let (mantissa, exponent) = sci.split_once('e').unwrap_or((&sci, "0"));
-    let exponent: i32 = exponent.parse().unwrap_or(0);
-    let (sign, mantissa) = match mantissa.strip_prefix('-') {
-        Some(m) => ("-", m),
-        None => ("", mantissa),
-    };
-    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
-    out.push_str(sign);
-    if v == 0.0 {
-        out.push_str("0.0");
-    } else if (-3..7).contains(&exponent) {
-        if exponent < 0 {
-            out.push_str("0.");
-            for _ in 0..(-exponent - 1) {
-                out.push('0');
-            }
-            out.push_str(&digits);
-        } else {
-            let whole = exponent as usize + 1;
-            if digits.len() > whole {
-                out.push_str(&digits[..whole]);
-                out.push('.');
-                out.push_str(&digits[whole..]);
-            } else {
-                out.push_str(&digits);
-                for _ in digits.len()..whole {
-                    out.push('0');
-                }
-                out.push_str(".0");
-            }
-        }
-    } else {
-        out.push_str(&digits[..1]);
-        out.push('.');
-        out.push_str(if digits.len() > 1 { &digits[1..] } else { "0" });
-        let _ = write!(out, "E{exponent}");
     }
 }
 

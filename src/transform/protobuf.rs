@@ -26,8 +26,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::OnceLock;
 
-use super::avro::{base64_into, escape_into, java_float};
-use super::json::quote;
+use super::json::{base64_into, escape_into, java_float, quote};
 
 /// How deep messages may nest, in a schema and in a message.
 const MAX_DEPTH: usize = 64;
