@@ -10,7 +10,7 @@
 //! Metrics have bounded labels: the operation, and the table only when it matches
 //! `CDC_AUDIT_BULK_WATCH_TABLES`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use crate::config::rules::Glob;
@@ -30,11 +30,11 @@ pub struct Suspicious {
     open: Mutex<Open>,
 }
 
+/// Rows counted so far per transaction, table and operation; the oldest keys leave first.
 #[derive(Default)]
 struct Open {
     counts: HashMap<Key, u64>,
     order: VecDeque<Key>,
-    flagged: HashSet<Key>,
 }
 
 impl Suspicious {
@@ -59,23 +59,23 @@ impl Suspicious {
     /// The outcomes of one committed batch (of `topic`).
     pub fn committed<'a>(&self, topic: &str, outcomes: impl Iterator<Item = &'a Outcome>) {
         let mut per_batch: HashMap<(&str, NoticeKind), u64> = HashMap::new();
-        let mut in_transactions = Vec::new();
+        let mut per_transaction: HashMap<(&str, &str, NoticeKind), u64> = HashMap::new();
         for outcome in outcomes {
             let Outcome::Row(row) = outcome else { continue };
             let Some(n) = row.notice.as_deref() else {
                 continue;
             };
-            match n.kind {
-                NoticeKind::Update | NoticeKind::Delete => {
-                    if self.threshold == 0 {
-                        continue;
-                    }
-                    match &n.transaction {
-                        Some(_) => in_transactions.push(n),
-                        None => *per_batch.entry((n.table.as_str(), n.kind)).or_default() += 1,
-                    }
+            match (n.kind, &n.transaction) {
+                (NoticeKind::Update | NoticeKind::Delete, _) if self.threshold == 0 => {}
+                (NoticeKind::Update | NoticeKind::Delete, Some(t)) => {
+                    *per_transaction
+                        .entry((t.as_str(), n.table.as_str(), n.kind))
+                        .or_default() += 1
                 }
-                NoticeKind::Truncate | NoticeKind::DropTable | NoticeKind::DropColumn => {
+                (NoticeKind::Update | NoticeKind::Delete, None) => {
+                    *per_batch.entry((n.table.as_str(), n.kind)).or_default() += 1
+                }
+                (NoticeKind::Truncate | NoticeKind::DropTable | NoticeKind::DropColumn, _) => {
                     self.notable(n)
                 }
             }
@@ -92,42 +92,35 @@ impl Suspicious {
                 );
             }
         }
-        if in_transactions.is_empty() {
+        if per_transaction.is_empty() {
             return;
         }
+        // The transactions whose count passes the threshold with this batch: each once.
         let mut crossed = Vec::new();
         {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            for n in in_transactions {
-                let key = (
-                    n.transaction.clone().unwrap_or_default(),
-                    n.table.clone(),
-                    n.kind,
-                );
-                let count = match open.counts.get_mut(&key) {
-                    Some(c) => {
-                        *c += 1;
-                        *c
-                    }
+            for ((transaction, table, kind), added) in per_transaction {
+                let key = (transaction.to_string(), table.to_string(), kind);
+                let before = match open.counts.get(&key) {
+                    Some(count) => *count,
                     None => {
                         if open.order.len() >= OPEN_TRANSACTIONS {
                             if let Some(oldest) = open.order.pop_front() {
                                 open.counts.remove(&oldest);
-                                open.flagged.remove(&oldest);
                             }
                         }
                         open.order.push_back(key.clone());
-                        open.counts.insert(key.clone(), 1);
-                        1
+                        0
                     }
                 };
-                if count > self.threshold && open.flagged.insert(key.clone()) {
-                    crossed.push(key);
+                open.counts.insert(key, before + added);
+                if before <= self.threshold && before + added > self.threshold {
+                    crossed.push((transaction, table, kind));
                 }
             }
         }
         for (transaction, table, kind) in crossed {
-            self.bulk(&table, kind);
+            self.bulk(table, kind);
             log::warn!(
                 "bulk change: transaction {transaction} {} more than {} rows of {table} \
                  (CDC_AUDIT_BULK_THRESHOLD)",
