@@ -685,8 +685,9 @@ fn the_old_consumers_positions_are_imported_and_the_switch_loses_and_repeats_not
         assert!(stderr.contains(says), "{table}: {stderr}");
     }
     assert_eq!(db.committed("switch"), 0);
+    // Read as PostgreSQL reads an unquoted name: folded to lower case.
     let out = run_ok(&mut command(
-        &["migrate", "--import-positions-from", "legacy.kafka_offsets"],
+        &["migrate", "--import-positions-from", "Legacy.KAFKA_Offsets"],
         &env,
     ));
     let partitions = kafka.topics.len() * crate::util::PARTITIONS as usize;
