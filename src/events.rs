@@ -96,6 +96,7 @@ pub struct Stats {
     pub batches_committed: IntCounter,
     pub duplicates_skipped: IntCounter,
     pub batches_dropped: IntCounter,
+    pub batches_behind: IntCounter,
     pub rewinds: IntCounter,
     pub offsets_missing: IntCounter,
     pub offsets_not_delivered: IntCounter,
@@ -222,6 +223,11 @@ impl Stats {
             batches_dropped: counter(
                 "cdc_audit_batches_dropped_total",
                 "Batches dropped unwritten after revoke, rewind or shutdown, to be read again",
+            ),
+            batches_behind: counter(
+                "cdc_audit_batches_behind_total",
+                "Batches written while their partition's previous batch committed, and committed \
+                 right behind it",
             ),
             rewinds: counter(
                 "cdc_audit_rewinds_total",

@@ -5,8 +5,8 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// A Kafka message copied out of librdkafka's buffer, so it can cross threads.
 #[derive(Debug, Clone)]
@@ -128,6 +128,77 @@ impl std::ops::SubAssign for Load {
 pub struct Transformed {
     pub batch: Batch,
     pub outcomes: Vec<Outcome>,
+    /// Where the writer of this batch says where it leaves the partition's hash chain.
+    pub handoff: Arc<Handoff>,
+    /// The handoff of the partition's previous batch, if that one was still with the writers
+    /// when this one was handed to them.
+    pub after: Option<Arc<Handoff>>,
+}
+
+impl Transformed {
+    pub fn new(batch: Batch, outcomes: Vec<Outcome>) -> Self {
+        Transformed {
+            batch,
+            outcomes,
+            handoff: Arc::default(),
+            after: None,
+        }
+    }
+}
+
+/// What a batch's writer tells the writer of the partition's next batch, so that the two
+/// transactions overlap: the next one links and COPYs its rows while this one commits, and
+/// commits only if this one left the chain where it said.
+#[derive(Debug, Default)]
+pub struct Handoff {
+    state: Mutex<Relay>,
+    changed: Condvar,
+}
+
+/// Where a batch's writer is.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    /// Not linked yet.
+    #[default]
+    Pending,
+    /// Linked: if it commits, the chain's head is this entry (sequence number and link).
+    Linked { seq: i64, link: [u8; 32] },
+    /// The writer is done with the batch, whatever became of it.
+    Finished,
+}
+
+impl Handoff {
+    fn lock(&self) -> MutexGuard<'_, Relay> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set(&self, relay: Relay) {
+        let mut state = self.lock();
+        if *state != Relay::Finished {
+            *state = relay;
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// Waits until the writer has linked the batch (if `linked_will_do`) or is done with it, or
+    /// until `stop()` says to stop (asked every 50 ms); returns the relay then.
+    pub fn wait(&self, linked_will_do: bool, mut stop: impl FnMut() -> bool) -> Relay {
+        let mut state = self.lock();
+        loop {
+            match *state {
+                Relay::Finished => return Relay::Finished,
+                Relay::Linked { .. } if linked_will_do => return *state,
+                _ if stop() => return *state,
+                _ => {}
+            }
+            state = self
+                .changed
+                .wait_timeout(state, Duration::from_millis(50))
+                .map(|(s, _)| s)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
 }
 
 /// How a writer finished with a batch.

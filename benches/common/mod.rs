@@ -62,8 +62,8 @@ pub fn transformed_batches(
         .map(|(i, chunk)| {
             let outcomes = chunk.iter().map(|m| transform(m, &rules)).collect();
             let start = (i * batch) as i64;
-            Transformed {
-                batch: Batch {
+            Transformed::new(
+                Batch {
                     id: i as u64,
                     tp: Tp {
                         topic: topic.clone(),
@@ -78,7 +78,7 @@ pub fn transformed_batches(
                     created: Instant::now(),
                 },
                 outcomes,
-            }
+            )
         })
         .collect()
 }

@@ -18,7 +18,7 @@ use crate::chain::{self, Hash, Kind, Suffix, CHAIN_FIELDS};
 use crate::pgcopy::{self, Tuple};
 use crate::transform::{AUDIT_COLUMNS, TRANSACTION_COLUMNS};
 use crate::types::{
-    Batch, Gap, GapCause, Message, Outcome, RejectKind, Rejection, Skip, Tp, Transformed,
+    Batch, Gap, GapCause, Message, Outcome, RejectKind, Rejection, Relay, Skip, Tp, Transformed,
 };
 
 /// How a batch's transaction ended.
@@ -225,33 +225,91 @@ pub fn write_batch(
         }
         if refused.is_empty() {
             sp.commit()?;
+            hand_off(t, &linked.head);
         } else {
             sp.rollback()?;
             linked = link_batch(t, skipped, &missing, &refused, group, head);
+            hand_off(t, &linked.head);
             copy_linked(&mut tx, &linked)?;
         }
     } else {
+        hand_off(t, &linked.head);
         copy_linked(&mut tx, &linked)?;
     }
+    copy_rest(&mut tx, &linked)?;
+    store_position(&mut tx, group, tp, batch.end, &linked.head)?;
+    tx.commit()?;
+    Ok(committed(batch.end, missing, linked, skipped))
+}
+
+/// Writes one batch whose partition's previous batch is still being written, while it commits:
+/// its rows linked after `expected`, the head that one says it leaves, and COPYed, before the
+/// partition's position is locked (which waits for that one's commit). It commits only if the
+/// stored position is then the batch's start and the head is `expected`; `None` when they are
+/// not (the previous batch was not written, or not as it said), and nothing was written.
+pub fn write_after(
+    client: &mut postgres::Client,
+    group: &str,
+    t: &Transformed,
+    expected: (i64, Hash),
+) -> Result<Option<Written>, SinkError> {
+    let batch = &t.batch;
+    let Some(start) = batch.start else {
+        return Ok(None);
+    };
+    let tp = (&*batch.tp.topic, batch.tp.partition);
+    let mut tx = client.transaction()?;
+    let head = Head {
+        seq: expected.0,
+        link: expected.1,
+        time: now_micros(&mut tx)?,
+    };
+    let skipped = batch.messages.iter().filter(|m| m.offset < start).count();
+    let missing = gaps(missing_offsets(start, batch), &batch.holes);
+    let linked = link_batch(t, skipped, &missing, &HashMap::new(), group, head);
+    hand_off(t, &linked.head);
+    copy_linked(&mut tx, &linked)?;
+    copy_rest(&mut tx, &linked)?;
+    let (stored, found) = lock_position(&mut tx, group, tp, start)?;
+    if stored != start || (found.seq, found.link) != expected {
+        // Dropping the transaction rolls it back.
+        return Ok(None);
+    }
+    store_position(&mut tx, group, tp, batch.end, &linked.head)?;
+    tx.commit()?;
+    Ok(Some(committed(batch.end, missing, linked, skipped)))
+}
+
+/// Tells the writer of the partition's next batch where this one leaves the chain.
+fn hand_off(t: &Transformed, head: &Head) {
+    t.handoff.set(Relay::Linked {
+        seq: head.seq,
+        link: head.link,
+    });
+}
+
+/// COPYs a batch's rejections and holes.
+fn copy_rest(tx: &mut Transaction<'_>, linked: &Linked<'_>) -> Result<(), SinkError> {
     let rejections = linked.rejection_rows.iter();
     copy_rows(
-        &mut tx,
+        tx,
         REJECTIONS,
         rejections.map(|(b, s)| (b.as_slice(), &s[..])),
     )?;
     let gaps = linked.gap_rows.iter();
-    copy_rows(&mut tx, GAPS, gaps.map(|(b, s)| (b.as_slice(), &s[..])))?;
-    store_position(&mut tx, group, tp, batch.end, &linked.head)?;
-    tx.commit()?;
-    Ok(Written::Committed {
-        next: batch.end,
+    copy_rows(tx, GAPS, gaps.map(|(b, s)| (b.as_slice(), &s[..])))
+}
+
+fn committed(next: i64, missing: Vec<Gap>, linked: Linked<'_>, skipped: usize) -> Written {
+    Written::Committed {
+        next,
         missing,
         rows: linked.rows.len(),
         transactions: linked.transactions.len(),
         rejected: linked.rejected,
         skips: linked.skips,
         skipped,
-    })
+    }
 }
 
 /// COPYs a batch's audit rows and transaction events.

@@ -9,16 +9,16 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::connect::Pool;
 use super::error::{Backoff, ErrorClass};
-use super::fence::{write_batch, Written};
+use super::fence::{write_after, write_batch, Written};
 use crate::events::{now_ms, Stats};
 use crate::suspicious::Suspicious;
 use crate::tracker::Tracker;
-use crate::types::{Control, Finish, Outcome, Row, Tp, Transformed};
+use crate::types::{Control, Finish, Outcome, Relay, Row, Tp, Transformed};
 
 /// The writers' end of the transform stage, shared by all of them.
 #[derive(Clone)]
 pub struct Queue {
-    /// Batches to write; it holds at most one batch per partition.
+    /// Batches to write; it holds at most two batches per partition (`AT_WRITERS`).
     pub batches: Receiver<Transformed>,
     /// Tells the transform stage a partition's batch is done, so its next one may come.
     pub done: Sender<Tp>,
@@ -65,6 +65,7 @@ impl Writer {
         for batch in &self.queue.batches {
             depth.set(self.queue.batches.len() as i64);
             let how = self.write(&batch);
+            batch.handoff.set(Relay::Finished);
             self.tracker.finish(&batch.batch.tp, batch.batch.epoch, how);
             // Only fails once the transform stage is gone, and then nothing waits for it.
             let _ = self.queue.done.send(batch.batch.tp.clone());
@@ -72,13 +73,49 @@ impl Writer {
         log::debug!("writer {} finished", self.id);
     }
 
-    /// Writes one batch, retrying for as long as it takes, unless its epoch ends first.
+    /// Writes one batch, retrying for as long as it takes, unless its epoch ends first. While
+    /// the partition's previous batch is with another writer, this one is written behind it
+    /// once that one is linked ([`write_after`]); if that does not hold, it waits for the
+    /// previous one to finish and is written on its own.
     fn write(&self, t: &Transformed) -> Finish {
         let b = &t.batch;
         let mut backoff = Backoff::new();
         let mut isolate = false;
+        let stop = || !self.tracker.is_current(&b.tp, b.epoch) || self.control.abandoned();
+        let mut after = t.after.as_deref();
         loop {
-            if !self.tracker.is_current(&b.tp, b.epoch) || self.control.abandoned() {
+            if let Some(previous) = after.take().filter(|_| !stop()) {
+                let started = Instant::now();
+                let busy = &self.stats.health.writer_busy_since_ms[self.id];
+                let behind = match previous.wait(true, stop) {
+                    Relay::Linked { seq, link } => {
+                        busy.store(now_ms(), Ordering::Release);
+                        let written = match self.pool.get() {
+                            Ok(mut conn) => write_after(&mut conn, &self.group, t, (seq, link))
+                                .map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        busy.store(0, Ordering::Release);
+                        written
+                    }
+                    Relay::Pending | Relay::Finished => Ok(None),
+                };
+                match behind {
+                    Ok(Some(written)) => {
+                        self.stats.batches_behind.inc();
+                        return self.finished(t, written, started);
+                    }
+                    Ok(None) => {}
+                    Err(e) => log::debug!(
+                        "batch {} {}[{}] not written behind the previous one: {e}",
+                        b.id,
+                        b.tp.topic,
+                        b.tp.partition
+                    ),
+                }
+                previous.wait(false, stop);
+            }
+            if stop() {
                 self.stats.batches_dropped.inc();
                 log::debug!(
                     "batch {} {}[{}] dropped: its epoch ended",
@@ -105,58 +142,7 @@ impl Writer {
                 .writes_failing
                 .store(result.is_err(), Ordering::Release);
             match result {
-                Ok(Written::Committed {
-                    next,
-                    missing,
-                    rows,
-                    transactions,
-                    rejected,
-                    skips,
-                    skipped,
-                }) => {
-                    self.stats
-                        .batch_committed(b, rows, skipped, started.elapsed());
-                    self.stats.transaction_events.inc_by(transactions as u64);
-                    let now_us = now_ms() * 1000;
-                    for outcome in t.outcomes.iter().skip(skipped) {
-                        if let Outcome::Row(Row {
-                            source_time_us: Some(at),
-                            ..
-                        }) = outcome
-                        {
-                            self.stats
-                                .end_to_end_seconds
-                                .observe((now_us - at).max(0) as f64 / 1e6);
-                        }
-                    }
-                    self.suspicious
-                        .committed(&b.tp.topic, t.outcomes.iter().skip(skipped));
-                    for skip in skips {
-                        self.stats.skipped(skip);
-                    }
-                    for gap in &missing {
-                        self.stats.offsets_missing(&b.tp, gap);
-                    }
-                    for kind in &rejected {
-                        self.stats.rejected(*kind);
-                    }
-                    if !rejected.is_empty() {
-                        log::warn!(
-                            "batch {}: {} messages stored as rejections",
-                            b.id,
-                            rejected.len()
-                        );
-                    }
-                    return Finish::Committed { next };
-                }
-                Ok(Written::Behind { stored }) => {
-                    self.stats.rewinds.inc();
-                    log::warn!(
-                        "batch {} {}[{}] starts at {:?} but the stored position is {stored}: reading again from there",
-                        b.id, b.tp.topic, b.tp.partition, b.start
-                    );
-                    return Finish::Rewind { stored };
-                }
+                Ok(written) => return self.finished(t, written, started),
                 Err((ErrorClass::Data, e)) if !isolate => {
                     log::warn!(
                         "batch {}: a row was refused ({e}); splitting the batch to isolate it",
@@ -184,6 +170,65 @@ impl Writer {
                     }
                     self.sleep(wait);
                 }
+            }
+        }
+    }
+
+    /// Counts and logs what a batch's transaction did: how the writer finished with it.
+    fn finished(&self, t: &Transformed, written: Written, started: Instant) -> Finish {
+        let b = &t.batch;
+        match written {
+            Written::Committed {
+                next,
+                missing,
+                rows,
+                transactions,
+                rejected,
+                skips,
+                skipped,
+            } => {
+                self.stats
+                    .batch_committed(b, rows, skipped, started.elapsed());
+                self.stats.transaction_events.inc_by(transactions as u64);
+                let now_us = now_ms() * 1000;
+                for outcome in t.outcomes.iter().skip(skipped) {
+                    if let Outcome::Row(Row {
+                        source_time_us: Some(at),
+                        ..
+                    }) = outcome
+                    {
+                        self.stats
+                            .end_to_end_seconds
+                            .observe((now_us - at).max(0) as f64 / 1e6);
+                    }
+                }
+                self.suspicious
+                    .committed(&b.tp.topic, t.outcomes.iter().skip(skipped));
+                for skip in skips {
+                    self.stats.skipped(skip);
+                }
+                for gap in &missing {
+                    self.stats.offsets_missing(&b.tp, gap);
+                }
+                for kind in &rejected {
+                    self.stats.rejected(*kind);
+                }
+                if !rejected.is_empty() {
+                    log::warn!(
+                        "batch {}: {} messages stored as rejections",
+                        b.id,
+                        rejected.len()
+                    );
+                }
+                Finish::Committed { next }
+            }
+            Written::Behind { stored } => {
+                self.stats.rewinds.inc();
+                log::warn!(
+                "batch {} {}[{}] starts at {:?} but the stored position is {stored}: reading again from there",
+                b.id, b.tp.topic, b.tp.partition, b.start
+            );
+                Finish::Rewind { stored }
             }
         }
     }

@@ -13,14 +13,15 @@ use super::transform_with;
 use crate::config::rules::Rules;
 use crate::events::Stats;
 use crate::tracker::Tracker;
-use crate::types::{Batch, Control, Finish, Load, Tp, Transformed};
+use crate::types::{Batch, Control, Finish, Handoff, Load, Tp, Transformed};
 
 /// The transform stage: one thread that takes batches in order, transforms each one's messages
 /// in parallel on rayon, and hands them to the writers, which share one queue. A partition has at
-/// most one batch with the writers (queued or being written); its next batches wait here,
-/// transformed and in order, until a writer says it is done with that one. So any free writer
-/// takes any partition's batch (no writer idles while another has a backlog), and each partition's
-/// batches are still written one after the other.
+/// most [`AT_WRITERS`] batches with the writers (queued or being written); its next batches wait
+/// here, transformed and in order, until a writer says it is done with one. So any free writer
+/// takes any partition's batch (no writer idles while another has a backlog), and a partition's
+/// next batch is written while its previous one commits (see [`Handoff`]): one hot partition
+/// keeps two writers busy.
 pub struct TransformStage {
     pub input: Receiver<Batch>,
     /// From the writers: the partition of each batch they are done with, written or not.
@@ -37,12 +38,35 @@ pub struct TransformStage {
     pub control: Arc<Control>,
 }
 
-/// Per partition, transformed batches waiting for the one the writers have.
+/// How many batches of one partition may be with the writers at once: one committing, the next
+/// linked and copied behind it.
+pub const AT_WRITERS: usize = 2;
+
+/// Per partition, transformed batches waiting for the ones the writers have.
 #[derive(Default)]
 struct Lanes {
-    /// Partitions with a batch at the writers, and what waits behind it.
-    out: HashMap<Tp, VecDeque<Transformed>>,
+    /// Partitions with batches at the writers, and what waits behind them.
+    out: HashMap<Tp, Lane>,
     waiting: Load,
+}
+
+#[derive(Default)]
+struct Lane {
+    /// Batches with the writers.
+    at_writers: usize,
+    /// The handoff of the last batch handed to the writers.
+    last: Option<Arc<Handoff>>,
+    queue: VecDeque<Transformed>,
+}
+
+impl Lane {
+    /// `batch` goes to the writers: after the previous one, if that is still there.
+    fn hand_on(&mut self, mut batch: Transformed) -> Transformed {
+        batch.after = self.last.take().filter(|_| self.at_writers > 0);
+        self.last = Some(batch.handoff.clone());
+        self.at_writers += 1;
+        batch
+    }
 }
 
 impl TransformStage {
@@ -74,7 +98,7 @@ impl TransformStage {
                 }
             };
             self.waiting_gauge
-                .set(lanes.out.values().map(VecDeque::len).sum::<usize>() as i64);
+                .set(lanes.out.values().map(|l| l.queue.len()).sum::<usize>() as i64);
             if let Some(batch) = next {
                 if self.output.send(batch).is_err() {
                     break;
@@ -110,36 +134,35 @@ impl TransformStage {
             .par_iter()
             .map(|m| transform_with(m, rules, &schemas))
             .collect();
-        Some(Transformed { batch, outcomes })
+        Some(Transformed::new(batch, outcomes))
     }
 }
 
 impl Lanes {
-    /// A new batch: returned to go to the writers if its partition has none there, else queued.
+    /// A new batch: returned to go to the writers if its partition has room there, else queued.
     fn push(&mut self, batch: Transformed) -> Option<Transformed> {
-        match self.out.get_mut(&batch.batch.tp) {
-            Some(queue) => {
-                self.waiting += batch.batch.load();
-                queue.push_back(batch);
-                None
-            }
-            None => {
-                self.out.insert(batch.batch.tp.clone(), VecDeque::new());
-                Some(batch)
-            }
+        let lane = self.out.entry(batch.batch.tp.clone()).or_default();
+        if lane.at_writers < AT_WRITERS && lane.queue.is_empty() {
+            return Some(lane.hand_on(batch));
         }
+        self.waiting += batch.batch.load();
+        lane.queue.push_back(batch);
+        None
     }
 
-    /// The writers are done with `tp`'s batch: its next one, if any, goes to them.
+    /// The writers are done with one of `tp`'s batches: its next one, if any, goes to them.
     fn done(&mut self, tp: &Tp) -> Option<Transformed> {
-        let queue = self.out.get_mut(tp)?;
-        match queue.pop_front() {
+        let lane = self.out.get_mut(tp)?;
+        lane.at_writers = lane.at_writers.saturating_sub(1);
+        match lane.queue.pop_front() {
             Some(next) => {
                 self.waiting -= next.batch.load();
-                Some(next)
+                Some(lane.hand_on(next))
             }
             None => {
-                self.out.remove(tp);
+                if lane.at_writers == 0 {
+                    self.out.remove(tp);
+                }
                 None
             }
         }
@@ -214,15 +237,18 @@ mod tests {
         (input, done, output, stage)
     }
 
+    /// The next batch handed to the writers.
+    fn next(output: &Receiver<Transformed>) -> Result<Transformed, RecvTimeoutError> {
+        output.recv_timeout(Duration::from_secs(5))
+    }
+
     /// The id of the next batch handed to the writers.
     fn next_id(output: &Receiver<Transformed>) -> Result<u64, RecvTimeoutError> {
-        output
-            .recv_timeout(Duration::from_secs(5))
-            .map(|t| t.batch.id)
+        next(output).map(|t| t.batch.id)
     }
 
     #[test]
-    fn a_partitions_next_batch_waits_for_the_writers_and_other_partitions_do_not() {
+    fn two_batches_of_a_partition_go_to_the_writers_each_after_the_one_before() {
         let (input, done, output, stage) = stage(Load {
             messages: 11,
             bytes: usize::MAX,
@@ -233,32 +259,56 @@ mod tests {
             batch(0, 2, 10),
             batch(1, 3, 5),
             batch(0, 4, 5),
-            batch(1, 5, 5),
+            batch(0, 5, 5),
+            batch(1, 6, 5),
+            batch(0, 7, 5),
+            batch(0, 8, 5),
         ];
         for b in batches {
             input.send(b).unwrap();
         }
-        let next = || next_id(&output);
-        assert_eq!(next(), Ok(1));
-        assert_eq!(next(), Ok(3), "partition 1 is not held up by partition 0");
+        let out = |ids: &[u64]| -> Vec<Transformed> {
+            ids.iter()
+                .map(|id| {
+                    let t = next(&output).unwrap();
+                    assert_eq!(t.batch.id, *id);
+                    t
+                })
+                .collect()
+        };
+        let follows = |t: &Transformed, before: &Transformed| {
+            t.after
+                .as_ref()
+                .is_some_and(|a| Arc::ptr_eq(a, &before.handoff))
+        };
+        let first = out(&[1, 2, 3, 6]);
+        assert!(first[0].after.is_none() && first[2].after.is_none());
+        assert!(follows(&first[1], &first[0]), "2 is written behind 1");
+        assert!(follows(&first[3], &first[2]), "6 is written behind 3");
         assert!(
             output.recv_timeout(Duration::from_millis(200)).is_err(),
-            "partition 0's second batch waits until the writers are done with its first"
+            "partition 0's third batch waits until the writers are done with its first"
         );
         assert_eq!(input.len(), 1, "15 messages waiting: the budget is spent");
 
         done.send(tp(0)).unwrap();
-        assert_eq!(next(), Ok(2));
+        let fourth = out(&[4]).remove(0);
+        assert!(follows(&fourth, &first[1]), "in order: 4 behind 2");
         done.send(tp(0)).unwrap();
-        assert_eq!(next(), Ok(4), "in order, one at a time");
-        done.send(tp(1)).unwrap();
-        assert_eq!(next(), Ok(5));
-
-        drop(input);
-        for p in [1, 0] {
-            assert!(!handle.is_finished(), "batches are still out");
+        let fifth = out(&[5]).remove(0);
+        assert!(follows(&fifth, &fourth));
+        for p in [1, 1] {
             done.send(tp(p)).unwrap();
         }
+        done.send(tp(0)).unwrap();
+        let seventh = out(&[7]).remove(0);
+        done.send(tp(0)).unwrap();
+        assert!(follows(&out(&[8])[0], &seventh), "8 behind 7");
+        done.send(tp(0)).unwrap();
+
+        drop(input);
+        assert!(!handle.is_finished(), "a batch is still out");
+        done.send(tp(0)).unwrap();
         handle.join().unwrap();
         assert!(output.recv().is_err(), "the writers' queue closes");
     }
@@ -272,28 +322,29 @@ mod tests {
         let handle = thread::spawn(move || stage.run());
         for b in [
             batch(0, 1, 1),
-            batch(0, 2, 9),
-            batch(0, 3, 1),
+            batch(0, 2, 1),
+            batch(0, 3, 9),
             batch(0, 4, 1),
+            batch(0, 5, 1),
         ] {
             input.send(b).unwrap();
         }
         let next = || next_id(&output);
-        assert_eq!(next(), Ok(1));
+        assert_eq!((next(), next()), (Ok(1), Ok(2)));
         thread::sleep(Duration::from_millis(200));
         assert_eq!(
             input.len(),
             1,
             "10 messages but 100 bytes waiting: the byte budget is spent"
         );
-        done.send(tp(0)).unwrap();
-        assert_eq!(next(), Ok(2));
-        for id in [3, 4] {
+        for id in [3, 4, 5] {
             done.send(tp(0)).unwrap();
             assert_eq!(next(), Ok(id));
         }
         drop(input);
-        done.send(tp(0)).unwrap();
+        for _ in 0..2 {
+            done.send(tp(0)).unwrap();
+        }
         handle.join().unwrap();
     }
 }

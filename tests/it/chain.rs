@@ -279,9 +279,8 @@ pub fn write_trail(db: &TestDb) {
         let mut start = 0;
         for chunk in messages.chunks(25) {
             let end = chunk.last().unwrap().offset + 1;
-            let t = Transformed {
-                outcomes: chunk.iter().map(|m| transform(m, &rules)).collect(),
-                batch: Batch {
+            let t = Transformed::new(
+                Batch {
                     id: 0,
                     tp: Tp {
                         topic: Arc::from(TOPIC),
@@ -295,7 +294,8 @@ pub fn write_trail(db: &TestDb) {
                     bytes: 0,
                     created: Instant::now(),
                 },
-            };
+                chunk.iter().map(|m| transform(m, &rules)).collect(),
+            );
             write_batch(&mut c, "g", &t, true).unwrap();
             // Delivered again: the fence writes nothing, the chain does not move.
             write_batch(&mut c, "g", &t, true).unwrap();

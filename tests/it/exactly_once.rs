@@ -257,7 +257,7 @@ fn batch(records: &[Record], start: Option<i64>, offsets: std::ops::Range<i64>) 
         messages,
         created: Instant::now(),
     };
-    Transformed { batch, outcomes }
+    Transformed::new(batch, outcomes)
 }
 
 fn rows(w: Written) -> (i64, usize, usize) {

@@ -335,7 +335,7 @@ fn a_10_mb_change_event_is_stored_whole() {
     let written = write_batch(
         &mut db.client(),
         "g",
-        &Transformed { batch, outcomes },
+        &Transformed::new(batch, outcomes),
         false,
     )
     .unwrap();

@@ -65,7 +65,7 @@ pub fn write(db: &TestDb, topic: &str, events: &[Event]) {
         messages,
         created: Instant::now(),
     };
-    let t = Transformed { batch, outcomes };
+    let t = Transformed::new(batch, outcomes);
     match write_batch(&mut client, "g", &t, false).unwrap() {
         Written::Committed { rows, rejected, .. } => {
             assert!(rejected.is_empty(), "a generated event was rejected");

@@ -169,11 +169,16 @@ pub struct Kafka {
 
 impl Kafka {
     pub fn new(prefix: &str) -> Kafka {
+        Kafka::with_partitions(prefix, PARTITIONS)
+    }
+
+    /// The generator's topics with `partitions` partitions each (Debezium's default is one).
+    pub fn with_partitions(prefix: &str, partitions: i32) -> Kafka {
         let cluster = MockCluster::new(1).unwrap();
         let bootstrap = cluster.bootstrap_servers();
         let topics = Generator::new(prefix, 1).topics();
         for t in &topics {
-            cluster.create_topic(t, PARTITIONS, 1).unwrap();
+            cluster.create_topic(t, partitions, 1).unwrap();
         }
         Kafka {
             cluster,
@@ -481,7 +486,7 @@ fn check_exactly_once(db: &TestDb, produced: &[Record], in_offset_order: bool) {
         .query(
             "SELECT lsn, operation_type, old_data::text, new_data::text, primary_key::text, source_table, \
              kafka_topic, kafka_partition, kafka_offset, transaction_id, changed_columns \
-             FROM audit_logging ORDER BY id",
+             FROM audit_logging ORDER BY kafka_topic, kafka_partition, chain_seq",
             &[],
         )
         .unwrap();
@@ -549,7 +554,7 @@ fn check_exactly_once(db: &TestDb, produced: &[Record], in_offset_order: bool) {
         {
             assert!(
                 offset > prev,
-                "{key:?}: offset {offset} inserted after {prev}"
+                "{key:?}: offset {offset} chained after {prev}"
             );
         }
     }
