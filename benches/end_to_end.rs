@@ -2,7 +2,7 @@
 //! ceiling measured in the same run. Prints figures, writes a short report, and checks every
 //! change was written exactly once; asserts nothing about time.
 //!
-//!     cargo bench --bench end_to_end [-- --events N --partitions P --schemas --writers W]
+//!     cargo bench --bench end_to_end [-- --events N --partitions P --one-topic --schemas --writers W]
 //!
 //! 1. ceiling: binary COPY of the same rows (transformed in-process) into the same table, one
 //!    transaction per batch, on as many connections as the service has writers; measured again
@@ -102,6 +102,10 @@ struct Args {
     /// Leave out the two-instance phase.
     #[arg(long)]
     one_instance: bool,
+    /// Every table's events on its generator's first topic: with `--partitions 1`, one hot
+    /// partition (the other topics stay empty).
+    #[arg(long)]
+    one_topic: bool,
     /// Keep the databases and the broker's data for a look afterwards.
     #[arg(long)]
     keep: bool,
@@ -135,6 +139,17 @@ impl Process {
     }
 
     /// Sum and count of a histogram on the service's /metrics.
+    /// A counter without labels on the service's /metrics.
+    fn counter(&self, name: &str) -> Option<f64> {
+        let key = format!("{name} ");
+        let body = self.scrape()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(&key))?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     fn histogram(&self, name: &str) -> Option<(f64, f64)> {
         let body = self.scrape()?;
         let value = |suffix: &str| -> Option<f64> {
@@ -503,6 +518,9 @@ struct Drain {
     batches: f64,
     batch_messages: f64,
     write_ms: f64,
+    /// Batches written while their partition's previous batch committed (`None` before the
+    /// service counted them).
+    behind: Option<f64>,
     /// Writers across the instances.
     writers: usize,
 }
@@ -514,10 +532,13 @@ impl Drain {
 
     fn batches_line(&self) -> String {
         format!(
-            "{:.0} batches of {:.0} messages on average, {:.1} ms each to write and commit; \
+            "{:.0} batches of {:.0} messages on average{}, {:.1} ms each to write and commit; \
              writers busy {:.0}% of the drain",
             self.batches,
             self.batch_messages,
+            self.behind.map_or(String::new(), |b| format!(
+                " ({b:.0} written behind their partition's previous one)"
+            )),
             self.write_ms,
             self.batches * self.write_ms / 1000.0 / (self.writers as f64 * self.steady) * 100.0,
         )
@@ -561,7 +582,12 @@ fn drain(
     };
     let (messages, batches) = sum("cdc_audit_batch_messages");
     let (write_s, writes) = sum("cdc_audit_batch_write_seconds");
+    let behind = instances
+        .iter()
+        .map(|p| p.counter("cdc_audit_batches_behind_total"))
+        .sum();
     Drain {
+        behind,
         writers: writers_each * instances.len(),
         batches,
         batch_messages: messages / batches.max(1.0),
@@ -684,8 +710,16 @@ fn main() {
         .chain(live_generator.topics())
         .collect();
     let mut backlog = Vec::new();
+    let one_topic = |mut records: Vec<Record>, topics: &[String]| {
+        if args.one_topic {
+            for r in &mut records {
+                r.topic.clone_from(&topics[0]);
+            }
+        }
+        records
+    };
     while backlog_generator.changes < args.events {
-        backlog.extend(backlog_generator.next_records());
+        backlog.extend(one_topic(backlog_generator.next_records(), &backlog_topics));
     }
     let backlog_changes = backlog_generator.changes;
     let bytes: usize = backlog
@@ -694,7 +728,7 @@ fn main() {
         .sum();
     say(format!(
         "# cdc-audit end to end, {}\n\n{} change events ({} messages with tombstones, {:.0} MB, {:.0} bytes each) \
-         in {} topics of {} partitions; {} writers; {} cores",
+         in {} topics of {} partitions{}; {} writers; {} cores",
         if args.schemas { "events with the schema envelope" } else { "events without schemas" },
         backlog_changes,
         backlog.len(),
@@ -702,6 +736,7 @@ fn main() {
         bytes as f64 / backlog.len() as f64,
         backlog_topics.len(),
         args.partitions,
+        if args.one_topic { ", every event on the first" } else { "" },
         args.writers,
         thread::available_parallelism().map_or(0, |n| n.get()),
     ));
@@ -835,7 +870,8 @@ fn main() {
     let rate = d.rate() * args.latency_share;
     let mut paced = Vec::new();
     while live_generator.changes < (rate * args.latency_seconds as f64) as usize {
-        paced.extend(live_generator.next_records());
+        let topics = live_generator.topics();
+        paced.extend(one_topic(live_generator.next_records(), &topics));
     }
     let live_producer = producer(&bootstrap, 10_000, CONNECT_BATCH_BYTES, Some(paced.len()));
     let stop = Arc::new(AtomicBool::new(false));
