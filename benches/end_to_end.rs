@@ -102,6 +102,11 @@ struct Args {
     /// Leave out the two-instance phase.
     #[arg(long)]
     one_instance: bool,
+    /// Last, Quix Streams' PostgreSQLSink drains the same backlog on the same broker with the
+    /// same `fetch.wait.max.ms` (`benches/quix_sink.py`; needs
+    /// `pip install 'quixstreams[postgresql]'`).
+    #[arg(long)]
+    quix: bool,
     /// Every table's events on its generator's first topic: with `--partitions 1`, one hot
     /// partition (the other topics stay empty).
     #[arg(long)]
@@ -607,6 +612,107 @@ fn drain(
     }
 }
 
+/// Quix Streams' PostgreSQLSink draining the backlog into database `name` at `url`: its rate
+/// from its first row to the last change's, its CPU and memory, against cdc-audit's `rate`.
+fn quix(
+    bootstrap: &str,
+    topics: &[String],
+    url: &str,
+    name: &str,
+    changes: usize,
+    rate: f64,
+) -> String {
+    let config: postgres::Config = url.parse().expect("the database URL");
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/quix_sink.py");
+    let mut command = Command::new("python3");
+    command.args([
+        script,
+        "--bootstrap",
+        bootstrap,
+        "--topics",
+        &topics.join(","),
+    ]);
+    command.args([
+        "--group",
+        "bench-quix",
+        "--host",
+        &host,
+        "--port",
+        &port.to_string(),
+    ]);
+    command.args([
+        "--dbname",
+        name,
+        "--user",
+        config.get_user().unwrap_or("postgres"),
+    ]);
+    command.args(["--fetch-wait-ms", TANSU_FETCH_WAIT_MS]);
+    if let Some(password) = config.get_password() {
+        command.args(["--password", &String::from_utf8_lossy(password)]);
+    }
+    let log = std::env::temp_dir().join("quix_sink.log");
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("the Quix log"))
+        .spawn()
+        .expect("python3");
+    let mut quix = Process {
+        child,
+        metrics: None,
+    };
+    let mut client = cdc_audit::sink::connect(url, None).expect("the Quix database");
+    let mut count = || {
+        client
+            .query_one("SELECT count(*) FROM quix_audit", &[])
+            .map_or(0, |r| r.get::<_, i64>(0) as usize)
+    };
+    let started = Instant::now();
+    let mut first = None;
+    loop {
+        let n = count();
+        if n > 0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if n >= changes {
+            break;
+        }
+        if let Ok(Some(status)) = quix.child.try_wait() {
+            return format!(
+                "\n## Quix Streams' PostgreSQLSink\n\nstopped ({status}) after {n} of {changes} \
+                 rows; its log: {}",
+                log.display()
+            );
+        }
+        if started.elapsed() > Duration::from_secs(3600) {
+            return format!(
+                "\n## Quix Streams' PostgreSQLSink\n\nstalled at {n} of {changes} rows"
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let steady = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    let pid = quix.pid();
+    let (cpu, peak) = (
+        common::cpu_seconds(pid).unwrap_or(0.0),
+        common::peak_rss_kib(pid).unwrap_or(0) as f64 / 1024.0,
+    );
+    let quix_rate = changes as f64 / steady.max(1e-9);
+    format!(
+        "\n## Quix Streams' PostgreSQLSink on the same broker\n\n\
+         {quix_rate:.0} events/s (from its first row; {:.1} s before it), at least once, a flat row \
+         of text columns without indexes; peak resident memory {peak:.0} MB; CPU {:.1} µs per \
+         event (start included)\ncdc-audit drained {:.2} times as fast",
+        first.map_or(0.0, |f| (f - started).as_secs_f64()),
+        cpu / changes as f64 * 1e6,
+        rate / quix_rate,
+    )
+}
+
 /// Every generated change once: as many rows as changes, each source LSN of each generator
 /// (topic prefix) once, no rejections. The report's line, and whether it held.
 fn exactly_once(client: &mut postgres::Client, changes: usize) -> (String, bool) {
@@ -1099,6 +1205,22 @@ fn main() {
         drop(client_two);
         if !args.keep {
             let _ = admin.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", db("two")));
+        }
+    }
+    // 5. Quix Streams' PostgreSQLSink on the same backlog, last: its writes disturb no phase.
+    if args.quix {
+        let name = db("quix");
+        let url = common::fresh_database(&mut admin, &server, &name);
+        say(quix(
+            &bootstrap,
+            &backlog_topics,
+            &url,
+            &name,
+            backlog_changes,
+            d.rate(),
+        ));
+        if !args.keep {
+            let _ = admin.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"));
         }
     }
     drop(client);
