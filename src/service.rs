@@ -227,7 +227,7 @@ fn take_digest(
     pool: &sink::Pool,
 ) -> Result<(), String> {
     let mut client = pool.get().map_err(|e| e.to_string())?;
-    let digest = Digest::take(&mut client).map_err(|e| sink::with_causes(&e))?;
+    let digest = Digest::take(&mut client)?;
     let signed = digest.sign(key)?;
     let written = match &settings.dir {
         None => String::new(),

@@ -301,7 +301,7 @@ fn answer(state: &State, request: &Request) -> Result<Value, Refusal> {
                 message,
                 parameter: None,
             };
-            let digest = Digest::take(&mut client).map_err(|e| internal(sink::with_causes(&e)))?;
+            let digest = Digest::take(&mut client).map_err(internal)?;
             let signed = digest.sign(key).map_err(internal)?;
             serde_json::from_str(&signed).map_err(|e| internal(e.to_string()))?
         }

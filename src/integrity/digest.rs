@@ -8,12 +8,14 @@
 //! service links already.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use openssl::pkey::{Id, PKey, Private, Public};
 use openssl::sign::{Signer, Verifier};
 use serde::{Deserialize, Serialize};
 
 use crate::chain::{self, Hash};
+use crate::sink::with_causes;
 
 /// The format's version, the first member of every digest.
 const VERSION: u32 = 1;
@@ -62,9 +64,56 @@ struct Signed {
     signature: String,
 }
 
+/// How long a digest waits for the database to flush what it read.
+const FLUSH_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until the database's WAL is on disk up to where it is now written. With
+/// `synchronous_commit = off`, a batch's commit returns before its WAL is flushed, and a crash
+/// takes back the last of them (at most 3 × `wal_writer_delay`): a digest waits for that, so it
+/// never names a head a crash can take back. A standby has nothing to wait for here.
+fn wait_flushed(client: &mut postgres::Client, limit: Duration) -> Result<(), String> {
+    let written: Option<String> = client
+        .query_one(
+            "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+             ELSE pg_current_wal_insert_lsn()::text END",
+            &[],
+        )
+        .map_err(|e| with_causes(&e))?
+        .get(0);
+    let Some(written) = written else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        let flushed: bool = client
+            .query_one(
+                "SELECT pg_current_wal_flush_lsn() >= $1::text::pg_lsn",
+                &[&written],
+            )
+            .map_err(|e| with_causes(&e))?
+            .get(0);
+        if flushed {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the database had not flushed its WAL up to {written} after {limit:?}: no digest \
+                 is taken of chain heads a crash could still take back"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Digest {
-    /// Reads every chain's head, in one statement: one moment.
-    pub fn take(client: &mut postgres::Client) -> Result<Digest, postgres::Error> {
+    /// Reads every chain's head, in one statement: one moment; once what it read is on disk.
+    pub fn take(client: &mut postgres::Client) -> Result<Digest, String> {
+        let digest = Digest::read(client).map_err(|e| with_causes(&e))?;
+        wait_flushed(client, FLUSH_WAIT)?;
+        Ok(digest)
+    }
+
+    fn read(client: &mut postgres::Client) -> Result<Digest, postgres::Error> {
         let meta = client.query_one(
             "SELECT current_database()::text, \
              to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",

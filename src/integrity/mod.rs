@@ -199,7 +199,7 @@ pub fn verify_command(
 pub fn digest_command(raw: &BTreeMap<String, String>, args: &DigestArgs) -> Result<String, String> {
     let key = signing_key(raw)?;
     let mut client = sink::connect_with_settings(raw)?;
-    let digest = Digest::take(&mut client).map_err(|e| sink::with_causes(&e))?;
+    let digest = Digest::take(&mut client)?;
     let signed = digest.sign(&key)?;
     match &args.out {
         None => Ok(signed),
