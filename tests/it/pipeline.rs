@@ -82,26 +82,33 @@ fn malformed_messages_are_stored_as_rejections_and_the_pipeline_moves_on() {
     }
 }
 
-#[test]
-fn a_row_postgresql_refuses_is_isolated_and_rejected_and_the_rest_committed() {
-    let db = TestDb::new("refused");
-    let kafka = Kafka::new("refused");
-    let mut records = generate("refused", 9, 400);
-    // Valid JSON that jsonb refuses: a lone UTF-16 surrogate escape.
-    let i = records
-        .iter()
-        .position(|r| {
-            r.value
-                .as_deref()
-                .is_some_and(|v| v.contains("\"first_name\":\""))
-        })
-        .unwrap();
+/// Makes the first customer change at or after `from` valid JSON that jsonb refuses (a lone
+/// UTF-16 surrogate escape): its index, and its value now.
+fn refuse_one(records: &mut [Record], from: usize) -> (usize, String) {
+    let i = from
+        + records[from..]
+            .iter()
+            .position(|r| {
+                r.value
+                    .as_deref()
+                    .is_some_and(|v| v.contains("\"first_name\":\""))
+            })
+            .unwrap();
     let refused = records[i].value.as_ref().unwrap().replacen(
         "\"first_name\":\"",
         "\"first_name\":\"\\ud800",
         1,
     );
     records[i].value = Some(refused.clone());
+    (i, refused)
+}
+
+#[test]
+fn a_row_postgresql_refuses_is_isolated_and_rejected_and_the_rest_committed() {
+    let db = TestDb::new("refused");
+    let kafka = Kafka::new("refused");
+    let mut records = generate("refused", 9, 400);
+    let (i, refused) = refuse_one(&mut records, 0);
     kafka.produce(&records);
     let service = InProcess::start(config(&kafka, &db, "g"));
     wait_until(Duration::from_secs(120), "every message committed", || {
@@ -137,22 +144,7 @@ fn a_hot_partitions_next_batch_is_written_while_the_one_before_commits() {
     let db = TestDb::new("behind");
     let kafka = Kafka::with_partitions("behind", 1);
     let mut records = generate("behind", 13, 3_000);
-    let i = records
-        .iter()
-        .enumerate()
-        .position(|(n, r)| {
-            n > records.len() / 2
-                && r.value
-                    .as_deref()
-                    .is_some_and(|v| v.contains("\"first_name\":\""))
-        })
-        .unwrap();
-    let refused = records[i].value.as_ref().unwrap().replacen(
-        "\"first_name\":\"",
-        "\"first_name\":\"\\ud800",
-        1,
-    );
-    records[i].value = Some(refused);
+    let (i, _) = refuse_one(&mut records, 1_500);
     kafka.produce(&records);
     let mut cfg = config(&kafka, &db, "g");
     cfg.writers = 2;
