@@ -128,7 +128,8 @@ impl std::ops::SubAssign for Load {
 pub struct Transformed {
     pub batch: Batch,
     pub outcomes: Vec<Outcome>,
-    /// Where the writer of this batch says where it leaves the partition's hash chain.
+    /// Where this batch's writer tells the next one's where it leaves the partition's hash
+    /// chain.
     pub handoff: Arc<Handoff>,
     /// The handoff of the partition's previous batch, if that one was still with the writers
     /// when this one was handed to them.
