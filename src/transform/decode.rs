@@ -13,7 +13,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::json::{integer, quote, scalar_text, Members};
+use super::json::{integer, quote, scalar_text, Members, Raw};
 
 /// How a field's value is turned into what is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,7 +215,7 @@ fn memo<T>(
 }
 
 /// The stored JSON text for a value, or `None` to keep it as sent.
-pub fn decode(raw: &RawValue, logical: Logical) -> Option<String> {
+pub fn decode(raw: Raw<'_>, logical: Logical) -> Option<String> {
     match logical {
         Logical::Decimal { scale } => {
             let bytes = base64(&scalar_text(Some(raw))?)?;
@@ -368,8 +368,8 @@ pub fn iso_micros(us: i64) -> String {
 mod tests {
     use super::*;
 
-    fn raw(s: &str) -> &RawValue {
-        serde_json::from_str(s).unwrap()
+    fn raw(s: &str) -> Raw<'_> {
+        serde_json::from_str::<&RawValue>(s).unwrap().into()
     }
 
     #[test]

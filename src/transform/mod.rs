@@ -23,7 +23,7 @@ use crate::config::rules::{Action, Rules, TableRules};
 use crate::pgcopy::Tuple;
 use crate::types::{Message, Notice, NoticeKind, Outcome, RejectKind, Rejection, Row, Skip};
 use decode::StructSchema;
-use json::{is_object, jsonb_safe, scalar_text, skip_ws, Members, ObjectWriter};
+use json::{is_object, jsonb_safe, scalar_text, skip_ws, Members, ObjectWriter, Raw};
 use schemas::Registered;
 pub use schemas::Schemas;
 
@@ -347,14 +347,17 @@ pub fn interpret<'a>(msg: &'a Message, rules: &Rules) -> Result<Interpreted<'a>,
             Err(e) => reject(RejectKind::NotJson, format!("value is not JSON: {e}")),
         });
     }
-    let top: Members<'a> = serde_json::from_str(text).map_err(|e| {
-        let kind = if e.is_data() {
-            RejectKind::NotAChangeEvent
-        } else {
-            RejectKind::NotJson
-        };
-        reject(kind, format!("value is not JSON: {e}"))
-    })?;
+    let top = match Members::scan(text) {
+        Some(top) => top,
+        None => serde_json::from_str::<Members<'a>>(text).map_err(|e| {
+            let kind = if e.is_data() {
+                RejectKind::NotAChangeEvent
+            } else {
+                RejectKind::NotJson
+            };
+            reject(kind, format!("value is not JSON: {e}"))
+        })?,
+    };
     // The JSON converter's envelope: {"schema": ..., "payload": ...}.
     let (schema, event) =
         if top.has("payload") && !top.has("op") && !top.has("after") && !top.has("before") {
@@ -365,7 +368,7 @@ pub fn interpret<'a>(msg: &'a Message, rules: &Rules) -> Result<Interpreted<'a>,
                     let event = Members::parse(p.get()).ok_or_else(|| {
                         reject(RejectKind::NotAChangeEvent, "\"payload\" is not an object")
                     })?;
-                    (top.get("schema").map(RawValue::get), event)
+                    (top.get("schema").map(Raw::get), event)
                 }
             }
         } else {
@@ -387,9 +390,14 @@ fn known_envelope(text: &str) -> Option<(&str, Members<'_>)> {
     if !rest.starts_with('{') {
         return None;
     }
-    let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Members<'_>>();
-    let payload = values.next()?.ok()?;
-    let end = skip_ws(&rest[values.byte_offset()..]).strip_prefix('}')?;
+    let (payload, read) = match Members::scan_prefix(rest) {
+        Some(found) => found,
+        None => {
+            let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Members<'_>>();
+            (values.next()?.ok()?, values.byte_offset())
+        }
+    };
+    let end = skip_ws(&rest[read..]).strip_prefix('}')?;
     skip_ws(end).is_empty().then_some((schema, payload))
 }
 
@@ -532,7 +540,7 @@ fn rewrite<'a>(
     };
     let mut out = ObjectWriter::with_capacity(text.len() + 16);
     for (name, value) in &members.0 {
-        if has_placeholder && scalar_text(Some(value)).as_deref() == Some(UNAVAILABLE) {
+        if has_placeholder && scalar_text(Some(*value)).as_deref() == Some(UNAVAILABLE) {
             if !unavailable.iter().any(|u| u == name) {
                 unavailable.push(name.to_string());
             }
@@ -540,7 +548,7 @@ fn rewrite<'a>(
         }
         let decoded = schema
             .and_then(|s| s.get(name))
-            .and_then(|l| decode::decode(value, l));
+            .and_then(|l| decode::decode(*value, l));
         let json = decoded.as_deref().unwrap_or(value.get());
         match rules.action(name) {
             None => out.member(name, json),
@@ -555,7 +563,7 @@ fn rewrite<'a>(
 }
 
 /// An image as sent, or (MongoDB) a string of Extended JSON resolved into an object.
-fn image_text<'a>(raw: &'a RawValue) -> Cow<'a, str> {
+fn image_text(raw: Raw<'_>) -> Cow<'_, str> {
     if raw.get().starts_with('"') {
         if let Some(resolved) = scalar_text(Some(raw)).and_then(|s| mongo::resolve_text(&s)) {
             return Cow::Owned(resolved);
@@ -573,7 +581,7 @@ fn changed_columns(before: &str, after: &str) -> Option<Vec<String>> {
     }
     let mut changed: Vec<String> = Vec::new();
     for (name, value) in &after.0 {
-        if scalar_text(Some(value)).as_deref() == Some(UNAVAILABLE)
+        if scalar_text(Some(*value)).as_deref() == Some(UNAVAILABLE)
             || changed.iter().any(|c| c == name)
         {
             continue;
@@ -625,7 +633,7 @@ fn mongo_detail(event: &Members<'_>) -> Option<String> {
     if let Some(desc) = event.object("updateDescription") {
         let mut d = ObjectWriter::with_capacity(128);
         for (k, v) in &desc.0 {
-            d.member(k, &image_text(v));
+            d.member(k, &image_text(*v));
         }
         out.member("updateDescription", &d.finish());
         any = true;
@@ -659,7 +667,7 @@ fn primary_key<'a>(
             Some(p) => (m.get("schema"), p),
             None => return Ok(None),
         },
-        _ => (None, raw),
+        _ => (None, Raw::from(raw)),
     };
     let Some(raw) = json::present(raw) else {
         return Ok(None);
@@ -695,7 +703,7 @@ fn change<'a>(
     msg: &'a Message,
     schema: Option<&'a str>,
     event: &Members<'a>,
-    op_raw: &'a RawValue,
+    op_raw: Raw<'a>,
     rules: &Rules,
 ) -> Result<Interpreted<'a>, Rejection> {
     let op = scalar_text(Some(op_raw))
@@ -880,7 +888,7 @@ fn transaction<'a>(event: &Members<'a>) -> Result<Interpreted<'a>, Rejection> {
         id,
         status,
         event_count: event.int("event_count"),
-        data_collections: event.get("data_collections").map(RawValue::get),
+        data_collections: event.get("data_collections").map(Raw::get),
         event_time: micros(event),
     }))
 }
