@@ -578,6 +578,8 @@ mod scan_tests {
         "\\u00e9",
         "\\u0000",
         "\\ud83d\\ude00",
+        "\\ud800",
+        "\\udc00x",
         "__debezium_unavailable_value",
     ];
     const KEYS: &[&str] = &[
@@ -700,9 +702,17 @@ mod scan_tests {
 
     #[test]
     fn the_scanner_leaves_to_serde_json_what_nests_deeper_than_its_limit() {
-        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
-        assert!(Members::scan(&deep).is_none());
-        let ok = format!("{{\"a\":{}1{}}}", "[".repeat(100), "]".repeat(100));
-        assert_eq!(Members::scan(&ok).map(|m| m.0.len()), Some(1));
+        for depth in [1, 100, 126, 127, 128, 129, 130, 200] {
+            let text = format!("{{\"a\":{}1{}}}", "[".repeat(depth), "]".repeat(depth));
+            let serde = serde_json::from_str::<Members<'_>>(&text).ok();
+            match Members::scan(&text) {
+                Some(scanned) => assert_eq!(
+                    Some(pairs(&scanned)),
+                    serde.as_ref().map(pairs),
+                    "depth {depth}"
+                ),
+                None => assert!(depth > 100, "depth {depth} left to serde_json"),
+            }
+        }
     }
 }
