@@ -1,14 +1,16 @@
 //! Transform throughput: generated Debezium events through `transform`, on one core and on
 //! rayon, for small events (JSON converter without schemas, about 600 bytes), large ones (with
-//! the schema envelope, about 2.5 KB), and the same events as the Avro converter writes them
-//! (registry-framed; schemas already fetched). Prints figures; asserts nothing.
+//! the schema envelope, about 2.5 KB), and the same events as the Avro and the Protobuf
+//! converters write them (registry-framed; schemas already fetched; Protobuf's bytes written by
+//! protox and prost-reflect, as the tests write them). Prints figures; asserts nothing.
 //!
-//!     cargo bench --bench transform [-- EVENTS] [small|large|avro]
+//!     cargo bench --bench transform [-- EVENTS] [small|large|avro|protobuf]
 //!
 //! A name runs that part alone, its one-core pass five times (for a profiler, and to see the
 //! noise). Each part is run once untimed first, so that the timed runs do not pay for the
 //! heap's first growth.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,7 +23,12 @@ use cdc_audit::transform::schemas::{compile, Schemas};
 use cdc_audit::transform::transform_with;
 use cdc_audit::types::Message;
 use cdc_audit::types::Outcome;
+use prost::Message as _;
+use prost_reflect::MessageDescriptor;
 use rayon::prelude::*;
+
+#[path = "../tests/it/protobuf_writer.rs"]
+mod protobuf_writer;
 
 fn messages(n: usize, mut generator: Generator) -> Vec<Message> {
     let topic: Arc<str> = Arc::from("bench.inventory.customers");
@@ -69,6 +76,45 @@ fn in_avro(messages: &[Message]) -> (Vec<Message>, Schemas) {
         })
         .collect();
     (avro, schemas)
+}
+
+/// The messages as Confluent's Protobuf converter writes them, and the schemas to read them with.
+fn in_protobuf(messages: &[Message]) -> (Vec<Message>, Schemas) {
+    let mut written: HashMap<String, (u32, String, MessageDescriptor)> = HashMap::new();
+    let mut frame = |bytes: &Option<Vec<u8>>| {
+        bytes.as_ref().map(|b| {
+            let v: serde_json::Value = serde_json::from_slice(b).expect("generated JSON");
+            let next = written.len() as u32 + 1;
+            let (id, _, desc) = written.entry(v["schema"].to_string()).or_insert_with(|| {
+                let (text, full) = protobuf_writer::proto_file(&v["schema"]);
+                let pool = protobuf_writer::compiled(&text);
+                let desc = pool
+                    .get_message_by_name(&full)
+                    .expect("the compiled message");
+                (next, text, desc)
+            });
+            let m = protobuf_writer::struct_to_proto(&v["schema"], &v["payload"], desc);
+            // Magic byte, schema id, message indexes ([0]: the file's first message), message.
+            let mut out = vec![0];
+            out.extend(id.to_be_bytes());
+            out.push(0);
+            out.extend(m.encode_to_vec());
+            out
+        })
+    };
+    let framed = messages
+        .iter()
+        .map(|m| Message {
+            key: frame(&m.key),
+            payload: frame(&m.payload),
+            ..m.clone()
+        })
+        .collect();
+    let schemas = written
+        .values()
+        .map(|(id, text, _)| (*id, compile(*id, "PROTOBUF", text)))
+        .collect();
+    (framed, schemas)
 }
 
 fn run(label: &str, messages: &[Message], schemas: &Schemas, passes: usize) {
@@ -127,7 +173,7 @@ fn main() {
         .unwrap_or(200_000);
     let only = std::env::args()
         .skip(1)
-        .find(|a| ["small", "large", "avro"].contains(&a.as_str()));
+        .find(|a| ["small", "large", "avro", "protobuf"].contains(&a.as_str()));
     let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let passes = if only.is_some() { 5 } else { 1 };
     let none = Schemas::default();
@@ -142,6 +188,15 @@ fn main() {
     let enveloped = messages(n, Generator::new("bench", 1));
     if part("large") {
         run("large (schema envelope)", &enveloped, &none, passes);
+    }
+    if part("protobuf") {
+        let (protobuf, schemas) = in_protobuf(&enveloped);
+        run(
+            "the same in Protobuf (registry-framed)",
+            &protobuf,
+            &schemas,
+            passes,
+        );
     }
     if part("avro") {
         let (avro, schemas) = in_avro(&enveloped);

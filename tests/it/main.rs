@@ -19,6 +19,7 @@ mod partitions;
 mod pipeline;
 mod properties;
 mod protobuf;
+mod protobuf_writer;
 mod proxy;
 mod rejections;
 mod retention;
