@@ -479,9 +479,10 @@ fn service(
             .env("CDC_AUDIT_API_ADDR", api)
             .env("CDC_AUDIT_API_TOKEN", API_TOKEN);
     }
-    command.envs(
-        std::env::vars().filter(|(k, _)| k.starts_with("CDC_AUDIT_") && k != "CDC_AUDIT_BENCH_LOG"),
-    );
+    // The service's own settings, and glibc's (GLIBC_TUNABLES: the allocator's thresholds).
+    command.envs(std::env::vars().filter(|(k, _)| {
+        (k.starts_with("CDC_AUDIT_") && k != "CDC_AUDIT_BENCH_LOG") || k == "GLIBC_TUNABLES"
+    }));
     Process {
         child: command.spawn().unwrap(),
         metrics: Some(http),
