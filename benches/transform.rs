@@ -2,7 +2,8 @@
 //! rayon, for small events (JSON converter without schemas, about 600 bytes), large ones (with
 //! the schema envelope, about 2.5 KB), and the same events as the Avro and the Protobuf
 //! converters write them (registry-framed; schemas already fetched; Protobuf's bytes written by
-//! protox and prost-reflect, as the tests write them). Prints figures; asserts nothing.
+//! protox and prost-reflect, as the tests write them); then the Avro datums to text alone, and
+//! the writers' count of suspicious changes alone. Prints figures; asserts nothing.
 //!
 //!     cargo bench --bench transform [-- EVENTS] [small|large|avro|protobuf]
 //!
@@ -18,8 +19,8 @@ use cdc_audit::config::rules::Rules;
 use cdc_audit::demo::avro::AvroWriter;
 use cdc_audit::demo::Generator;
 use cdc_audit::events::Stats;
-use cdc_audit::suspicious::Suspicious;
 use cdc_audit::registry::serve::LocalRegistry;
+use cdc_audit::suspicious::Suspicious;
 use cdc_audit::transform::avro::framed;
 use cdc_audit::transform::schemas::{compile, Schemas};
 use cdc_audit::transform::transform_with;
