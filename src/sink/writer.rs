@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::connect::Pool;
-use super::error::{Backoff, ErrorClass};
+use super::error::{Backoff, ErrorClass, SinkError};
 use super::fence::{write_after, write_batch, Written};
 use crate::events::{now_ms, Stats};
 use crate::suspicious::Suspicious;
 use crate::tracker::Tracker;
-use crate::types::{Control, Finish, Outcome, Relay, Row, Tp, Transformed};
+use crate::types::{Control, Finish, Handoff, Outcome, Relay, Row, Tp, Transformed};
 
 /// The writers' end of the transform stage, shared by all of them.
 #[derive(Clone)]
@@ -85,35 +85,9 @@ impl Writer {
         let mut after = t.after.as_deref();
         loop {
             if let Some(previous) = after.take().filter(|_| !stop()) {
-                let started = Instant::now();
-                let busy = &self.stats.health.writer_busy_since_ms[self.id];
-                let behind = match previous.wait(true, stop) {
-                    Relay::Linked { seq, link } => {
-                        busy.store(now_ms(), Ordering::Release);
-                        let written = match self.pool.get() {
-                            Ok(mut conn) => write_after(&mut conn, &self.group, t, (seq, link))
-                                .map_err(|e| e.to_string()),
-                            Err(e) => Err(e.to_string()),
-                        };
-                        busy.store(0, Ordering::Release);
-                        written
-                    }
-                    Relay::Pending | Relay::Finished => Ok(None),
-                };
-                match behind {
-                    Ok(Some(written)) => {
-                        self.stats.batches_behind.inc();
-                        return self.finished(t, written, started);
-                    }
-                    Ok(None) => {}
-                    Err(e) => log::debug!(
-                        "batch {} {}[{}] not written behind the previous one: {e}",
-                        b.id,
-                        b.tp.topic,
-                        b.tp.partition
-                    ),
+                if let Some(finish) = self.write_behind(t, previous, stop) {
+                    return finish;
                 }
-                previous.wait(false, stop);
             }
             if stop() {
                 self.stats.batches_dropped.inc();
@@ -126,17 +100,7 @@ impl Writer {
                 return Finish::Dropped;
             }
             let started = Instant::now();
-            let busy = &self.stats.health.writer_busy_since_ms[self.id];
-            busy.store(now_ms(), Ordering::Release);
-            let result = match self.pool.get() {
-                Ok(mut conn) => write_batch(&mut conn, &self.group, t, isolate)
-                    .map_err(|e| (e.class(), e.to_string())),
-                Err(e) => Err((
-                    ErrorClass::Retriable,
-                    format!("no database connection: {e}"),
-                )),
-            };
-            busy.store(0, Ordering::Release);
+            let result = self.on_connection(|conn| write_batch(conn, &self.group, t, isolate));
             self.stats
                 .health
                 .writes_failing
@@ -172,6 +136,55 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Writes `t` behind the partition's previous batch once that one is linked
+    /// ([`write_after`]): how the writer finished with it, or `None` once the previous one is
+    /// done and `t` is to be written on its own.
+    fn write_behind(
+        &self,
+        t: &Transformed,
+        previous: &Handoff,
+        stop: impl Fn() -> bool + Copy,
+    ) -> Option<Finish> {
+        let started = Instant::now();
+        if let Relay::Linked { seq, link } = previous.wait(true, stop) {
+            let b = &t.batch;
+            match self.on_connection(|conn| write_after(conn, &self.group, t, (seq, link))) {
+                Ok(Some(written)) => {
+                    self.stats.batches_behind.inc();
+                    return Some(self.finished(t, written, started));
+                }
+                Ok(None) => {}
+                Err((_, e)) => log::debug!(
+                    "batch {} {}[{}] not written behind the previous one: {e}",
+                    b.id,
+                    b.tp.topic,
+                    b.tp.partition
+                ),
+            }
+        }
+        previous.wait(false, stop);
+        None
+    }
+
+    /// `work` on a pooled connection, the writer marked busy meanwhile (the health check's
+    /// stuck writer).
+    fn on_connection<R>(
+        &self,
+        work: impl FnOnce(&mut postgres::Client) -> Result<R, SinkError>,
+    ) -> Result<R, (ErrorClass, String)> {
+        let busy = &self.stats.health.writer_busy_since_ms[self.id];
+        busy.store(now_ms(), Ordering::Release);
+        let result = match self.pool.get() {
+            Ok(mut conn) => work(&mut conn).map_err(|e| (e.class(), e.to_string())),
+            Err(e) => Err((
+                ErrorClass::Retriable,
+                format!("no database connection: {e}"),
+            )),
+        };
+        busy.store(0, Ordering::Release);
+        result
     }
 
     /// Counts and logs what a batch's transaction did: how the writer finished with it.

@@ -161,36 +161,54 @@ impl<'a> Scan<'a> {
     fn object(&mut self) -> Option<Vec<(Cow<'a, str>, Raw<'a>)>> {
         self.eat(b'{')?;
         let mut members = Vec::with_capacity(8);
-        self.ws();
-        if self.eat(b'}').is_some() {
-            return Some(members);
-        }
-        loop {
-            self.ws();
-            let start = self.at;
-            let escaped = self.string()?;
-            let quoted = &self.text[start..self.at];
+        self.items(b'}', |scan| {
+            let (quoted, escaped, value) = scan.member()?;
             let key = if escaped {
                 Cow::Owned(serde_json::from_str::<String>(quoted).ok()?)
             } else {
                 Cow::Borrowed(&quoted[1..quoted.len() - 1])
             };
+            members.push((key, Raw(value)));
+            Some(())
+        })?;
+        Some(members)
+    }
+
+    /// The items of an object or an array, the reader just past its `{` or `[`: `item` reads
+    /// each one, then comes a `,` or the `close` that ends them.
+    fn items(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.ws();
+        if self.eat(close).is_some() {
+            return Some(());
+        }
+        loop {
             self.ws();
-            self.eat(b':')?;
-            self.ws();
-            let start = self.at;
-            self.value()?;
-            members.push((key, Raw(&self.text[start..self.at])));
+            item(self)?;
             self.ws();
             match self.peek()? {
                 b',' => self.at += 1,
-                b'}' => {
+                b if b == close => {
                     self.at += 1;
-                    return Some(members);
+                    return Some(());
                 }
                 _ => return None,
             }
         }
+    }
+
+    /// A member, `"key": value`: the key's text with its quotes, whether it has escapes, and the
+    /// value's text.
+    fn member(&mut self) -> Option<(&'a str, bool, &'a str)> {
+        let text = self.text;
+        let start = self.at;
+        let escaped = self.string()?;
+        let quoted = &text[start..self.at];
+        self.ws();
+        self.eat(b':')?;
+        self.ws();
+        let start = self.at;
+        self.value()?;
+        Some((quoted, escaped, &text[start..self.at]))
     }
 
     /// Any value, skipped.
@@ -212,33 +230,11 @@ impl<'a> Scan<'a> {
         if self.depth > SCAN_DEPTH {
             return None;
         }
-        let close = if self.eat(b'{').is_some() {
-            b'}'
+        if self.eat(b'{').is_some() {
+            self.items(b'}', |scan| scan.member().map(drop))?;
         } else {
             self.eat(b'[')?;
-            b']'
-        };
-        self.ws();
-        if self.eat(close).is_none() {
-            loop {
-                self.ws();
-                if close == b'}' {
-                    self.string()?;
-                    self.ws();
-                    self.eat(b':')?;
-                    self.ws();
-                }
-                self.value()?;
-                self.ws();
-                match self.peek()? {
-                    b',' => self.at += 1,
-                    b if b == close => {
-                        self.at += 1;
-                        break;
-                    }
-                    _ => return None,
-                }
-            }
+            self.items(b']', Self::value)?;
         }
         self.depth -= 1;
         Some(())
