@@ -245,7 +245,7 @@ fn datums_alone(messages: &[Message], schemas: &Schemas) {
     for m in messages {
         if let Some((id, datum)) = m.payload.as_deref().and_then(framed) {
             if let Ok(s) = schemas.get(id) {
-                chars += s.payload(datum).map_or(0, |(text, _)| text.len());
+                chars += s.payload(datum).map_or(0, |p| p.text.len());
             }
         }
         if let Some((id, datum)) = m.key.as_deref().and_then(framed) {

@@ -16,7 +16,7 @@ use std::fmt::Write;
 use base64::Engine;
 use serde_json::{Map, Value};
 
-use super::json::{base64_into, escape_into, java_float};
+use super::json::{base64_into, escape_into, java_float, Span};
 
 /// Confluent's wire format: this byte, then a 4-byte schema id.
 const MAGIC: u8 = 0;
@@ -195,26 +195,37 @@ impl AvroSchema {
         out.push_str("{\"schema\":");
         out.push_str(&self.connect);
         out.push_str(",\"payload\":");
-        self.read(datum, &mut out)?;
+        self.read(datum, &mut out, |r, out| r.value(&self.root, out))?;
         out.push('}');
         Ok(out)
     }
 
-    /// The `payload` of that text alone.
-    pub fn payload(&self, datum: &[u8]) -> Result<String, String> {
-        let mut out = String::with_capacity(datum.len() * 3 + 16);
-        self.read(datum, &mut out)?;
-        Ok(out)
+    /// The `payload` of that text alone, and where its members and theirs are in it (when it
+    /// is a record), so that the text need not be read again to find them.
+    pub fn payload(&self, datum: &[u8]) -> Result<(String, Vec<Span<'_>>), String> {
+        // Text runs to three or four times the datum (field names, base64, digits).
+        let mut out = String::with_capacity(datum.len() * 4 + 64);
+        let mut spans = None;
+        self.read(datum, &mut out, |r, out| {
+            spans = r.split(&self.root, out, 2)?;
+            Ok(())
+        })?;
+        Ok((out, spans.unwrap_or_default()))
     }
 
-    /// Appends the datum as JSON; all of it must be read.
-    fn read(&self, datum: &[u8], out: &mut String) -> Result<(), String> {
+    /// Appends the datum as JSON, written by `write`; all of it must be read.
+    fn read(
+        &self,
+        datum: &[u8],
+        out: &mut String,
+        write: impl FnOnce(&mut Reader<'_>, &mut String) -> Result<(), String>,
+    ) -> Result<(), String> {
         let mut reader = Reader {
             bytes: datum,
             at: 0,
             limit: out.len() + 64 * datum.len() + 64 * 1024,
         };
-        reader.value(&self.root, out)?;
+        write(&mut reader, out)?;
         if reader.at != datum.len() {
             return Err(format!(
                 "{} bytes left after the datum: the data does not match its schema",
@@ -795,6 +806,55 @@ impl<'a> Reader<'a> {
         usize::try_from(n).map_err(|_| format!("a negative length {n}"))
     }
 
+    /// [`Reader::value`], and where a record's fields are written, `levels` deep (a present
+    /// optional record counts as the record).
+    fn split<'s>(
+        &mut self,
+        node: &'s Node,
+        out: &mut String,
+        levels: u8,
+    ) -> Result<Option<Vec<Span<'s>>>, String> {
+        match node {
+            Node::Record(fields) if levels > 0 => {
+                let mut spans = Vec::with_capacity(fields.len());
+                out.push('{');
+                for (i, f) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&f.key);
+                    let start = out.len();
+                    let inner = self.split(&f.node, out, levels - 1)?;
+                    spans.push(Span {
+                        name: &f.name,
+                        range: start..out.len(),
+                        inner,
+                    });
+                }
+                out.push('}');
+                Ok(Some(spans))
+            }
+            Node::Optional { null_index, node } if levels > 0 => {
+                if self.present(*null_index)? {
+                    self.split(node, out, levels)
+                } else {
+                    out.push_str("null");
+                    Ok(None)
+                }
+            }
+            _ => self.value(node, out).map(|()| None),
+        }
+    }
+
+    /// Whether an optional value is there: its union's branch.
+    fn present(&mut self, null_index: i64) -> Result<bool, String> {
+        match self.long()? {
+            i if i == null_index => Ok(false),
+            i if i == 1 - null_index => Ok(true),
+            i => Err(format!("union index {i} of 2 branches")),
+        }
+    }
+
     fn value(&mut self, node: &Node, out: &mut String) -> Result<(), String> {
         if out.len() > self.limit {
             return Err("the datum's text grows past any plausible size".to_string());
@@ -880,11 +940,13 @@ impl<'a> Reader<'a> {
                 }
                 out.push('}');
             }
-            Node::Optional { null_index, node } => match self.long()? {
-                i if i == *null_index => out.push_str("null"),
-                i if i == 1 - *null_index => self.value(node, out)?,
-                i => return Err(format!("union index {i} of 2 branches")),
-            },
+            Node::Optional { null_index, node } => {
+                if self.present(*null_index)? {
+                    self.value(node, out)?;
+                } else {
+                    out.push_str("null");
+                }
+            }
             Node::Union(branches) => {
                 let chosen = self.long()?;
                 if !usize::try_from(chosen).is_ok_and(|c| c < branches.len()) {

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::fmt::{self, Write};
+use std::ops::Range;
 
 use base64::Engine;
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -48,8 +49,19 @@ impl<'a> From<&'a RawValue> for Raw<'a> {
     }
 }
 
-/// The members of a JSON object in document order, values left as raw text.
-pub struct Members<'a>(pub Vec<(Cow<'a, str>, Raw<'a>)>);
+/// The members of a JSON object in document order, values left as raw text; and the objects
+/// among them that were split as the object was read (by member index), so that
+/// [`Members::object`] does not read them again.
+#[derive(Clone, Default)]
+pub struct Members<'a>(pub Vec<(Cow<'a, str>, Raw<'a>)>, Vec<(usize, Members<'a>)>);
+
+/// Where a writer of JSON text put an object's members: `name`'s value is `text[range]`, and
+/// `inner` the members of that value where it is an object the writer split too.
+pub struct Span<'s> {
+    pub name: &'s str,
+    pub range: Range<usize>,
+    pub inner: Option<Vec<Span<'s>>>,
+}
 
 impl<'de> Deserialize<'de> for Members<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -64,7 +76,7 @@ impl<'de> Deserialize<'de> for Members<'de> {
                 while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                     out.push((key, map.next_value::<&'de RawValue>()?.into()));
                 }
-                Ok(Members(out))
+                Ok(Members(out, Vec::new()))
             }
         }
         d.deserialize_map(V)
@@ -89,14 +101,55 @@ impl<'a> Members<'a> {
 
     /// The object at the start of `json` (after whitespace), and where it ends.
     pub fn scan_prefix(json: &'a str) -> Option<(Members<'a>, usize)> {
+        Members::scan_split(json, false)
+    }
+
+    /// [`Members::parse`] of an event, which also splits the objects among its members (the
+    /// source, the images, the transaction), each read once.
+    pub fn parse_event(json: &'a str) -> Option<Members<'a>> {
+        if !is_object(json.as_bytes()) {
+            return None;
+        }
+        Members::scan_event(json).or_else(|| serde_json::from_str(json).ok())
+    }
+
+    /// [`Members::scan`] of an event, splitting the objects among its members.
+    pub fn scan_event(json: &'a str) -> Option<Members<'a>> {
+        let (members, end) = Members::scan_split(json, true)?;
+        skip_ws(&json[end..]).is_empty().then_some(members)
+    }
+
+    /// [`Members::scan_prefix`], splitting the objects among the members too if `split`.
+    pub fn scan_split(json: &'a str, split: bool) -> Option<(Members<'a>, usize)> {
         let mut scan = Scan {
             text: json,
             at: 0,
             depth: 0,
         };
         scan.ws();
-        let members = scan.object()?;
-        Some((Members(members), scan.at))
+        let members = scan.object(split)?;
+        Some((members, scan.at))
+    }
+
+    /// The members a writer of `text` says it wrote where ([`Span`]). The writer vouches that
+    /// each span is a JSON value: only the service's own writers (the Avro reader) make spans.
+    pub fn written(text: &'a str, spans: &[Span<'a>]) -> Members<'a> {
+        let mut inner = Vec::new();
+        let members = spans
+            .iter()
+            .enumerate()
+            .map(|(i, span)| {
+                if let Some(spans) = &span.inner {
+                    let split = spans
+                        .iter()
+                        .map(|s| (Cow::Borrowed(s.name), Raw(&text[s.range.clone()])))
+                        .collect();
+                    inner.push((i, Members(split, Vec::new())));
+                }
+                (Cow::Borrowed(span.name), Raw(&text[span.range.clone()]))
+            })
+            .collect();
+        Members(members, inner)
     }
 
     /// The member's raw value; the last one when a key is repeated. JSON `null` counts as absent.
@@ -113,9 +166,15 @@ impl<'a> Members<'a> {
         self.0.iter().any(|(k, _)| k == key)
     }
 
-    /// The member's value as an object.
+    /// The member's value as an object (the last one when a key is repeated), split already if
+    /// it was when this object was read.
     pub fn object(&self, key: &str) -> Option<Members<'a>> {
-        self.get(key).and_then(|v| Members::parse(v.get()))
+        let i = self.0.iter().rposition(|(k, _)| k == key)?;
+        let value = present(self.0[i].1)?;
+        match self.1.iter().find(|(j, _)| *j == i) {
+            Some((_, split)) => Some(split.clone()),
+            None => Members::parse(value.get()),
+        }
     }
 
     pub fn text(&self, key: &str) -> Option<Cow<'a, str>> {
@@ -157,21 +216,34 @@ impl<'a> Scan<'a> {
         (self.peek()? == byte).then(|| self.at += 1)
     }
 
-    /// An object's members, the reader at its `{`.
-    fn object(&mut self) -> Option<Vec<(Cow<'a, str>, Raw<'a>)>> {
+    /// An object's members, the reader at its `{`; if `split`, the objects among them split
+    /// too.
+    fn object(&mut self, split: bool) -> Option<Members<'a>> {
         self.eat(b'{')?;
         let mut members = Vec::with_capacity(8);
+        let mut inner = Vec::new();
         self.items(b'}', |scan| {
-            let (quoted, escaped, value) = scan.member()?;
+            let (quoted, escaped) = scan.key()?;
             let key = if escaped {
                 Cow::Owned(serde_json::from_str::<String>(quoted).ok()?)
             } else {
                 Cow::Borrowed(&quoted[1..quoted.len() - 1])
             };
-            members.push((key, Raw(value)));
+            let start = scan.at;
+            if split && scan.peek() == Some(b'{') {
+                scan.depth += 1;
+                if scan.depth > SCAN_DEPTH {
+                    return None;
+                }
+                inner.push((members.len(), scan.object(false)?));
+                scan.depth -= 1;
+            } else {
+                scan.value()?;
+            }
+            members.push((key, Raw(&scan.text[start..scan.at])));
             Some(())
         })?;
-        Some(members)
+        Some(Members(members, inner))
     }
 
     /// The items of an object or an array, the reader just past its `{` or `[`: `item` reads
@@ -196,19 +268,16 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// A member, `"key": value`: the key's text with its quotes, whether it has escapes, and the
-    /// value's text.
-    fn member(&mut self) -> Option<(&'a str, bool, &'a str)> {
-        let text = self.text;
+    /// A member's `"key":`: the key's text with its quotes, and whether it has escapes; the
+    /// reader is left at the value.
+    fn key(&mut self) -> Option<(&'a str, bool)> {
         let start = self.at;
         let escaped = self.string()?;
-        let quoted = &text[start..self.at];
+        let quoted = &self.text[start..self.at];
         self.ws();
         self.eat(b':')?;
         self.ws();
-        let start = self.at;
-        self.value()?;
-        Some((quoted, escaped, &text[start..self.at]))
+        Some((quoted, escaped))
     }
 
     /// Any value, skipped.
@@ -231,7 +300,10 @@ impl<'a> Scan<'a> {
             return None;
         }
         if self.eat(b'{').is_some() {
-            self.items(b'}', |scan| scan.member().map(drop))?;
+            self.items(b'}', |scan| {
+                scan.key()?;
+                scan.value()
+            })?;
         } else {
             self.eat(b'[')?;
             self.items(b']', Self::value)?;
@@ -677,6 +749,17 @@ mod scan_tests {
             let serde: Members<'_> = serde_json::from_str(&text).unwrap();
             let scanned = Members::scan(&text).unwrap_or_else(|| panic!("not scanned: {text}"));
             assert_eq!(pairs(&scanned), pairs(&serde), "{text}");
+            let (event, _) = Members::scan_split(&text, true).unwrap();
+            assert_eq!(pairs(&event), pairs(&serde), "{text}");
+            for (key, _) in &serde.0 {
+                let inner = serde.get(key).filter(|v| v.get().starts_with('{'));
+                let inner = inner.map(|v| serde_json::from_str::<Members<'_>>(v.get()).unwrap());
+                assert_eq!(
+                    event.object(key).as_ref().map(pairs),
+                    inner.as_ref().map(pairs),
+                    "{key} in {text}"
+                );
+            }
             for _ in 0..3 {
                 let broken = broken(&mut d, &text);
                 let serde = serde_json::from_str::<Members<'_>>(&broken).ok();
@@ -703,6 +786,17 @@ mod scan_tests {
             let serde = serde_json::from_str::<Members<'_>>(&text).ok();
             match Members::scan(&text) {
                 Some(scanned) => assert_eq!(
+                    Some(pairs(&scanned)),
+                    serde.as_ref().map(pairs),
+                    "depth {depth}"
+                ),
+                None => assert!(depth > 100, "depth {depth} left to serde_json"),
+            }
+            // The same depth in objects, which an event's reading splits.
+            let text = format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth));
+            let serde = serde_json::from_str::<Members<'_>>(&text).ok();
+            match Members::scan_split(&text, true) {
+                Some((scanned, _)) => assert_eq!(
                     Some(pairs(&scanned)),
                     serde.as_ref().map(pairs),
                     "depth {depth}"

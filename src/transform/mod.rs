@@ -23,8 +23,8 @@ use crate::config::rules::{Action, Rules, TableRules};
 use crate::pgcopy::Tuple;
 use crate::types::{Message, Notice, NoticeKind, Outcome, RejectKind, Rejection, Row, Skip};
 use decode::StructSchema;
-use json::{is_object, jsonb_safe, scalar_text, skip_ws, Members, ObjectWriter, Raw};
-use schemas::Registered;
+use json::{is_object, jsonb_safe, scalar_text, skip_ws, Members, ObjectWriter, Raw, Span};
+use schemas::Payload;
 pub use schemas::Schemas;
 
 /// Columns of `audit_logging` filled by COPY, in the order [`AuditRecord::encode`] writes them.
@@ -111,8 +111,8 @@ pub fn transform(msg: &Message, rules: &Rules) -> Outcome {
 /// [`transform`], reading registry-framed messages with `schemas`: as the JSON converter would
 /// have sent them, so they make the same rows.
 pub fn transform_with(msg: &Message, rules: &Rules, schemas: &Schemas) -> Outcome {
-    as_json(msg, schemas, |msg, connect| {
-        match interpret_with(msg, connect, rules) {
+    as_json(msg, schemas, |msg, apart| {
+        match interpret_with(msg, apart, rules) {
             Ok(Interpreted::Change(record)) => {
                 let mut row = chained(Kind::Row, record.encode(msg), record.change_timestamp);
                 row.notice = notice(*record);
@@ -128,68 +128,81 @@ pub fn transform_with(msg: &Message, rules: &Rules, schemas: &Schemas) -> Outcom
     .unwrap_or_else(Outcome::Rejected)
 }
 
+/// What reading a registry-framed message kept apart from the text the JSON converter would
+/// have sent: the Connect schemas of the value and of the key (`None` where that is not
+/// framed), and where the value's members are in its text (empty: read them from the text).
+#[derive(Default)]
+struct Apart<'s> {
+    value_schema: Option<&'s str>,
+    spans: Vec<Span<'s>>,
+    key_schema: Option<&'s str>,
+}
+
 /// `read` of the message as the JSON converter would have sent it ([`from_registry`]), with
-/// the value's Connect schema apart when it was framed.
+/// what its framed parts' reading kept apart.
 fn as_json<R>(
     msg: &Message,
     schemas: &Schemas,
-    read: impl FnOnce(&Message, Option<&str>) -> R,
+    read: impl FnOnce(&Message, &Apart<'_>) -> R,
 ) -> Result<R, Rejection> {
     Ok(match from_registry(msg, schemas)? {
-        Some((json, connect)) => read(&json, connect),
-        None => read(msg, None),
+        Some((json, apart)) => read(&json, &apart),
+        None => read(msg, &Apart::default()),
     })
 }
 
-/// A message whose value (or key) is registry-framed, as the JSON converter would have sent it,
-/// but for the value's envelope: its payload, and its Connect schema apart (`None` when the value
-/// is not framed), so the schema's text is neither copied nor scanned. `None` when neither is
-/// framed (or it is a tombstone, whatever its key).
+/// A message whose value or key (or both) is registry-framed, as the JSON converter would have
+/// sent it but for the envelopes: the framed parts are their payloads, their Connect schemas
+/// apart, so no schema's text is copied or scanned. `None` when neither is framed (or it is a
+/// tombstone, whatever its key).
 fn from_registry<'s>(
     msg: &Message,
     schemas: &'s Schemas,
-) -> Result<Option<(Message, Option<&'s str>)>, Rejection> {
+) -> Result<Option<(Message, Apart<'s>)>, Rejection> {
     let Some(payload) = &msg.payload else {
         return Ok(None);
     };
-    let value = decode_framed(payload, "value", schemas, Registered::payload)?;
+    let value = decode_framed(payload, "value", schemas)?;
     let key = match &msg.key {
-        Some(k) => decode_framed(k, "key", schemas, |s, datum| Ok((s.to_json(datum)?, "")))?,
+        Some(k) => decode_framed(k, "key", schemas)?,
         None => None,
     };
     if value.is_none() && key.is_none() {
         return Ok(None);
     }
-    let connect = value.as_ref().map(|(_, connect)| *connect);
+    let mut apart = Apart {
+        key_schema: key.as_ref().map(|k| k.connect),
+        ..Apart::default()
+    };
+    let payload = match value {
+        Some(v) => {
+            apart.value_schema = Some(v.connect);
+            apart.spans = v.spans;
+            Some(v.text.into_bytes())
+        }
+        None => msg.payload.clone(),
+    };
     Ok(Some((
         Message {
             topic: msg.topic.clone(),
             partition: msg.partition,
             offset: msg.offset,
             timestamp_ms: msg.timestamp_ms,
-            key: key
-                .map(|(json, _)| json.into_bytes())
-                .or_else(|| msg.key.clone()),
-            payload: value
-                .map(|(payload, _)| payload.into_bytes())
-                .or_else(|| msg.payload.clone()),
+            key: key.map(|k| k.text.into_bytes()).or_else(|| msg.key.clone()),
+            payload,
             headers: msg.headers.clone(),
         },
-        connect,
+        apart,
     )))
 }
 
-/// How a framed value or key is read: its text, and its Connect schema.
-type Read = for<'r> fn(&'r Registered, &[u8]) -> Result<(String, &'r str), String>;
-
-/// `read` of registry-framed `bytes` (the value or the key: `what`) with the schema they name:
-/// the text and its Connect schema; `None` if they are not framed.
+/// Registry-framed `bytes` (the value or the key: `what`) read with the schema they name;
+/// `None` if they are not framed.
 fn decode_framed<'s>(
     bytes: &[u8],
     what: &str,
     schemas: &'s Schemas,
-    read: Read,
-) -> Result<Option<(String, &'s str)>, Rejection> {
+) -> Result<Option<Payload<'s>>, Rejection> {
     if avro::guid_framed(bytes) {
         return Err(reject(
             RejectKind::Undecodable,
@@ -202,24 +215,24 @@ fn decode_framed<'s>(
     let schema = schemas
         .get(id)
         .map_err(|r| reject(r.kind, format!("the {what}: {}", r.reason)))?;
-    let json = read(schema, datum).map_err(|e| {
+    let payload = schema.payload(datum).map_err(|e| {
         reject(
             RejectKind::Undecodable,
             format!("the {what} does not decode under schema id {id}: {e}"),
         )
     })?;
-    Ok(Some(json))
+    Ok(Some(payload))
 }
 
-/// [`interpret`], or with the value's Connect schema apart (`connect`): the value is then the
-/// envelope's payload alone.
+/// [`interpret`], with what the reading of the message's framed parts kept apart: a framed
+/// value is then the envelope's payload alone.
 fn interpret_with<'a>(
     msg: &'a Message,
-    connect: Option<&'a str>,
+    apart: &Apart<'a>,
     rules: &Rules,
 ) -> Result<Interpreted<'a>, Rejection> {
-    let Some(schema) = connect else {
-        return interpret(msg, rules);
+    let Some(schema) = apart.value_schema else {
+        return read_json(msg, apart.key_schema, rules);
     };
     let text = match value_text(msg)? {
         Ok(text) => text,
@@ -229,9 +242,14 @@ fn interpret_with<'a>(
         // How the converter renders a tombstone: {"schema": ..., "payload": null}.
         return Ok(Interpreted::Skip(Skip::Tombstone));
     }
-    let event = Members::parse(text)
-        .ok_or_else(|| reject(RejectKind::NotAChangeEvent, "\"payload\" is not an object"))?;
-    event_of(msg, Some(schema), &event, rules)
+    let event = if apart.spans.is_empty() {
+        Members::parse_event(text)
+    } else {
+        Some(Members::written(text, &apart.spans))
+    };
+    let event =
+        event.ok_or_else(|| reject(RejectKind::NotAChangeEvent, "\"payload\" is not an object"))?;
+    event_of(msg, Some(schema), apart.key_schema, &event, rules)
 }
 
 /// An encoded tuple with its content hash: its fields, after the field count.
@@ -330,13 +348,22 @@ fn value_text(msg: &Message) -> Result<Result<&str, Skip>, Rejection> {
 
 /// Reads a message as Debezium wrote it.
 pub fn interpret<'a>(msg: &'a Message, rules: &Rules) -> Result<Interpreted<'a>, Rejection> {
+    read_json(msg, None, rules)
+}
+
+/// [`interpret`], the key's Connect schema apart if it was framed (`key_schema`).
+fn read_json<'a>(
+    msg: &'a Message,
+    key_schema: Option<&'a str>,
+    rules: &Rules,
+) -> Result<Interpreted<'a>, Rejection> {
     let text = match value_text(msg)? {
         Ok(text) => text,
         Err(skip) => return Ok(Interpreted::Skip(skip)),
     };
     let value = text.as_bytes();
     if let Some((schema, event)) = known_envelope(text) {
-        return event_of(msg, Some(schema), &event, rules);
+        return event_of(msg, Some(schema), key_schema, &event, rules);
     }
     if !is_object(value) {
         return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
@@ -347,7 +374,7 @@ pub fn interpret<'a>(msg: &'a Message, rules: &Rules) -> Result<Interpreted<'a>,
             Err(e) => reject(RejectKind::NotJson, format!("value is not JSON: {e}")),
         });
     }
-    let top = match Members::scan(text) {
+    let top = match Members::scan_event(text) {
         Some(top) => top,
         None => serde_json::from_str::<Members<'a>>(text).map_err(|e| {
             let kind = if e.is_data() {
@@ -365,7 +392,7 @@ pub fn interpret<'a>(msg: &'a Message, rules: &Rules) -> Result<Interpreted<'a>,
                 // How the converter renders a tombstone: {"schema": null, "payload": null}.
                 None => return Ok(Interpreted::Skip(Skip::Tombstone)),
                 Some(p) => {
-                    let event = Members::parse(p.get()).ok_or_else(|| {
+                    let event = Members::parse_event(p.get()).ok_or_else(|| {
                         reject(RejectKind::NotAChangeEvent, "\"payload\" is not an object")
                     })?;
                     (top.get("schema").map(Raw::get), event)
@@ -374,7 +401,7 @@ pub fn interpret<'a>(msg: &'a Message, rules: &Rules) -> Result<Interpreted<'a>,
         } else {
             (None, top)
         };
-    event_of(msg, schema, &event, rules)
+    event_of(msg, schema, key_schema, &event, rules)
 }
 
 /// The JSON converter's envelope `{"schema": S, "payload": {...}}` where S is, byte for byte, a
@@ -390,7 +417,7 @@ fn known_envelope(text: &str) -> Option<(&str, Members<'_>)> {
     if !rest.starts_with('{') {
         return None;
     }
-    let (payload, read) = match Members::scan_prefix(rest) {
+    let (payload, read) = match Members::scan_split(rest, true) {
         Some(found) => found,
         None => {
             let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Members<'_>>();
@@ -415,11 +442,12 @@ fn after_key<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 fn event_of<'a>(
     msg: &'a Message,
     schema: Option<&'a str>,
+    key_schema: Option<&'a str>,
     event: &Members<'a>,
     rules: &Rules,
 ) -> Result<Interpreted<'a>, Rejection> {
     if let Some(op) = event.get("op") {
-        return change(msg, schema, event, op, rules);
+        return change(msg, [schema, key_schema], event, op, rules);
     }
     if event.has("status") && event.has("id") {
         return transaction(event);
@@ -463,8 +491,9 @@ fn qualified(parts: &[Option<&str>]) -> String {
 /// The source block, or an empty one; an error if it is there but not an object.
 fn source_of<'a>(event: &Members<'a>) -> Result<(Members<'a>, Option<&'a str>), Rejection> {
     match event.get("source") {
-        None => Ok((Members(Vec::new()), None)),
-        Some(raw) => Members::parse(raw.get())
+        None => Ok((Members::default(), None)),
+        Some(raw) => event
+            .object("source")
             .map(|m| (m, Some(raw.get())))
             .ok_or_else(|| {
                 reject(
@@ -526,17 +555,26 @@ fn position(s: &Members<'_>) -> Option<String> {
 /// Rewrites an object image member by member (decoding, placeholder removal, column rules),
 /// only if something asks for it; otherwise the text is returned as it came.
 fn rewrite<'a>(
-    text: Cow<'a, str>,
+    image: Image<'a>,
     schema: Option<&StructSchema>,
     rules: &TableRules<'_>,
     unavailable: &mut Vec<String>,
 ) -> Cow<'a, str> {
+    let text = &image.text;
     let has_placeholder = text.contains(UNAVAILABLE);
     if schema.is_none_or(StructSchema::is_empty) && rules.is_empty() && !has_placeholder {
-        return text;
+        return image.text;
     }
-    let Some(members) = Members::parse(&text) else {
-        return text;
+    let parsed;
+    let members = match &image.members {
+        Some(m) => m,
+        None => match Members::parse(text) {
+            Some(m) => {
+                parsed = m;
+                &parsed
+            }
+            None => return image.text,
+        },
     };
     let mut out = ObjectWriter::with_capacity(text.len() + 16);
     for (name, value) in &members.0 {
@@ -572,10 +610,39 @@ fn image_text(raw: Raw<'_>) -> Cow<'_, str> {
     Cow::Borrowed(raw.get())
 }
 
+/// An image: its text as sent, or (MongoDB) a string of Extended JSON resolved into an object;
+/// and its members, where the event's reading split them already.
+struct Image<'a> {
+    text: Cow<'a, str>,
+    members: Option<Members<'a>>,
+}
+
+impl Image<'_> {
+    /// `read` of the image's members; `None` if it is not an object.
+    fn with_members<R>(&self, read: impl FnOnce(&Members<'_>) -> R) -> Option<R> {
+        match &self.members {
+            Some(m) => Some(read(m)),
+            None => Members::parse(&self.text).map(|m| read(&m)),
+        }
+    }
+}
+
+/// The event's image under `key`, if it has one.
+fn image<'a>(event: &Members<'a>, key: &str) -> Option<Image<'a>> {
+    let text = image_text(event.get(key)?);
+    let members = match text {
+        Cow::Borrowed(_) => event.object(key),
+        Cow::Owned(_) => None,
+    };
+    Some(Image { text, members })
+}
+
 /// Columns whose value differs between two images; `None` when either is not an object.
-fn changed_columns(before: &str, after: &str) -> Option<Vec<String>> {
-    let before = Members::parse(before)?;
-    let after = Members::parse(after)?;
+fn changed_columns(before: &Image<'_>, after: &Image<'_>) -> Option<Vec<String>> {
+    before.with_members(|b| after.with_members(|a| changed_between(b, a)))?
+}
+
+fn changed_between(before: &Members<'_>, after: &Members<'_>) -> Vec<String> {
     fn find<'m>(m: &Members<'m>, k: &str) -> Option<&'m str> {
         m.0.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.get())
     }
@@ -586,16 +653,16 @@ fn changed_columns(before: &str, after: &str) -> Option<Vec<String>> {
         {
             continue;
         }
-        if find(&before, name) != Some(value.get()) {
+        if find(before, name) != Some(value.get()) {
             changed.push(name.to_string());
         }
     }
     for (name, _) in &before.0 {
-        if find(&after, name).is_none() && !changed.iter().any(|c| c == name) {
+        if find(after, name).is_none() && !changed.iter().any(|c| c == name) {
             changed.push(name.to_string());
         }
     }
-    Some(changed)
+    changed
 }
 
 /// MongoDB: the fields an update touched, from `updateDescription` or the oplog `patch`.
@@ -647,10 +714,12 @@ fn mongo_detail(event: &Members<'_>) -> Option<String> {
     any.then(|| out.finish())
 }
 
-/// The primary key from the message key, unwrapping the converter's envelope; MongoDB's `id`
-/// (the document `_id` as Extended JSON) is resolved.
+/// The primary key from the message key, unwrapping the converter's envelope (or the key is
+/// the payload alone, its Connect schema `key_schema`, when it was registry-framed); MongoDB's
+/// `id` (the document `_id` as Extended JSON) is resolved.
 fn primary_key<'a>(
     key: Option<&'a [u8]>,
+    key_schema: Option<&'a str>,
     mongo: bool,
     rules: &TableRules<'_>,
 ) -> Result<Option<Cow<'a, str>>, Rejection> {
@@ -661,13 +730,16 @@ fn primary_key<'a>(
             format!("message key is not JSON: {e}"),
         )
     })?;
-    let top = Members::parse(raw.get());
+    let top = key_schema
+        .is_none()
+        .then(|| Members::parse(raw.get()))
+        .flatten();
     let (schema, raw) = match &top {
         Some(m) if m.has("schema") && m.has("payload") => match m.get("payload") {
-            Some(p) => (m.get("schema"), p),
+            Some(p) => (m.get("schema").map(Raw::get), p),
             None => return Ok(None),
         },
-        _ => (None, Raw::from(raw)),
+        _ => (key_schema, Raw::from(raw)),
     };
     let Some(raw) = json::present(raw) else {
         return Ok(None);
@@ -689,19 +761,24 @@ fn primary_key<'a>(
             }
         }
     }
-    let key_schema = schema.and_then(|s| decode::key_schema(s.get()));
+    let key_schema = schema.and_then(decode::key_schema);
     let mut unused = Vec::new();
-    Ok(Some(rewrite(
+    let image = Image {
         text,
+        members: None,
+    };
+    Ok(Some(rewrite(
+        image,
         key_schema.as_deref(),
         rules,
         &mut unused,
     )))
 }
 
+/// A change event; `schemas`: the value's Connect schema, and the key's if it was framed.
 fn change<'a>(
     msg: &'a Message,
-    schema: Option<&'a str>,
+    [schema, key_schema]: [Option<&'a str>; 2],
     event: &Members<'a>,
     op_raw: Raw<'a>,
     rules: &Rules,
@@ -732,18 +809,17 @@ fn change<'a>(
     }
     let table_rules = rules.for_table(&name);
 
-    let before_raw = event.get("before");
-    let after_raw = event.get("after").or(if op == "m" {
-        event.get("message")
-    } else {
-        None
-    });
+    let after_key = match event.get("after") {
+        None if op == "m" => "message",
+        _ => "after",
+    };
     let mongo = connector.as_deref() == Some("mongodb")
-        || before_raw
-            .or(after_raw)
+        || event
+            .get("before")
+            .or(event.get(after_key))
             .is_some_and(|r| r.get().starts_with('"'));
-    let before = before_raw.map(image_text);
-    let after = after_raw.map(image_text);
+    let before = image(event, "before");
+    let after = image(event, after_key);
     // A create, read or relational update says what the row became; MongoDB's oplog updates
     // send a patch instead, and deletes may have no image at all (no pre-images).
     if after.is_none() && (matches!(op.as_ref(), "c" | "r") || (op == "u" && !mongo)) {
@@ -765,7 +841,7 @@ fn change<'a>(
         [&after, &before]
             .into_iter()
             .flatten()
-            .find_map(|image| Members::parse(image)?.text(column).map(Cow::into_owned))
+            .find_map(|image| image.with_members(|m| m.text(column).map(Cow::into_owned))?)
             .filter(|u| u != UNAVAILABLE)
     });
 
@@ -777,7 +853,7 @@ fn change<'a>(
     let mut unavailable = Vec::new();
     let old_data = before.map(|b| rewrite(b, before_schema, &table_rules, &mut unavailable));
     let new_data = after.map(|a| rewrite(a, after_schema, &table_rules, &mut unavailable));
-    let primary_key = primary_key(msg.key.as_deref(), mongo, &table_rules)?;
+    let primary_key = primary_key(msg.key.as_deref(), key_schema, mongo, &table_rules)?;
     let mut change_detail = if mongo { mongo_detail(event) } else { None };
     // Only a logical message (PostgreSQL) or a row event's statement (MySQL) carries context.
     let found = if op == "m" {
@@ -1009,8 +1085,8 @@ pub fn describe(msg: &Message, rules: &Rules) -> serde_json::Value {
 
 /// [`describe`], reading registry-framed messages with `schemas`.
 pub fn describe_with(msg: &Message, rules: &Rules, schemas: &Schemas) -> serde_json::Value {
-    as_json(msg, schemas, |msg, connect| {
-        describe_read(interpret_with(msg, connect, rules))
+    as_json(msg, schemas, |msg, apart| {
+        describe_read(interpret_with(msg, apart, rules))
     })
     .unwrap_or_else(
         |r| serde_json::json!({ "rejected": { "reason": r.kind.as_str(), "error": r.error } }),
@@ -1212,8 +1288,12 @@ mod tests {
     fn changed_columns_ignore_unavailable_values_and_keep_order() {
         let b = r#"{"id":1,"b":"x","c":"big","a":2}"#;
         let a = r#"{"id":1,"b":"y","c":"__debezium_unavailable_value","a":3}"#;
+        let image = |text| Image {
+            text: Cow::Borrowed(text),
+            members: None,
+        };
         assert_eq!(
-            changed_columns(b, a),
+            changed_columns(&image(b), &image(a)),
             Some(vec!["b".to_string(), "a".to_string()])
         );
     }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::avro::{framed, AvroSchema};
+use super::json::Span;
 use super::jsonschema::JsonSchema;
 use super::protobuf::ProtoSchema;
 use crate::events::Stats;
@@ -40,16 +41,36 @@ impl Registered {
         }
     }
 
-    /// The `payload` of that text alone, and its Connect schema as the JSON converter prints it.
-    pub fn payload(&self, datum: &[u8]) -> Result<(String, &str), String> {
-        match self {
-            Registered::Avro(s) => Ok((s.payload(datum)?, s.connect())),
+    /// The `payload` of that text alone, with its Connect schema as the JSON converter prints
+    /// it.
+    pub fn payload(&self, datum: &[u8]) -> Result<Payload<'_>, String> {
+        let (text, connect, spans) = match self {
+            Registered::Avro(s) => {
+                let (text, spans) = s.payload(datum)?;
+                (text, s.connect(), spans)
+            }
             Registered::Json(s) => std::str::from_utf8(datum)
-                .map(|text| (text.to_string(), s.connect()))
-                .map_err(|e| format!("not UTF-8: {e}")),
-            Registered::Protobuf(s) => s.payload(datum),
-        }
+                .map(|text| (text.to_string(), s.connect(), Vec::new()))
+                .map_err(|e| format!("not UTF-8: {e}"))?,
+            Registered::Protobuf(s) => {
+                let (text, connect) = s.payload(datum)?;
+                (text, connect, Vec::new())
+            }
+        };
+        Ok(Payload {
+            text,
+            connect,
+            spans,
+        })
     }
+}
+
+/// A framed value or key as the JSON converter's `payload`: its text, its Connect schema, and
+/// where the reader wrote its members (empty where it does not say; then the text is read).
+pub struct Payload<'s> {
+    pub text: String,
+    pub connect: &'s str,
+    pub spans: Vec<Span<'s>>,
 }
 
 type Compiled = Result<Arc<Registered>, Refusal>;

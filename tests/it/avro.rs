@@ -20,6 +20,7 @@ use cdc_audit::demo::in_avro;
 use cdc_audit::registry::serve::LocalRegistry;
 use cdc_audit::registry::{Answer, Registry};
 use cdc_audit::transform::avro::{framed, AvroSchema};
+use cdc_audit::transform::json::Members;
 use cdc_audit::transform::schemas::{compile, SchemaCache, Schemas};
 use cdc_audit::transform::{describe, describe_with, transform, transform_with};
 use cdc_audit::types::{Message, Outcome};
@@ -485,6 +486,7 @@ fn encoded(outcome: &Outcome) -> String {
 
 #[test]
 fn every_fixture_written_by_the_avro_converter_makes_the_json_converters_row() {
+    let mut split = 0;
     for Case {
         name,
         json: json_msg,
@@ -493,6 +495,7 @@ fn every_fixture_written_by_the_avro_converter_makes_the_json_converters_row() {
     } in parity_cases()
     {
         let (value_schema, datum) = by_apache_avro(&value);
+        split += assert_members_where_the_reader_says(&name, &value_schema, &datum);
         let mut registered = vec![(1, value_schema)];
         let mut avro_msg = json_msg.clone();
         avro_msg.payload = Some(frame(1, datum));
@@ -503,6 +506,39 @@ fn every_fixture_written_by_the_avro_converter_makes_the_json_converters_row() {
         }
         assert_same_rows(&name, &avro_msg, &json_msg, "AVRO", &registered);
     }
+    assert!(split > 20, "the reader split {split} objects");
+}
+
+/// The members the Avro reader says it wrote, and where, are those a JSON parser reads from its
+/// text, and so are the members of the objects among them it split too: how many it split.
+fn assert_members_where_the_reader_says(name: &str, schema: &str, datum: &[u8]) -> usize {
+    let schema = AvroSchema::parse(schema).unwrap();
+    let (text, spans) = schema.payload(datum).unwrap();
+    let pairs = |m: &Members<'_>| -> Vec<(String, String)> {
+        m.0.iter()
+            .map(|(k, v)| (k.to_string(), v.get().to_string()))
+            .collect()
+    };
+    let written = Members::written(&text, &spans);
+    let parsed: Members<'_> = serde_json::from_str(&text).unwrap();
+    assert_eq!(pairs(&written), pairs(&parsed), "{name}");
+    let mut split = 0;
+    for span in &spans {
+        let Some(inner) = &span.inner else { continue };
+        let value = &text[span.range.clone()];
+        let parsed: Members<'_> = serde_json::from_str(value).unwrap();
+        let inner: Vec<(String, String)> = inner
+            .iter()
+            .map(|s| (s.name.to_string(), text[s.range.clone()].to_string()))
+            .collect();
+        assert_eq!(inner, pairs(&parsed), "{name}: {}", span.name);
+        assert_eq!(
+            written.object(span.name).as_ref().map(pairs),
+            Some(pairs(&parsed))
+        );
+        split += 1;
+    }
+    split
 }
 
 #[test]
