@@ -220,7 +220,8 @@ impl<'a> Scan<'a> {
     /// too.
     fn object(&mut self, split: bool) -> Option<Members<'a>> {
         self.eat(b'{')?;
-        let mut members = Vec::with_capacity(8);
+        // An event's source has about fifteen members: room for them without growing.
+        let mut members = Vec::with_capacity(16);
         let mut inner = Vec::new();
         self.items(b'}', |scan| {
             let (quoted, escaped) = scan.key()?;

@@ -71,7 +71,7 @@ pub struct AuditRecord<'a> {
     pub transaction_id: Option<String>,
     pub transaction_order: Option<i64>,
     pub transaction_collection_order: Option<i64>,
-    pub lsn: Option<String>,
+    pub lsn: Option<Cow<'a, str>>,
     pub connector: Option<Cow<'a, str>>,
     pub is_snapshot: bool,
     pub source_metadata: Option<&'a str>,
@@ -479,13 +479,14 @@ fn operation(op: &str) -> Option<&'static str> {
 /// Where a change happened: `db.schema.table`, empty parts left out (MySQL and MongoDB have
 /// no schema).
 fn qualified(parts: &[Option<&str>]) -> String {
-    parts
-        .iter()
-        .flatten()
-        .filter(|p| !p.is_empty())
-        .copied()
-        .collect::<Vec<_>>()
-        .join(".")
+    let mut name = String::with_capacity(parts.iter().flatten().map(|p| p.len() + 1).sum());
+    for part in parts.iter().flatten().filter(|p| !p.is_empty()) {
+        if !name.is_empty() {
+            name.push('.');
+        }
+        name.push_str(part);
+    }
+    name
 }
 
 /// The source block, or an empty one; an error if it is there but not an object.
@@ -539,17 +540,16 @@ fn snapshot_flag(source: &Members<'_>) -> bool {
 
 /// The source position: LSN (PostgreSQL), binlog file:pos (MySQL), commit LSN (SQL Server),
 /// SCN (Oracle), `ord` (MongoDB).
-fn position(s: &Members<'_>) -> Option<String> {
+fn position<'a>(s: &Members<'a>) -> Option<Cow<'a, str>> {
     if let Some(lsn) = s.text("lsn") {
-        return Some(lsn.into_owned());
+        return Some(lsn);
     }
     if let (Some(file), Some(pos)) = (s.text("file"), s.text("pos")) {
-        return Some(format!("{file}:{pos}"));
+        return Some(Cow::Owned(format!("{file}:{pos}")));
     }
     ["commit_lsn", "change_lsn", "commit_scn", "scn", "ord"]
         .iter()
         .find_map(|k| s.text(k))
-        .map(Cow::into_owned)
 }
 
 /// Rewrites an object image member by member (decoding, placeholder removal, column rules),
