@@ -11,6 +11,7 @@
 //! `CDC_AUDIT_BULK_WATCH_TABLES`.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 
 use crate::config::rules::Glob;
@@ -20,7 +21,9 @@ use crate::types::{Notice, NoticeKind, Outcome};
 /// How many transactions' counts are kept; the oldest go first.
 const OPEN_TRANSACTIONS: usize = 10_000;
 
-type Key = (String, String, NoticeKind);
+/// A transaction's rows of one table and one operation, as one text (the operation, the
+/// length of the transaction's id, the id, the table) so that finding it allocates nothing.
+type Key = Arc<str>;
 
 pub struct Suspicious {
     /// More than this many rows of one table in one transaction is a bulk change; 0: off.
@@ -97,23 +100,34 @@ impl Suspicious {
         }
         // The transactions whose count passes the threshold with this batch: each once.
         let mut crossed = Vec::new();
+        let mut key = String::with_capacity(64);
         {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
             for ((transaction, table, kind), added) in per_transaction {
-                let key = (transaction.to_string(), table.to_string(), kind);
-                let before = match open.counts.get(&key) {
-                    Some(count) => *count,
+                key.clear();
+                let _ = write!(
+                    key,
+                    "{}:{}:{transaction}{table}",
+                    kind.as_str(),
+                    transaction.len()
+                );
+                let before = match open.counts.get_mut(key.as_str()) {
+                    Some(count) => {
+                        *count += added;
+                        *count - added
+                    }
                     None => {
                         if open.order.len() >= OPEN_TRANSACTIONS {
                             if let Some(oldest) = open.order.pop_front() {
                                 open.counts.remove(&oldest);
                             }
                         }
+                        let key: Key = Arc::from(key.as_str());
                         open.order.push_back(key.clone());
+                        open.counts.insert(key, added);
                         0
                     }
                 };
-                open.counts.insert(key, before + added);
                 if before <= self.threshold && before + added > self.threshold {
                     crossed.push((transaction, table, kind));
                 }
