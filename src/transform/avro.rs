@@ -2,7 +2,8 @@
 //! big-endian bytes, then the Avro binary datum), turned into the text Debezium's JSON converter
 //! sends for the same Connect record: `{"schema": <Connect schema>, "payload": <value>}`. The
 //! transform reads that text as it reads any JSON message, so one change makes the same audit row
-//! whichever converter wrote it.
+//! whichever converter wrote it; the reader also says where it wrote the payload's members
+//! (`json::Span`), so that the transform takes them from there instead of scanning the text.
 //!
 //! The Connect schema is rebuilt from the `connect.*` properties the converter writes, as
 //! Confluent's `AvroData.toConnectSchema` rebuilds it, minus what that converter adds of its own:
