@@ -166,14 +166,14 @@ impl<'a> Members<'a> {
         self.0.iter().any(|(k, _)| k == key)
     }
 
-    /// The member's value as an object (the last one when a key is repeated), split already if
-    /// it was when this object was read.
-    pub fn object(&self, key: &str) -> Option<Members<'a>> {
+    /// The member's value as an object (the last one when a key is repeated): lent if it was
+    /// split when this object was read, else read now.
+    pub fn object(&self, key: &str) -> Option<Cow<'_, Members<'a>>> {
         let i = self.0.iter().rposition(|(k, _)| k == key)?;
         let value = present(self.0[i].1)?;
         match self.1.iter().find(|(j, _)| *j == i) {
-            Some((_, split)) => Some(split.clone()),
-            None => Members::parse(value.get()),
+            Some((_, split)) => Some(Cow::Borrowed(split)),
+            None => Members::parse(value.get()).map(Cow::Owned),
         }
     }
 
@@ -756,7 +756,7 @@ mod scan_tests {
                 let inner = serde.get(key).filter(|v| v.get().starts_with('{'));
                 let inner = inner.map(|v| serde_json::from_str::<Members<'_>>(v.get()).unwrap());
                 assert_eq!(
-                    event.object(key).as_ref().map(pairs),
+                    event.object(key).as_deref().map(pairs),
                     inner.as_ref().map(pairs),
                     "{key} in {text}"
                 );

@@ -170,17 +170,14 @@ fn from_registry<'s>(
     if value.is_none() && key.is_none() {
         return Ok(None);
     }
-    let mut apart = Apart {
-        key_schema: key.as_ref().map(|k| k.connect),
-        ..Apart::default()
+    let (payload, value_schema, spans) = match value {
+        Some(v) => (Some(v.text.into_bytes()), Some(v.connect), v.spans),
+        None => (msg.payload.clone(), None, Vec::new()),
     };
-    let payload = match value {
-        Some(v) => {
-            apart.value_schema = Some(v.connect);
-            apart.spans = v.spans;
-            Some(v.text.into_bytes())
-        }
-        None => msg.payload.clone(),
+    let apart = Apart {
+        value_schema,
+        spans,
+        key_schema: key.as_ref().map(|k| k.connect),
     };
     Ok(Some((
         Message {
@@ -490,9 +487,11 @@ fn qualified(parts: &[Option<&str>]) -> String {
 }
 
 /// The source block, or an empty one; an error if it is there but not an object.
-fn source_of<'a>(event: &Members<'a>) -> Result<(Members<'a>, Option<&'a str>), Rejection> {
+fn source_of<'e, 'a>(
+    event: &'e Members<'a>,
+) -> Result<(Cow<'e, Members<'a>>, Option<&'a str>), Rejection> {
     match event.get("source") {
-        None => Ok((Members::default(), None)),
+        None => Ok((Cow::Owned(Members::default()), None)),
         Some(raw) => event
             .object("source")
             .map(|m| (m, Some(raw.get())))
@@ -555,49 +554,40 @@ fn position<'a>(s: &Members<'a>) -> Option<Cow<'a, str>> {
 /// Rewrites an object image member by member (decoding, placeholder removal, column rules),
 /// only if something asks for it; otherwise the text is returned as it came.
 fn rewrite<'a>(
-    image: Image<'a>,
+    image: Image<'_, 'a>,
     schema: Option<&StructSchema>,
     rules: &TableRules<'_>,
     unavailable: &mut Vec<String>,
 ) -> Cow<'a, str> {
-    let text = &image.text;
-    let has_placeholder = text.contains(UNAVAILABLE);
+    let has_placeholder = image.text.contains(UNAVAILABLE);
     if schema.is_none_or(StructSchema::is_empty) && rules.is_empty() && !has_placeholder {
         return image.text;
     }
-    let parsed;
-    let members = match &image.members {
-        Some(m) => m,
-        None => match Members::parse(text) {
-            Some(m) => {
-                parsed = m;
-                &parsed
+    let written = image.with_members(|members| {
+        let mut out = ObjectWriter::with_capacity(image.text.len() + 16);
+        for (name, value) in &members.0 {
+            if has_placeholder && scalar_text(Some(*value)).as_deref() == Some(UNAVAILABLE) {
+                if !unavailable.iter().any(|u| u == name) {
+                    unavailable.push(name.to_string());
+                }
+                continue;
             }
-            None => return image.text,
-        },
-    };
-    let mut out = ObjectWriter::with_capacity(text.len() + 16);
-    for (name, value) in &members.0 {
-        if has_placeholder && scalar_text(Some(*value)).as_deref() == Some(UNAVAILABLE) {
-            if !unavailable.iter().any(|u| u == name) {
-                unavailable.push(name.to_string());
-            }
-            continue;
-        }
-        let decoded = schema
-            .and_then(|s| s.get(name))
-            .and_then(|l| decode::decode(*value, l));
-        let json = decoded.as_deref().unwrap_or(value.get());
-        match rules.action(name) {
-            None => out.member(name, json),
-            Some(action) => {
-                if let Some(masked) = rules.apply(action, json) {
-                    out.member(name, &masked);
+            let decoded = schema
+                .and_then(|s| s.get(name))
+                .and_then(|l| decode::decode(*value, l));
+            let json = decoded.as_deref().unwrap_or(value.get());
+            match rules.action(name) {
+                None => out.member(name, json),
+                Some(action) => {
+                    if let Some(masked) = rules.apply(action, json) {
+                        out.member(name, &masked);
+                    }
                 }
             }
         }
-    }
-    Cow::Owned(out.finish())
+        out.finish()
+    });
+    written.map_or(image.text, Cow::Owned)
 }
 
 /// An image as sent, or (MongoDB) a string of Extended JSON resolved into an object.
@@ -612,12 +602,12 @@ fn image_text(raw: Raw<'_>) -> Cow<'_, str> {
 
 /// An image: its text as sent, or (MongoDB) a string of Extended JSON resolved into an object;
 /// and its members, where the event's reading split them already.
-struct Image<'a> {
+struct Image<'e, 'a> {
     text: Cow<'a, str>,
-    members: Option<Members<'a>>,
+    members: Option<Cow<'e, Members<'a>>>,
 }
 
-impl Image<'_> {
+impl Image<'_, '_> {
     /// `read` of the image's members; `None` if it is not an object.
     fn with_members<R>(&self, read: impl FnOnce(&Members<'_>) -> R) -> Option<R> {
         match &self.members {
@@ -628,7 +618,7 @@ impl Image<'_> {
 }
 
 /// The event's image under `key`, if it has one.
-fn image<'a>(event: &Members<'a>, key: &str) -> Option<Image<'a>> {
+fn image<'e, 'a>(event: &'e Members<'a>, key: &str) -> Option<Image<'e, 'a>> {
     let text = image_text(event.get(key)?);
     let members = match text {
         Cow::Borrowed(_) => event.object(key),
@@ -638,7 +628,7 @@ fn image<'a>(event: &Members<'a>, key: &str) -> Option<Image<'a>> {
 }
 
 /// Columns whose value differs between two images; `None` when either is not an object.
-fn changed_columns(before: &Image<'_>, after: &Image<'_>) -> Option<Vec<String>> {
+fn changed_columns(before: &Image<'_, '_>, after: &Image<'_, '_>) -> Option<Vec<String>> {
     before.with_members(|b| after.with_members(|a| changed_between(b, a)))?
 }
 

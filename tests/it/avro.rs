@@ -533,7 +533,7 @@ fn assert_members_where_the_reader_says(name: &str, schema: &str, datum: &[u8]) 
             .collect();
         assert_eq!(inner, pairs(&parsed), "{name}: {}", span.name);
         assert_eq!(
-            written.object(span.name).as_ref().map(pairs),
+            written.object(span.name).as_deref().map(pairs),
             Some(pairs(&parsed))
         );
         split += 1;
