@@ -61,6 +61,8 @@ struct Member {
     end: usize,
     key: (usize, usize),
     escaped: bool,
+    /// The value is a string with an escape, still to be written (`flat_object`).
+    value_escaped: bool,
     /// The key's length and first eight bytes (unescaped): most comparisons end there.
     order: (usize, u64),
 }
@@ -142,6 +144,9 @@ impl Canon<'_, '_> {
     }
 
     fn object(&mut self) -> Option<()> {
+        if self.flat_object() {
+            return Some(());
+        }
         self.eat(b'{')?;
         self.out.push(b'{');
         self.ws();
@@ -170,6 +175,7 @@ impl Canon<'_, '_> {
                     end: self.out.len(),
                     key,
                     escaped,
+                    value_escaped: false,
                     order: (text.len(), u64::from_be_bytes(prefix)),
                 };
                 if let Some(prev) = self.members[base..].last() {
@@ -191,6 +197,147 @@ impl Canon<'_, '_> {
         self.members.truncate(base);
         self.out.push(b'}');
         Some(())
+    }
+
+    /// An object at `pos` whose keys hold no escape and whose values are strings, numbers
+    /// without an exponent, or literals: a row image or an event's source, almost always. Its
+    /// members are found in the source, put in order, and each written once. `false`, with nothing written
+    /// and `pos` where it was, for any other object: the general path writes it.
+    fn flat_object(&mut self) -> bool {
+        let src = self.src;
+        let src_at = self.pos;
+        let base = self.members.len();
+        let ws = |mut i: usize| {
+            while matches!(src.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+                i += 1;
+            }
+            i
+        };
+        // The end of the string that opens at `i`, and whether it holds an escape (which
+        // `string` checks as it writes).
+        let string_end = |mut i: usize| -> Option<(usize, bool)> {
+            let mut escaped = false;
+            loop {
+                i += 1 + special_at(src.get(i + 1..)?)?;
+                match src[i] {
+                    b'"' => return Some((i + 1, escaped)),
+                    b'\\' => escaped = true,
+                    _ => return None,
+                }
+                i += 1;
+            }
+        };
+        let mut i = ws(self.pos + 1);
+        let mut in_order = true;
+        let found = (|| -> Option<usize> {
+            if src.get(self.pos) != Some(&b'{') {
+                return None;
+            }
+            if src.get(i) == Some(&b'}') {
+                return Some(i + 1);
+            }
+            loop {
+                if src.get(i) != Some(&b'"') {
+                    return None;
+                }
+                let (key_end, false) = string_end(i)? else {
+                    return None;
+                };
+                let key = (i + 1, key_end - 1);
+                i = ws(key_end);
+                if src.get(i) != Some(&b':') {
+                    return None;
+                }
+                let start = ws(i + 1);
+                let mut value_escaped = false;
+                i = match src.get(start)? {
+                    b'"' => {
+                        let (end, escaped) = string_end(start)?;
+                        value_escaped = escaped;
+                        end
+                    }
+                    b't' if src[start..].starts_with(b"true") => start + 4,
+                    b'f' if src[start..].starts_with(b"false") => start + 5,
+                    b'n' if src[start..].starts_with(b"null") => start + 4,
+                    b'-' | b'0'..=b'9' => plain_number(src, start)?,
+                    _ => return None,
+                };
+                let text = &src[key.0..key.1];
+                let mut prefix = [0u8; 8];
+                let n = text.len().min(8);
+                prefix[..n].copy_from_slice(&text[..n]);
+                let member = Member {
+                    start,
+                    end: i,
+                    key,
+                    escaped: false,
+                    value_escaped,
+                    order: (text.len(), u64::from_be_bytes(prefix)),
+                };
+                if let Some(prev) = self.members[base..].last() {
+                    in_order &= key_order(src, prev, &member) == Ordering::Less;
+                }
+                self.members.push(member);
+                i = ws(i);
+                match src.get(i)? {
+                    b',' => i = ws(i + 1),
+                    b'}' => return Some(i + 1),
+                    _ => return None,
+                }
+            }
+        })();
+        let Some(end) = found else {
+            self.members.truncate(base);
+            return false;
+        };
+        let members = &mut self.members[base..];
+        if !in_order {
+            // Stable: equal keys stay in document order, and the last of each run is kept.
+            members.sort_by(|a, b| key_order(src, a, b));
+        }
+        let region = self.out.len();
+        self.out.push(b'{');
+        let mut first = true;
+        for k in base..self.members.len() {
+            let m = self.members[k];
+            let next_is_same = !in_order
+                && self
+                    .members
+                    .get(k + 1)
+                    .is_some_and(|n| key_order(src, &m, n) == Ordering::Equal);
+            let at = self.out.len();
+            if !next_is_same {
+                if !first {
+                    self.out.extend_from_slice(b", ");
+                }
+                first = false;
+                self.out.push(b'"');
+                self.out.extend_from_slice(&src[m.key.0..m.key.1]);
+                self.out.extend_from_slice(b"\": ");
+                if !m.value_escaped {
+                    self.out.extend_from_slice(&src[m.start..m.end]);
+                    continue;
+                }
+            } else if !m.value_escaped {
+                continue;
+            }
+            // A string with escapes is checked as it is written, even one a later key
+            // replaces: `jsonb` refuses the whole text for an escape it cannot hold.
+            self.pos = m.start;
+            if self.string().is_none() {
+                self.out.truncate(region);
+                self.members.truncate(base);
+                self.pos = src_at;
+                return false;
+            }
+            if next_is_same {
+                self.out.truncate(at);
+            }
+        }
+        self.out.push(b'}');
+        self.members.truncate(base);
+        self.pos = end;
+        true
     }
 
     /// Rewrites the members from `region` on in `jsonb` order, keeping the last of equal keys.
@@ -349,9 +496,34 @@ impl Canon<'_, '_> {
     }
 }
 
+/// The end of the number at `i` when `numeric` prints it as it is written: no exponent, no
+/// leading zero, not a negative zero.
+fn plain_number(src: &[u8], i: usize) -> Option<usize> {
+    let negative = src[i] == b'-';
+    let int_at = i + usize::from(negative);
+    let digits = |at: usize| src[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    let int = digits(int_at);
+    let mut end = int_at + int;
+    if int == 0 || (int > 1 && src[int_at] == b'0') {
+        return None;
+    }
+    if src.get(end) == Some(&b'.') {
+        let frac = digits(end + 1);
+        if frac == 0 {
+            return None;
+        }
+        end += 1 + frac;
+    }
+    if matches!(src.get(end), Some(b'e' | b'E')) {
+        return None;
+    }
+    let zero = src[int_at..end].iter().all(|&b| b == b'0' || b == b'.');
+    (!(negative && zero)).then_some(end)
+}
+
 /// Where the first `"`, `\` or control character is: eight bytes at a time (a string's text is
-/// most of what is copied).
-fn special_at(s: &[u8]) -> Option<usize> {
+/// most of what is copied, and of what the transform's scanner reads).
+pub fn special_at(s: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // A byte is zero in `x ^ ONES * c` where it is c; `(x - ONES * n) & !x & HIGH` marks the
@@ -493,6 +665,10 @@ mod tests {
             r#"{"x": [1, {}], "id": 1, "email": "a@b", "first_name": "A"}"#
         );
         assert_eq!(c(r#"{"b":1,"a":2,"b":3}"#), r#"{"a": 2, "b": 3}"#);
+        assert_eq!(
+            c(r#"{"bb":-0.0,"a":"x\"\u00e9","c":-1.50,"a":null}"#),
+            r#"{"a": null, "c": -1.50, "bb": 0.0}"#
+        );
         assert_eq!(c(r#" [ ] "#), "[]");
         assert_eq!(
             c(r#"{"a\"b":"\u00e9\n\u0001\/"}"#),
@@ -544,6 +720,8 @@ mod tests {
             "[1,]",
             "1e1001",
             "\"a\u{1}\"",
+            r#"{"a":"\u0000","a":1}"#,
+            r#"{"a":1,"b":"\q"}"#,
         ] {
             assert_eq!(canonical(bad), None, "{bad}");
         }

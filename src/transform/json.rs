@@ -10,6 +10,8 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::pgcopy::jsonb::special_at;
+
 /// An object key, borrowed unless it had escapes.
 pub struct Key<'a>(pub Cow<'a, str>);
 
@@ -319,11 +321,7 @@ impl<'a> Scan<'a> {
         let bytes = self.text.as_bytes();
         let mut escaped = false;
         loop {
-            let rest = bytes.get(self.at..)?;
-            let n = rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-            self.at += n;
+            self.at += special_at(bytes.get(self.at..)?)?;
             match bytes[self.at] {
                 b'"' => {
                     self.at += 1;
