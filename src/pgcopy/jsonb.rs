@@ -14,7 +14,7 @@ use std::cmp::Ordering;
 /// PostgreSQL will refuse it too, and the row becomes a rejection.
 pub fn write_canonical(out: &mut Vec<u8>, json: &str) -> bool {
     SCRATCH.with(|scratch| {
-        let (members, written) = &mut *scratch.borrow_mut();
+        let (members, written, orders) = &mut *scratch.borrow_mut();
         members.clear();
         let mut c = Canon {
             src: json.as_bytes(),
@@ -22,6 +22,7 @@ pub fn write_canonical(out: &mut Vec<u8>, json: &str) -> bool {
             out,
             members,
             written,
+            orders,
             depth: 0,
         };
         c.ws();
@@ -32,10 +33,11 @@ pub fn write_canonical(out: &mut Vec<u8>, json: &str) -> bool {
 }
 
 thread_local! {
-    /// The members of the objects being written, and a copy of an object's members being
-    /// reordered: kept per thread, so that writing allocates nothing once they have grown.
-    static SCRATCH: std::cell::RefCell<(Vec<Member>, Vec<u8>)> = const {
-        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    /// The members of the objects being written, a copy of an object's members being
+    /// reordered, and the orders of the objects of scalars seen last: kept per thread, so that
+    /// writing allocates nothing once they have grown.
+    static SCRATCH: std::cell::RefCell<(Vec<Member>, Vec<u8>, Orders)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new(), Orders { seen: Vec::new(), next: 0 }))
     };
 }
 
@@ -75,6 +77,7 @@ struct Canon<'a, 'o> {
     members: &'o mut Vec<Member>,
     /// An object's members while they are reordered.
     written: &'o mut Vec<u8>,
+    orders: &'o mut Orders,
     depth: usize,
 }
 
@@ -228,7 +231,6 @@ impl Canon<'_, '_> {
             }
         };
         let mut i = ws(self.pos + 1);
-        let mut in_order = true;
         let found = (|| -> Option<usize> {
             if src.get(self.pos) != Some(&b'{') {
                 return None;
@@ -274,9 +276,6 @@ impl Canon<'_, '_> {
                     value_escaped,
                     order: (text.len(), u64::from_be_bytes(prefix)),
                 };
-                if let Some(prev) = self.members[base..].last() {
-                    in_order &= key_order(src, prev, &member) == Ordering::Less;
-                }
                 self.members.push(member);
                 i = ws(i);
                 match src.get(i)? {
@@ -290,23 +289,15 @@ impl Canon<'_, '_> {
             self.members.truncate(base);
             return false;
         };
-        let members = &mut self.members[base..];
-        if !in_order {
-            // Stable: equal keys stay in document order, and the last of each run is kept.
-            members.sort_by(|a, b| key_order(src, a, b));
-        }
+        let order = self.orders.of(src, &self.members[base..]);
         let region = self.out.len();
         self.out.push(b'{');
         let mut first = true;
-        for k in base..self.members.len() {
-            let m = self.members[k];
-            let next_is_same = !in_order
-                && self
-                    .members
-                    .get(k + 1)
-                    .is_some_and(|n| key_order(src, &m, n) == Ordering::Equal);
+        for j in 0..self.members.len() - base {
+            let (k, kept) = self.orders.seen[order].order[j];
+            let m = self.members[base + k as usize];
             let at = self.out.len();
-            if !next_is_same {
+            if kept {
                 if !first {
                     self.out.extend_from_slice(b", ");
                 }
@@ -330,7 +321,7 @@ impl Canon<'_, '_> {
                 self.pos = src_at;
                 return false;
             }
-            if next_is_same {
+            if !kept {
                 self.out.truncate(at);
             }
         }
@@ -493,6 +484,72 @@ impl Canon<'_, '_> {
         }
         self.pos = i;
         Some(())
+    }
+}
+
+/// The `jsonb` orders of the last few key lists of objects of scalars: a table's images, or
+/// a connector's sources, have the same keys in the same order event after event, so their
+/// order is found once and then only recognised.
+struct Orders {
+    seen: Vec<Order>,
+    /// The entry replaced next once there are `ORDERS` of them.
+    next: usize,
+}
+
+const ORDERS: usize = 16;
+
+struct Order {
+    /// The keys, one after the other, and where each ends.
+    keys: Vec<u8>,
+    ends: Vec<usize>,
+    /// The members by index in `jsonb` order, each with whether it is written (`false`: a
+    /// later equal key replaces it).
+    order: Vec<(u32, bool)>,
+}
+
+impl Orders {
+    /// Which entry holds the order of `members` (their keys in `src`), found or made.
+    fn of(&mut self, src: &[u8], members: &[Member]) -> usize {
+        let key = |m: &Member| &src[m.key.0..m.key.1];
+        let same = |o: &Order| {
+            o.ends.len() == members.len()
+                && members.iter().enumerate().all(|(i, m)| {
+                    let start = if i == 0 { 0 } else { o.ends[i - 1] };
+                    key(m) == &o.keys[start..o.ends[i]]
+                })
+        };
+        if let Some(found) = self.seen.iter().position(same) {
+            return found;
+        }
+        let mut by_key: Vec<u32> = (0..members.len() as u32).collect();
+        // Stable: equal keys stay in document order, and the last of each run is kept.
+        by_key.sort_by(|&a, &b| key_order(src, &members[a as usize], &members[b as usize]));
+        let order = (0..by_key.len())
+            .map(|j| {
+                let m = &members[by_key[j] as usize];
+                let replaced = by_key
+                    .get(j + 1)
+                    .is_some_and(|&n| key_order(src, m, &members[n as usize]) == Ordering::Equal);
+                (by_key[j], !replaced)
+            })
+            .collect();
+        let mut keys = Vec::new();
+        let ends = members
+            .iter()
+            .map(|m| {
+                keys.extend_from_slice(key(m));
+                keys.len()
+            })
+            .collect();
+        let entry = Order { keys, ends, order };
+        if self.seen.len() < ORDERS {
+            self.seen.push(entry);
+            return self.seen.len() - 1;
+        }
+        let slot = self.next;
+        self.next = (self.next + 1) % ORDERS;
+        self.seen[slot] = entry;
+        slot
     }
 }
 
@@ -674,6 +731,26 @@ mod tests {
             c(r#"{"a\"b":"\u00e9\n\u0001\/"}"#),
             "{\"a\\\"b\": \"é\\n\\u0001/\"}"
         );
+    }
+
+    #[test]
+    fn an_order_seen_before_is_recognised_only_for_the_same_keys() {
+        let c = |s| canonical(s).unwrap();
+        for _ in 0..2 {
+            assert_eq!(c(r#"{"bb":1,"a":2}"#), r#"{"a": 2, "bb": 1}"#);
+            assert_eq!(c(r#"{"a":3,"bb":4}"#), r#"{"a": 3, "bb": 4}"#);
+            assert_eq!(c(r#"{"bb":5,"a":6,"bb":7}"#), r#"{"a": 6, "bb": 7}"#);
+            assert_eq!(c(r#"{"bb":8,"ab":9}"#), r#"{"ab": 9, "bb": 8}"#);
+            assert_eq!(c(r#"{"b":8,"ab":9}"#), r#"{"b": 8, "ab": 9}"#);
+        }
+        // More key lists than are kept: each still in its own order.
+        for n in 0..40 {
+            let text = format!(r#"{{"k{n}":1,"a":2}}"#);
+            assert_eq!(
+                canonical(&text).unwrap(),
+                format!(r#"{{"a": 2, "k{n}": 1}}"#)
+            );
+        }
     }
 
     #[test]
