@@ -204,17 +204,18 @@ impl Writer {
                     .batch_committed(b, rows, skipped, started.elapsed());
                 self.stats.transaction_events.inc_by(transactions as u64);
                 let now_us = now_ms() * 1000;
+                // Observed here, added to the shared histogram once for the batch.
+                let end_to_end = self.stats.end_to_end_seconds.local();
                 for outcome in t.outcomes.iter().skip(skipped) {
                     if let Outcome::Row(Row {
                         source_time_us: Some(at),
                         ..
                     }) = outcome
                     {
-                        self.stats
-                            .end_to_end_seconds
-                            .observe((now_us - at).max(0) as f64 / 1e6);
+                        end_to_end.observe((now_us - at).max(0) as f64 / 1e6);
                     }
                 }
+                end_to_end.flush();
                 self.suspicious
                     .committed(&b.tp.topic, t.outcomes.iter().skip(skipped));
                 for skip in skips {

@@ -23,7 +23,9 @@ use crate::config::rules::{Action, Rules, TableRules};
 use crate::pgcopy::Tuple;
 use crate::types::{Message, Notice, NoticeKind, Outcome, RejectKind, Rejection, Row, Skip};
 use decode::StructSchema;
-use json::{is_object, jsonb_safe, scalar_text, skip_ws, Members, ObjectWriter, Raw, Span};
+use json::{
+    integer, is_object, jsonb_safe, present, scalar_text, skip_ws, Members, ObjectWriter, Raw, Span,
+};
 use schemas::Payload;
 pub use schemas::Schemas;
 
@@ -508,16 +510,28 @@ fn source_of<'e, 'a>(
 /// snapshot events carry `ts_ms: 0`). Values sent in a larger unit than their name says
 /// (Debezium's docs show nanoseconds in `ts_us` and `ts_ms`) are scaled back into a plausible range.
 fn micros(m: &Members<'_>) -> Option<i64> {
-    let candidates = [
+    const CANDIDATES: [(&str, i32); 5] = [
         ("ts_ns", -3),
         ("ts_us", 0),
         ("ts_usec", 0),
         ("ts_ms", 3),
         ("ts_sec", 6),
     ];
-    let (value, exp) = candidates
-        .iter()
-        .find_map(|(k, e)| m.int(k).filter(|v| *v != 0).map(|v| (v, *e)))?;
+    // One pass over the members (the last of equal keys wins, as `get` has it), then the
+    // finest unit that is there and not zero.
+    let mut found = [None; CANDIDATES.len()];
+    for (key, raw) in &m.0 {
+        if key.starts_with("ts_") {
+            if let Some(i) = CANDIDATES.iter().position(|(k, _)| k == key) {
+                found[i] = Some(*raw);
+            }
+        }
+    }
+    let (value, exp) = found.iter().zip(CANDIDATES).find_map(|(raw, (_, e))| {
+        integer(raw.and_then(present))
+            .filter(|v| *v != 0)
+            .map(|v| (v, e))
+    })?;
     let mut us = i128::from(value);
     if exp < 0 {
         us /= 1000;
