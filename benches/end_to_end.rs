@@ -72,6 +72,12 @@ struct Args {
     /// The service's CDC_AUDIT_CHANNEL_CAPACITY, if not its default.
     #[arg(long)]
     channel_capacity: Option<usize>,
+    /// The service's CDC_AUDIT_BATCH_SIZE, if not its default.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// The service's CDC_AUDIT_BATCH_BYTES, if not its default.
+    #[arg(long)]
+    batch_bytes: Option<usize>,
     /// The service's writers, and the ceiling's connections.
     #[arg(long, default_value_t = 2)]
     writers: usize,
@@ -473,6 +479,12 @@ fn service(
         .stderr(log_file(&format!("cdc-audit-bench-{group}-{n}.log")));
     if let Some(capacity) = args.channel_capacity {
         command.env("CDC_AUDIT_CHANNEL_CAPACITY", capacity.to_string());
+    }
+    if let Some(size) = args.batch_size {
+        command.env("CDC_AUDIT_BATCH_SIZE", size.to_string());
+    }
+    if let Some(bytes) = args.batch_bytes {
+        command.env("CDC_AUDIT_BATCH_BYTES", bytes.to_string());
     }
     if let Some(api) = api {
         command
