@@ -204,8 +204,9 @@ impl Canon<'_, '_> {
 
     /// An object at `pos` whose keys hold no escape and whose values are strings, numbers
     /// without an exponent, or literals: a row image or an event's source, almost always. Its
-    /// members are found in the source, put in order, and each written once. `false`, with nothing written
-    /// and `pos` where it was, for any other object: the general path writes it.
+    /// members are found in the source, put in order, and each written once. `false`, with
+    /// nothing written and `pos` where it was, for any other object: the general path writes
+    /// it.
     fn flat_object(&mut self) -> bool {
         let src = self.src;
         let src_at = self.pos;

@@ -1369,6 +1369,28 @@ mod tests {
     }
 
     #[test]
+    fn the_finest_time_unit_there_wins_and_the_last_of_equal_keys() {
+        let at = |json| micros(&Members::parse(json).unwrap());
+        assert_eq!(
+            at(r#"{"ts_ms":1700000000000,"ts_ns":1700000000000001000}"#),
+            Some(1_700_000_000_000_001)
+        );
+        assert_eq!(
+            at(r#"{"ts_ms":1700000000000,"ts_us":0,"ts_sec":5}"#),
+            Some(1_700_000_000_000_000)
+        );
+        assert_eq!(
+            at(r#"{"ts_ms":1,"ts_ms":1700000000000}"#),
+            Some(1_700_000_000_000_000)
+        );
+        assert_eq!(
+            at(r#"{"ts_us":5,"ts_us":null,"ts_ms":1700000000000}"#),
+            Some(1_700_000_000_000_000)
+        );
+        assert_eq!(at(r#"{"ts":5,"ts_msx":7}"#), None);
+    }
+
+    #[test]
     fn zero_timestamps_are_unknown() {
         let m = Members::parse(r#"{"ts_ms":0}"#).unwrap();
         assert_eq!(micros(&m), None);
