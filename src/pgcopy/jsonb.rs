@@ -34,7 +34,7 @@ pub fn write_canonical(out: &mut Vec<u8>, json: &str) -> bool {
 
 thread_local! {
     /// The members of the objects being written, a copy of an object's members being
-    /// reordered, and the orders of the objects of scalars seen last: kept per thread, so that
+    /// reordered, and the orders of the key lists seen last: kept per thread, so that
     /// writing allocates nothing once they have grown.
     static SCRATCH: std::cell::RefCell<(Vec<Member>, Vec<u8>, Orders)> = const {
         std::cell::RefCell::new((Vec::new(), Vec::new(), Orders { seen: Vec::new(), next: 0 }))
@@ -169,17 +169,13 @@ impl Canon<'_, '_> {
                 self.out.extend_from_slice(b": ");
                 self.ws();
                 self.value()?;
-                let text = unescape(&self.out[key.0..key.1], escaped);
-                let mut prefix = [0u8; 8];
-                let n = text.len().min(8);
-                prefix[..n].copy_from_slice(&text[..n]);
                 let member = Member {
                     start,
                     end: self.out.len(),
                     key,
                     escaped,
                     value_escaped: false,
-                    order: (text.len(), u64::from_be_bytes(prefix)),
+                    order: sort_key(&unescape(&self.out[key.0..key.1], escaped)),
                 };
                 if let Some(prev) = self.members[base..].last() {
                     in_order &= key_order(self.out, prev, &member) == Ordering::Less;
@@ -265,17 +261,13 @@ impl Canon<'_, '_> {
                     b'-' | b'0'..=b'9' => plain_number(src, start)?,
                     _ => return None,
                 };
-                let text = &src[key.0..key.1];
-                let mut prefix = [0u8; 8];
-                let n = text.len().min(8);
-                prefix[..n].copy_from_slice(&text[..n]);
                 let member = Member {
                     start,
                     end: i,
                     key,
                     escaped: false,
                     value_escaped,
-                    order: (text.len(), u64::from_be_bytes(prefix)),
+                    order: sort_key(&src[key.0..key.1]),
                 };
                 self.members.push(member);
                 i = ws(i);
@@ -344,20 +336,16 @@ impl Canon<'_, '_> {
             m.end -= region;
             m.key = (m.key.0 - region, m.key.1 - region);
         }
-        // Stable: equal keys stay in document order, and the last of each run is kept.
-        members.sort_by(|a, b| key_order(written, a, b));
-        let mut first = true;
-        for (i, m) in members.iter().enumerate() {
-            let next_is_same = members
-                .get(i + 1)
-                .is_some_and(|n| key_order(written, m, n) == Ordering::Equal);
-            if next_is_same {
-                continue;
-            }
-            if !first {
+        let order = self.orders.of(written, members);
+        let kept = self.orders.seen[order]
+            .order
+            .iter()
+            .filter(|(_, kept)| *kept);
+        for (n, &(k, _)) in kept.enumerate() {
+            if n > 0 {
                 self.out.extend_from_slice(b", ");
             }
-            first = false;
+            let m = &members[k as usize];
             self.out.extend_from_slice(&written[m.start..m.end]);
         }
     }
@@ -488,9 +476,10 @@ impl Canon<'_, '_> {
     }
 }
 
-/// The `jsonb` orders of the last few key lists of objects of scalars: a table's images, or
-/// a connector's sources, have the same keys in the same order event after event, so their
-/// order is found once and then only recognised.
+/// The `jsonb` orders of the last few key lists of objects written: a table's images, or a
+/// connector's sources, have the same keys in the same order event after event, so their
+/// order is found once and then only recognised. Keys are compared as written (escaped or
+/// not), which names each text once.
 struct Orders {
     seen: Vec<Order>,
     /// The entry replaced next once there are `ORDERS` of them.
@@ -509,7 +498,8 @@ struct Order {
 }
 
 impl Orders {
-    /// Which entry holds the order of `members` (their keys in `src`), found or made.
+    /// Which entry holds the order of `members` (their keys in `src`), found or made. Sorted
+    /// stably: equal keys stay in document order, and the last of each run is kept.
     fn of(&mut self, src: &[u8], members: &[Member]) -> usize {
         let key = |m: &Member| &src[m.key.0..m.key.1];
         let same = |o: &Order| {
@@ -523,7 +513,6 @@ impl Orders {
             return found;
         }
         let mut by_key: Vec<u32> = (0..members.len() as u32).collect();
-        // Stable: equal keys stay in document order, and the last of each run is kept.
         by_key.sort_by(|&a, &b| key_order(src, &members[a as usize], &members[b as usize]));
         let order = (0..by_key.len())
             .map(|j| {
@@ -662,6 +651,14 @@ fn push_char(out: &mut Vec<u8>, c: char) -> bool {
     };
     out.extend_from_slice(escape);
     true
+}
+
+/// What most key comparisons need: a key's length and first eight bytes (unescaped).
+fn sort_key(text: &[u8]) -> (usize, u64) {
+    let mut prefix = [0u8; 8];
+    let n = text.len().min(8);
+    prefix[..n].copy_from_slice(&text[..n]);
+    (text.len(), u64::from_be_bytes(prefix))
 }
 
 /// `jsonb`'s key order: shorter first, then by bytes, of the keys' unescaped text.

@@ -1370,24 +1370,28 @@ mod tests {
 
     #[test]
     fn the_finest_time_unit_there_wins_and_the_last_of_equal_keys() {
-        let at = |json| micros(&Members::parse(json).unwrap());
-        assert_eq!(
-            at(r#"{"ts_ms":1700000000000,"ts_ns":1700000000000001000}"#),
-            Some(1_700_000_000_000_001)
-        );
-        assert_eq!(
-            at(r#"{"ts_ms":1700000000000,"ts_us":0,"ts_sec":5}"#),
-            Some(1_700_000_000_000_000)
-        );
-        assert_eq!(
-            at(r#"{"ts_ms":1,"ts_ms":1700000000000}"#),
-            Some(1_700_000_000_000_000)
-        );
-        assert_eq!(
-            at(r#"{"ts_us":5,"ts_us":null,"ts_ms":1700000000000}"#),
-            Some(1_700_000_000_000_000)
-        );
-        assert_eq!(at(r#"{"ts":5,"ts_msx":7}"#), None);
+        let cases = [
+            (
+                r#"{"ts_ms":1700000000000,"ts_ns":1700000000000001000}"#,
+                Some(1_700_000_000_000_001),
+            ),
+            (
+                r#"{"ts_ms":1700000000000,"ts_us":0,"ts_sec":5}"#,
+                Some(1_700_000_000_000_000),
+            ),
+            (
+                r#"{"ts_ms":1,"ts_ms":1700000000000}"#,
+                Some(1_700_000_000_000_000),
+            ),
+            (
+                r#"{"ts_us":5,"ts_us":null,"ts_ms":1700000000000}"#,
+                Some(1_700_000_000_000_000),
+            ),
+            (r#"{"ts":5,"ts_msx":7}"#, None),
+        ];
+        for (json, expected) in cases {
+            assert_eq!(micros(&Members::parse(json).unwrap()), expected, "{json}");
+        }
     }
 
     #[test]
