@@ -20,7 +20,9 @@
 //!
 //! The service instances get the bench's own settings, then any `CDC_AUDIT_*` of the bench's
 //! environment but `CDC_AUDIT_BENCH_LOG` (their `RUST_LOG`), which win:
-//! `CDC_AUDIT_KAFKA_QUEUED_MAX_MESSAGES_KBYTES=8192 cargo bench ...`.
+//! `CDC_AUDIT_KAFKA_QUEUED_MAX_MESSAGES_KBYTES=8192 cargo bench ...`. `CDC_AUDIT_BIN` names
+//! another build of the service to run instead of this one's (a before, to interleave with
+//! the after on one bench build).
 
 mod common;
 
@@ -448,7 +450,10 @@ fn service(
     api: Option<&str>,
 ) -> Process {
     let http = format!("127.0.0.1:{}", common::free_port());
-    let mut command = Command::new(env!("CARGO_BIN_EXE_cdc-audit"));
+    // `CDC_AUDIT_BIN` runs another build of the service (a before, interleaved with the after).
+    let binary =
+        std::env::var_os("CDC_AUDIT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_cdc-audit").into());
+    let mut command = Command::new(binary);
     command
         .arg("run")
         .env_clear()
@@ -493,7 +498,8 @@ fn service(
     }
     // The service's own settings, and glibc's (GLIBC_TUNABLES: the allocator's thresholds).
     command.envs(std::env::vars().filter(|(k, _)| {
-        (k.starts_with("CDC_AUDIT_") && k != "CDC_AUDIT_BENCH_LOG") || k == "GLIBC_TUNABLES"
+        (k.starts_with("CDC_AUDIT_") && k != "CDC_AUDIT_BENCH_LOG" && k != "CDC_AUDIT_BIN")
+            || k == "GLIBC_TUNABLES"
     }));
     Process {
         child: command.spawn().unwrap(),
