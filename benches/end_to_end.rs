@@ -36,7 +36,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cdc_audit::config::rules::Rules;
 use cdc_audit::demo::{self, Generator, Record};
+use cdc_audit::transform::transform;
+use cdc_audit::types::Message;
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
@@ -425,6 +428,31 @@ fn broker_rate(bootstrap: &str, topics: &[String], args: &Args, messages: i64) -
     }
     std::hint::black_box(bytes);
     seen as f64 / started.elapsed().as_secs_f64()
+}
+
+/// CPU seconds of one thread transforming every message of the backlog, each outcome dropped
+/// at once (as the writers drop theirs): the transform's share of the floor.
+fn transform_alone(backlog: &[Record]) -> f64 {
+    let topic: Arc<str> = Arc::from("bench.transform");
+    let messages: Vec<Message> = backlog
+        .iter()
+        .enumerate()
+        .map(|(offset, r)| Message {
+            topic: topic.clone(),
+            partition: 0,
+            offset: offset as i64,
+            timestamp_ms: Some(0),
+            key: r.key.clone().map(String::into_bytes),
+            payload: r.value.clone().map(String::into_bytes),
+            headers: Vec::new(),
+        })
+        .collect();
+    let rules = Rules::default();
+    let started = common::thread_cpu_seconds().unwrap_or(0.0);
+    for m in &messages {
+        drop(std::hint::black_box(transform(m, &rules)));
+    }
+    common::thread_cpu_seconds().unwrap_or(0.0) - started
 }
 
 fn committed(client: &mut postgres::Client, group: &str) -> i64 {
@@ -874,6 +902,9 @@ fn main() {
     // PostgreSQL's rate swings by half from one run to the next here (checkpoints, WAL), so it
     // is measured again after the drain and the higher of the two is the ceiling: the ratio
     // errs low, not high. Each measured phase starts after a checkpoint.
+    // Also the bench's own CPU for the COPY, per change: with the transform's and the plain
+    // consumer's below, what the service's three stages cost each on its own (the floor).
+    let per_change = |seconds: f64| seconds / backlog_changes as f64 * 1e6;
     let measure_ceiling = |admin: &mut postgres::Client| {
         checkpoint(admin);
         let url = common::fresh_database(admin, &server, &db("ceiling"));
@@ -883,11 +914,15 @@ fn main() {
                 common::transformed_batches(&format!("stream{w}"), 0, &records, BATCH)
             })
             .collect();
+        let cpu = || common::cpu_seconds(std::process::id()).unwrap_or(0.0);
+        let started = cpu();
         let rate = common::write_streams(&url, streams, false);
+        let copy_cpu = per_change(cpu() - started);
         let _ = admin.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", db("ceiling")));
-        rate
+        (rate, copy_cpu)
     };
-    let ceiling_before = measure_ceiling(&mut admin);
+    let (ceiling_before, copy_before) = measure_ceiling(&mut admin);
+    let transform_cpu = per_change(transform_alone(&backlog));
     say(format!(
         "\nceiling: binary COPY of the same rows, {} connections: {ceiling_before:.0} rows/s",
         args.writers
@@ -932,9 +967,14 @@ fn main() {
         "produced to tansu in {produce_s:.1} s ({:.0} messages/s), {batching}",
         backlog.len() as f64 / produce_s
     ));
+    let consumer_cpu = common::cpu_seconds(std::process::id()).unwrap_or(0.0);
     let plain = broker_rate(&bootstrap, &backlog_topics, &args, backlog_end);
+    let consumer_cpu = (common::cpu_seconds(std::process::id()).unwrap_or(0.0) - consumer_cpu)
+        / backlog_changes as f64
+        * 1e6;
     say(format!(
-        "tansu to a plain consumer, no database: {plain:.0} messages/s"
+        "tansu to a plain consumer, no database: {plain:.0} messages/s, {consumer_cpu:.1} µs CPU \
+         per change"
     ));
 
     let url_one = common::fresh_database(&mut admin, &server, &db("one"));
@@ -964,27 +1004,36 @@ fn main() {
     );
     let broker_cpu = common::cpu_seconds(broker.pid()).unwrap_or(0.0) - broker_cpu;
     let api_report = loader.map(ApiLoad::stop);
-    let ceiling_after = measure_ceiling(&mut admin);
+    let (ceiling_after, copy_after) = measure_ceiling(&mut admin);
     drop(backlog);
     let ceiling = ceiling_before.max(ceiling_after);
+    let floor = (consumer_cpu, transform_cpu, copy_before.min(copy_after));
+    let floor_sum = floor.0 + floor.1 + floor.2;
+    let service_cpu = d.cpu_s[0] / d.events as f64 * 1e6;
     say(format!(
         "\n## One instance draining the backlog\n\n\
          ceiling measured again, the instance idle: {ceiling_after:.0} rows/s; the higher, \
          {ceiling:.0}, is the ceiling\n\
          {:.0} events/s, {:.1} MB/s, ratio to the ceiling {:.2} \
          (from the first commit; the group join took {:.1} s before it)\n\
-         peak resident memory {:.0} MB; CPU {:.1} µs per event ({:.1} s in all); \
-         tansu CPU {:.1} s; machine busy {:.0}%\n{}",
+         peak resident memory {:.0} MB; CPU {service_cpu:.1} µs per event ({:.1} s in all); \
+         tansu CPU {:.1} s; machine busy {:.0}%\n{}\n\
+         the stages alone, CPU per change: consuming {:.1} µs (the plain consumer), the \
+         transform {:.1} µs (one thread), COPY {:.1} µs (the ceiling's client): {floor_sum:.1} µs \
+         in all; the service spent {:.1} µs more",
         d.rate(),
         bytes as f64 / d.steady / 1e6,
         d.rate() / ceiling,
         d.startup,
         d.peak_rss_mb[0],
-        d.cpu_s[0] / d.events as f64 * 1e6,
         d.cpu_s[0],
         broker_cpu,
         d.machine_busy * 100.0,
         d.batches_line(),
+        floor.0,
+        floor.1,
+        floor.2,
+        service_cpu - floor_sum,
     ));
     if let Some(report) = api_report {
         say(report);
