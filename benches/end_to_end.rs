@@ -823,6 +823,88 @@ fn watch_positions(
     })
 }
 
+/// What PostgreSQL did besides taking rows while `stop` was unset, as spans of Unix
+/// milliseconds, polled every 20 ms.
+#[derive(Default)]
+struct PgWork {
+    /// A checkpoint's start shows as a count of `pg_stat_bgwriter` going up (it reports while
+    /// the checkpoint writes), its end as `pg_control_checkpoint()` naming a newer one; one still
+    /// running at the stop ends then.
+    checkpoints: Vec<(i64, i64)>,
+    /// An autovacuum worker in `pg_stat_activity`.
+    autovacuum: Vec<(i64, i64)>,
+}
+
+impl PgWork {
+    /// What of it ran between `from` and `to`: `c` a checkpoint, `v` an autovacuum.
+    fn marks(&self, from: i64, to: i64) -> String {
+        let ran = |spans: &[(i64, i64)]| spans.iter().any(|&(a, b)| a <= to && b >= from);
+        let mut marks = String::new();
+        if ran(&self.checkpoints) {
+            marks.push('c');
+        }
+        if ran(&self.autovacuum) {
+            marks.push('v');
+        }
+        marks
+    }
+}
+
+fn watch_postgres(admin_url: String, stop: Arc<AtomicBool>) -> thread::JoinHandle<PgWork> {
+    thread::spawn(move || {
+        let mut work = PgWork::default();
+        let Ok(mut client) = cdc_audit::sink::connect(&admin_url, None) else {
+            return work;
+        };
+        let mut read = || {
+            client
+                .query_one(
+                    "SELECT (SELECT checkpoints_req + checkpoints_timed FROM pg_stat_bgwriter), \
+                            (SELECT (extract(epoch FROM checkpoint_time) * 1000)::bigint \
+                             FROM pg_control_checkpoint()), \
+                            (SELECT count(*) FROM pg_stat_activity \
+                             WHERE backend_type = 'autovacuum worker')",
+                    &[],
+                )
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)))
+                .ok()
+        };
+        let Some((mut count, mut last, _)) = read() else {
+            eprintln!("pg_control_checkpoint() not readable: checkpoints are not timed");
+            return work;
+        };
+        let (mut checkpoint, mut vacuum) = (None, None);
+        while !stop.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(20));
+            let Some((c, l, workers)) = read() else {
+                continue;
+            };
+            let seen = now_ms();
+            if l > last {
+                // One not seen running (it began and ended between two polls) started at its
+                // own time, which pg_control keeps to the second.
+                work.checkpoints
+                    .push((checkpoint.take().unwrap_or(l), seen));
+            } else if c > count {
+                checkpoint.get_or_insert(seen);
+            }
+            (count, last) = (c, l);
+            match (workers > 0, vacuum) {
+                (true, None) => vacuum = Some(seen),
+                (false, Some(from)) => {
+                    work.autovacuum.push((from, seen));
+                    vacuum = None;
+                }
+                _ => {}
+            }
+        }
+        let now = now_ms();
+        work.checkpoints.extend(checkpoint.map(|from| (from, now)));
+        work.autovacuum.extend(vacuum.map(|from| (from, now)));
+        work
+    })
+}
+
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {
         return 0;
@@ -1050,6 +1132,7 @@ fn main() {
     let live_producer = producer(&bootstrap, 10_000, CONNECT_BATCH_BYTES, Some(paced.len()));
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_positions(url_one.clone(), "bench-one".into(), stop.clone());
+    let postgres_watcher = watch_postgres(server.clone(), stop.clone());
     let held_metric = "cdc_audit_batch_held_seconds";
     let held_before = one.buckets(held_metric);
     let write_metric = "cdc_audit_batch_write_seconds";
@@ -1110,6 +1193,12 @@ fn main() {
     let machine_cores = (ticks_after.0 - ticks.0) as f64 / (ticks_after.1 - ticks.1).max(1) as f64
         * thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let timeline = watcher.join().unwrap();
+    let pg_work = postgres_watcher.join().unwrap_or_default();
+    // The changes sent in a second in which PostgreSQL was neither checkpointing (its writes,
+    // the fsyncs that end it, which stall commits, and the full-page images after it starts)
+    // nor vacuuming: a whole second, as a checkpoint's fsyncs leave a queue that takes a while
+    // to drain.
+    let mut undisturbed = Vec::new();
     // Per row: from the send (its Kafka timestamp) and from the broker's acknowledgement (when
     // the broker had stored it) to the commit that covered it.
     let acked = live_producer
@@ -1141,6 +1230,10 @@ fn main() {
             continue;
         };
         from_send.push(seen - sent);
+        let second_start = phase_start + (sent - phase_start).div_euclid(1000) * 1000;
+        if pg_work.marks(second_start, second_start + 999).is_empty() {
+            undisturbed.push(seen - sent);
+        }
         let second = by_second.entry((sent - phase_start) / 1000).or_default();
         second.0.push(seen - sent);
         if let Some(acked) = acked.get(&(topic, partition, offset)) {
@@ -1149,7 +1242,7 @@ fn main() {
             second.1.push(acked - sent);
         }
     }
-    for v in [&mut from_send, &mut from_ack, &mut ack] {
+    for v in [&mut from_send, &mut from_ack, &mut ack, &mut undisturbed] {
         v.sort_unstable();
     }
     let held_after = one.buckets(held_metric);
@@ -1165,11 +1258,28 @@ fn main() {
     let write_quantile = |q| quantile(q, &write_before, &write_after);
     // BTreeMap: in the order of the phase's seconds, so a queue that grows shows as a rising run.
     let by_second: Vec<String> = by_second
-        .into_values()
-        .map(|(mut total, mut ack)| {
+        .into_iter()
+        .map(|(second, (mut total, mut ack))| {
             total.sort_unstable();
             ack.sort_unstable();
-            format!("{}/{}", percentile(&total, 0.99), percentile(&ack, 0.99))
+            let from = phase_start + second * 1000;
+            format!(
+                "{}/{}{}",
+                percentile(&total, 0.99),
+                percentile(&ack, 0.99),
+                pg_work.marks(from, from + 999)
+            )
+        })
+        .collect();
+    let checkpoint_spans: Vec<String> = pg_work
+        .checkpoints
+        .iter()
+        .map(|&(a, b)| {
+            format!(
+                "{:.1} to {:.1} s",
+                (a - phase_start) as f64 / 1e3,
+                (b - phase_start) as f64 / 1e3
+            )
         })
         .collect();
     let figures = |v: &[i64]| {
@@ -1190,8 +1300,10 @@ fn main() {
          held in the service, a batch's first message read to its commit ({held_metric}, per batch, \
          estimated from its buckets): p50 {}, p99 {}\n\
          of which writing and committing it ({write_metric}): p50 {}, p99 {}\n\
-         p99 of each second of the phase, produce to commit / of which the broker, in ms: {}\n\
-         PostgreSQL checkpoints in the phase: {}\n\
+         p99 of each second of the phase, produce to commit / of which the broker, in ms (c: \
+         PostgreSQL checkpointing, v: an autovacuum running): {}\n\
+         PostgreSQL checkpoints in the phase: {}; running {}; autovacuum running {:.1} s; \
+         produce to commit of the {} changes sent in seconds with neither: {}\n\
          cores busy over the phase: the service {}, tansu {}, the producer {}, the machine {machine_cores:.2}",
         args.latency_share,
         from_send.len(),
@@ -1212,6 +1324,18 @@ fn main() {
             ),
             _ => "n/a".into(),
         },
+        if checkpoint_spans.is_empty() {
+            "never".to_string()
+        } else {
+            checkpoint_spans.join(", ")
+        },
+        pg_work
+            .autovacuum
+            .iter()
+            .map(|&(a, b)| (b - a) as f64 / 1e3)
+            .fold(0.0, |all, s| all + s),
+        undisturbed.len(),
+        figures(&undisturbed),
         cores(0),
         cores(1),
         cores(2),
