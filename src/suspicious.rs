@@ -21,10 +21,11 @@ use crate::types::{Notice, NoticeKind, Outcome};
 /// How many transactions' counts are kept; the oldest go first.
 const OPEN_TRANSACTIONS: usize = 10_000;
 
-/// A transaction's rows of one table and one operation: SipHash-1-3 of the three under a key
-/// drawn at startup, 64 bits. Two of the (at most `OPEN_TRANSACTIONS`) counts kept share a key
-/// with a chance of about 3 in 10^12, and then only add up; a string key cost an allocation, a
-/// formatting and longer compares for each transaction (half of what counting cost).
+/// A transaction's rows of one table and one operation: the three hashed by std's keyed hash
+/// (SipHash-1-3) under a key drawn at startup, 64 bits. Two of the (at most
+/// `OPEN_TRANSACTIONS`) counts kept share a key with a chance of about 3 in 10^12, and then only
+/// add up; a string key cost an allocation, a formatting and longer compares for each
+/// transaction.
 type Key = u64;
 
 pub struct Suspicious {
@@ -110,9 +111,10 @@ impl Suspicious {
     /// The outcomes of one committed batch (of `topic`).
     pub fn committed<'a>(&self, topic: &str, outcomes: impl Iterator<Item = &'a Outcome>) {
         let mut per_batch: FxMap<(&str, NoticeKind), u64> = FxMap::default();
-        // Room for a transaction a row: growing it was a tenth of what counting cost.
+        // Room for a transaction a row (up to a thousand, a small allocation): growing it was a
+        // tenth of what counting cost.
         let mut per_transaction: FxMap<(&str, &str, NoticeKind), u64> =
-            FxMap::with_capacity_and_hasher(outcomes.size_hint().0.min(4096), Default::default());
+            FxMap::with_capacity_and_hasher(outcomes.size_hint().0.min(1024), Default::default());
         for outcome in outcomes {
             let Outcome::Row(row) = outcome else { continue };
             let Some(n) = row.notice.as_deref() else {
