@@ -39,7 +39,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cdc_audit::config::rules::Rules;
 use cdc_audit::demo::{self, Generator, Record};
 use cdc_audit::transform::transform;
-use cdc_audit::types::Message;
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
@@ -433,20 +432,8 @@ fn broker_rate(bootstrap: &str, topics: &[String], args: &Args, messages: i64) -
 /// CPU seconds of one thread transforming every message of the backlog, each outcome dropped
 /// at once (as the writers drop theirs): the transform's share of the floor.
 fn transform_alone(backlog: &[Record]) -> f64 {
-    let topic: Arc<str> = Arc::from("bench.transform");
-    let messages: Vec<Message> = backlog
-        .iter()
-        .enumerate()
-        .map(|(offset, r)| Message {
-            topic: topic.clone(),
-            partition: 0,
-            offset: offset as i64,
-            timestamp_ms: Some(0),
-            key: r.key.clone().map(String::into_bytes),
-            payload: r.value.clone().map(String::into_bytes),
-            headers: Vec::new(),
-        })
-        .collect();
+    let records: Vec<&Record> = backlog.iter().collect();
+    let messages = common::messages("bench.transform", 0, &records);
     let rules = Rules::default();
     let started = common::thread_cpu_seconds().unwrap_or(0.0);
     for m in &messages {

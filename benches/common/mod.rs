@@ -33,16 +33,10 @@ pub fn fresh_database(admin: &mut postgres::Client, server: &str, name: &str) ->
     url
 }
 
-/// Records of one stream, as Kafka messages of `partition` with offsets from 0, transformed in
-/// batches of `batch` as the service would.
-pub fn transformed_batches(
-    topic: &str,
-    partition: i32,
-    records: &[&Record],
-    batch: usize,
-) -> Vec<Transformed> {
+/// Records of one stream, as Kafka messages of `partition` with offsets from 0.
+pub fn messages(topic: &str, partition: i32, records: &[&Record]) -> Vec<Message> {
     let topic: Arc<str> = Arc::from(topic);
-    let messages: Vec<Message> = records
+    records
         .iter()
         .enumerate()
         .map(|(offset, r)| Message {
@@ -54,7 +48,18 @@ pub fn transformed_batches(
             payload: r.value.clone().map(String::into_bytes),
             headers: Vec::new(),
         })
-        .collect();
+        .collect()
+}
+
+/// Records of one stream, as Kafka messages of `partition` with offsets from 0, transformed in
+/// batches of `batch` as the service would.
+pub fn transformed_batches(
+    topic: &str,
+    partition: i32,
+    records: &[&Record],
+    batch: usize,
+) -> Vec<Transformed> {
+    let messages = messages(topic, partition, records);
     let rules = Rules::default();
     messages
         .chunks(batch)
