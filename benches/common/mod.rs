@@ -71,7 +71,7 @@ pub fn transformed_batches(
                 Batch {
                     id: i as u64,
                     tp: Tp {
-                        topic: topic.clone(),
+                        topic: chunk[0].topic.clone(),
                         partition,
                     },
                     epoch: 0,
