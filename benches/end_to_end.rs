@@ -511,10 +511,12 @@ fn service(
             .env("CDC_AUDIT_API_ADDR", api)
             .env("CDC_AUDIT_API_TOKEN", API_TOKEN);
     }
-    // The service's own settings, and glibc's (GLIBC_TUNABLES: the allocator's thresholds).
+    // The service's own settings, glibc's (GLIBC_TUNABLES: the allocator's thresholds) and
+    // rayon's (RAYON_NUM_THREADS: the transform's threads).
     command.envs(std::env::vars().filter(|(k, _)| {
         (k.starts_with("CDC_AUDIT_") && k != "CDC_AUDIT_BENCH_LOG" && k != "CDC_AUDIT_BIN")
             || k == "GLIBC_TUNABLES"
+            || k == "RAYON_NUM_THREADS"
     }));
     Process {
         child: command.spawn().unwrap(),
