@@ -554,6 +554,8 @@ struct Drain {
     steady: f64,
     peak_rss_mb: Vec<f64>,
     cpu_s: Vec<f64>,
+    /// The first instance's CPU seconds by thread name, at the end of the drain.
+    threads: BTreeMap<String, f64>,
     machine_busy: f64,
     /// Committed batches, their mean size in messages and mean write time in ms.
     batches: f64,
@@ -644,6 +646,10 @@ fn drain(
             .iter()
             .map(|p| common::cpu_seconds(p.pid()).unwrap_or(0.0))
             .collect(),
+        threads: instances
+            .first()
+            .map(|p| common::cpu_seconds_by_thread(p.pid()))
+            .unwrap_or_default(),
         machine_busy: (after.0 - ticks.0) as f64 / (after.1 - ticks.1).max(1) as f64,
     }
 }
@@ -1081,6 +1087,15 @@ fn main() {
     let floor = (consumer_cpu, transform_cpu, copy_before.min(copy_after));
     let floor_sum = floor.0 + floor.1 + floor.2;
     let service_cpu = d.cpu_s[0] / d.events as f64 * 1e6;
+    // Beside the stages alone: the poll thread and librdkafka's against the plain consumer, the
+    // transform's (the stage and rayon) against one thread's, the writers' against the COPY.
+    let mut threads: Vec<(&String, &f64)> = d.threads.iter().collect();
+    threads.sort_by(|a, b| b.1.total_cmp(a.1));
+    let by_thread = threads
+        .iter()
+        .map(|(name, s)| format!("{name} {:.2} µs", *s / d.events as f64 * 1e6))
+        .collect::<Vec<_>>()
+        .join(", ");
     say(format!(
         "\n## One instance draining the backlog\n\n\
          ceiling measured again, the instance idle: {ceiling_after:.0} rows/s; the higher, \
@@ -1091,7 +1106,8 @@ fn main() {
          tansu CPU {:.1} s; machine busy {:.0}%\n{}\n\
          the stages alone, CPU per change: consuming {:.1} µs (the plain consumer), the \
          transform {:.1} µs (one thread), COPY {:.1} µs (the ceiling's client): {floor_sum:.1} µs \
-         in all; the service spent {:.1} µs more",
+         in all; the service spent {:.1} µs more\n\
+         the service's CPU per change by thread (all its life): {}",
         d.rate(),
         bytes as f64 / d.steady / 1e6,
         d.rate() / ceiling,
@@ -1105,6 +1121,7 @@ fn main() {
         floor.1,
         floor.2,
         service_cpu - floor_sum,
+        by_thread,
     ));
     if let Some(report) = api_report {
         say(report);

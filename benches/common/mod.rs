@@ -177,6 +177,26 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     stat_cpu_seconds(&format!("/proc/{pid}/stat"))
 }
 
+/// [`cpu_seconds`] of each of a process's live threads, summed by name without its trailing
+/// digits and dashes (`writer-0` and `writer-1` are `writer`): what each stage spent.
+pub fn cpu_seconds_by_thread(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let name = name
+            .trim_end()
+            .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+        if let Some(seconds) = stat_cpu_seconds(&path.join("stat").to_string_lossy()) {
+            *by_name.entry(name.to_string()).or_insert(0.0) += seconds;
+        }
+    }
+    by_name
+}
+
 /// [`cpu_seconds`] of the calling thread alone.
 pub fn thread_cpu_seconds() -> Option<f64> {
     stat_cpu_seconds("/proc/thread-self/stat")
