@@ -262,6 +262,8 @@ struct Cursor {
     /// The offset after the last message taken (or the known start); `None` until the first.
     next: Option<i64>,
     pending: Option<Batch>,
+    /// The pending batch's partition was behind when it filled (see [`complete`]).
+    behind: bool,
     /// A seek (back to the stored position after a rewind, or to `next` after a resume) that has
     /// not succeeded yet; messages are ignored until it does.
     seek: Option<i64>,
@@ -339,6 +341,23 @@ fn admin_config(config: &Config) -> ClientConfig {
         }
     }
     c
+}
+
+/// How many full batches a batch of a partition that is behind may grow to.
+const BEHIND_GROWTH: usize = 3;
+
+/// Whether a batch of `load` is complete: when it reaches `full`, unless its partition is
+/// `behind` (the batches waiting in the source for room downstream are all its own: one hot
+/// partition): then at `BEHIND_GROWTH` times that. One hot partition keeps at most two writers
+/// busy, and each of its batches pays for a transaction, a fence and a hand-over; larger
+/// batches pay those for more rows. Where several partitions wait, the writers are busy
+/// anyway, and larger batches only held more memory.
+fn complete(load: Load, full: Load, behind: bool) -> bool {
+    load.reaches(if behind {
+        full.times(BEHIND_GROWTH)
+    } else {
+        full
+    })
 }
 
 impl Source {
@@ -483,6 +502,7 @@ impl Source {
                 epoch: 0,
                 next: None,
                 pending: None,
+                behind: false,
                 seek: None,
             });
             if cursor.epoch != now.epoch {
@@ -555,6 +575,9 @@ impl Source {
             .next
             .filter(|&next| offset > next + 1)
             .map(|next| next..offset);
+        if cursor.pending.is_none() {
+            cursor.behind = false;
+        }
         let batch = cursor.pending.get_or_insert_with(|| {
             self.next_batch_id += 1;
             Batch {
@@ -587,9 +610,18 @@ impl Source {
         batch.messages.push(msg);
         batch.end = offset + 1;
         cursor.next = Some(offset + 1);
-        if batch.load().reaches(self.full) {
-            if let Some(full) = cursor.pending.take() {
-                self.ready.push_back(full);
+        let load = batch.load();
+        if load.reaches(self.full) {
+            // Looked at once a batch, when it first fills: the batches waiting here are all
+            // this partition's.
+            if !cursor.behind {
+                cursor.behind =
+                    !self.ready.is_empty() && self.ready.iter().all(|b| b.tp == batch.tp);
+            }
+            if complete(load, self.full, cursor.behind) {
+                if let Some(full) = cursor.pending.take() {
+                    self.ready.push_back(full);
+                }
             }
         }
     }
@@ -793,6 +825,22 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn a_batch_of_a_partition_behind_grows_to_three_full_ones_by_messages_or_bytes() {
+        let full = Load::batches(2000, 1 << 20, 1);
+        let load = |messages, bytes| Load { messages, bytes };
+        assert!(!complete(load(1999, 1000), full, false));
+        assert!(complete(load(2000, 1000), full, false));
+        assert!(complete(load(10, 1 << 20), full, false), "full by bytes");
+        assert!(!complete(load(2000, 1000), full, true), "behind: it grows");
+        assert!(!complete(load(5999, 3 << 19), full, true));
+        assert!(complete(load(6000, 1000), full, true));
+        assert!(
+            complete(load(10, 3 << 20), full, true),
+            "three full ones by bytes"
+        );
+    }
 
     fn consumer_settings(extra: &[(&str, &str)]) -> ClientConfig {
         let raw: BTreeMap<String, String> = [
