@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use cdc_audit::demo::{poison, Record};
 use cdc_audit::types::Exit;
+use prometheus::core::Metric;
 
 use crate::util::{
     assert_exactly_once, config, generate, wait_until, InProcess, Kafka, TestDb, PARTITIONS,
@@ -216,6 +217,55 @@ fn pauses_and_resumes(name: &str, settings: impl FnOnce(&mut cdc_audit::config::
         db.committed("g") == records.len() as i64
     });
     assert_eq!(service.stats.paused.get(), 0, "consumption resumed");
+    service.stop();
+    assert_exactly_once(&db, &records);
+}
+
+/// One hot partition behind (Debezium's layout for a busy table) writes batches of up to three
+/// full ones, so that each transaction, fence and hand-over is paid for more rows: with the table
+/// locked, the backlog of one topic of one partition waits in the poll thread, and once the
+/// writers have the table again some batch holds more than twice the batch size. Without the
+/// growth no batch can hold more than the batch size.
+#[test]
+fn a_lone_partition_behind_grows_its_batches_to_three_full_ones() {
+    let db = TestDb::new("lone");
+    db.migrate();
+    let kafka = Kafka::with_partitions("lone", 1);
+    let mut records = generate("lone", 17, 1_500);
+    let topic = records[0].topic.clone();
+    records.retain(|r| r.topic == topic);
+    assert!(records.len() > 300, "{} messages on {topic}", records.len());
+    kafka.produce(&records);
+    let mut blocker = db.client();
+    let mut tx = blocker.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE audit_logging IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let mut cfg = config(&kafka, &db, "g");
+    cfg.batch_size = 40;
+    cfg.channel_capacity = 1;
+    // Only fullness hands a batch on while the writers are blocked.
+    cfg.batch_linger = Duration::from_secs(60);
+    let service = InProcess::start(cfg);
+    wait_until(Duration::from_secs(60), "consumption paused", || {
+        service.stats.paused.get() == 1
+    });
+    tx.rollback().unwrap();
+    wait_until(Duration::from_secs(120), "every message committed", || {
+        db.committed("g") == records.len() as i64
+    });
+    let sizes = service.stats.batch_size.metric();
+    let sizes = sizes.get_histogram();
+    let up_to_100 = sizes
+        .get_bucket()
+        .iter()
+        .find(|b| b.upper_bound() == 100.0)
+        .map(|b| b.cumulative_count())
+        .unwrap();
+    assert!(
+        sizes.get_sample_count() > up_to_100,
+        "no batch of more than 100 messages among {} (batch size 40)",
+        sizes.get_sample_count()
+    );
     service.stop();
     assert_exactly_once(&db, &records);
 }
