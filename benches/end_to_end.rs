@@ -1200,11 +1200,6 @@ fn main() {
         * thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let timeline = watcher.join().unwrap();
     let pg_work = postgres_watcher.join().unwrap_or_default();
-    // The changes sent in a second in which PostgreSQL was neither checkpointing (its writes,
-    // the fsyncs that end it, which stall commits, and the full-page images after it starts)
-    // nor vacuuming: a whole second, as a checkpoint's fsyncs leave a queue that takes a while
-    // to drain.
-    let mut undisturbed = Vec::new();
     // Per row: from the send (its Kafka timestamp) and from the broker's acknowledgement (when
     // the broker had stored it) to the commit that covered it.
     let acked = live_producer
@@ -1236,10 +1231,6 @@ fn main() {
             continue;
         };
         from_send.push(seen - sent);
-        let second_start = phase_start + (sent - phase_start).div_euclid(1000) * 1000;
-        if pg_work.marks(second_start, second_start + 999).is_empty() {
-            undisturbed.push(seen - sent);
-        }
         let second = by_second.entry((sent - phase_start) / 1000).or_default();
         second.0.push(seen - sent);
         if let Some(acked) = acked.get(&(topic, partition, offset)) {
@@ -1248,7 +1239,7 @@ fn main() {
             second.1.push(acked - sent);
         }
     }
-    for v in [&mut from_send, &mut from_ack, &mut ack, &mut undisturbed] {
+    for v in [&mut from_send, &mut from_ack, &mut ack] {
         v.sort_unstable();
     }
     let held_after = one.buckets(held_metric);
@@ -1263,20 +1254,29 @@ fn main() {
     let held_quantile = |q| quantile(q, &held_before, &held_after);
     let write_quantile = |q| quantile(q, &write_before, &write_after);
     // BTreeMap: in the order of the phase's seconds, so a queue that grows shows as a rising run.
+    // And the changes sent in a second in which PostgreSQL was neither checkpointing (its
+    // writes, the fsyncs that end it, which stall commits, and the full-page images after it
+    // starts) nor vacuuming: a whole second, as a checkpoint's fsyncs leave a queue that takes
+    // a while to drain.
+    let mut undisturbed = Vec::new();
     let by_second: Vec<String> = by_second
         .into_iter()
         .map(|(second, (mut total, mut ack))| {
             total.sort_unstable();
             ack.sort_unstable();
             let from = phase_start + second * 1000;
+            let marks = pg_work.marks(from, from + 999);
+            if marks.is_empty() {
+                undisturbed.extend_from_slice(&total);
+            }
             format!(
-                "{}/{}{}",
+                "{}/{}{marks}",
                 percentile(&total, 0.99),
-                percentile(&ack, 0.99),
-                pg_work.marks(from, from + 999)
+                percentile(&ack, 0.99)
             )
         })
         .collect();
+    undisturbed.sort_unstable();
     let checkpoint_spans: Vec<String> = pg_work
         .checkpoints
         .iter()
