@@ -117,7 +117,7 @@ impl Suspicious {
             FxMap::with_capacity_and_hasher(outcomes.size_hint().0.min(1024), Default::default());
         for outcome in outcomes {
             let Outcome::Row(row) = outcome else { continue };
-            let Some(n) = row.notice.as_deref() else {
+            let Some(n) = &row.notice else {
                 continue;
             };
             match (n.kind, &n.transaction) {
@@ -229,11 +229,11 @@ mod tests {
             bytes: Vec::new(),
             content: [0; 32],
             source_time_us: None,
-            notice: Some(Box::new(Notice {
+            notice: Some(Notice {
                 kind,
                 table: table.to_string(),
                 transaction: transaction.map(str::to_string),
-            })),
+            }),
         })
     }
 

@@ -234,7 +234,7 @@ pub struct Row {
     pub source_time_us: Option<i64>,
     /// What the suspicious-change detector counts, for the rows it looks at (updates, deletes,
     /// truncates, drops).
-    pub notice: Option<Box<Notice>>,
+    pub notice: Option<Notice>,
 }
 
 /// A change the detector of suspicious changes counts once its row is committed.

@@ -114,7 +114,7 @@ impl<'a> Tuple<'a> {
     }
 
     /// A one-dimensional `text[]` without NULL elements; an empty one has no dimensions.
-    pub fn text_array(&mut self, values: Option<&[String]>) {
+    pub fn text_array<S: AsRef<str>>(&mut self, values: Option<&[S]>) {
         let Some(values) = values else {
             return self.null();
         };
@@ -125,7 +125,7 @@ impl<'a> Tuple<'a> {
             }
             return;
         }
-        let body: usize = 20 + values.iter().map(|v| 4 + v.len()).sum::<usize>();
+        let body: usize = 20 + values.iter().map(|v| 4 + v.as_ref().len()).sum::<usize>();
         self.len(body);
         self.buf.extend_from_slice(&1i32.to_be_bytes()); // dimensions
         self.buf.extend_from_slice(&0i32.to_be_bytes()); // has nulls
@@ -134,6 +134,7 @@ impl<'a> Tuple<'a> {
             .extend_from_slice(&(values.len() as i32).to_be_bytes());
         self.buf.extend_from_slice(&1i32.to_be_bytes()); // lower bound
         for v in values {
+            let v = v.as_ref();
             self.len(v.len());
             self.buf.extend_from_slice(v.as_bytes());
         }

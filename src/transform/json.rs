@@ -101,6 +101,15 @@ impl<'a> Members<'a> {
         skip_ws(&json[end..]).is_empty().then_some(members)
     }
 
+    /// [`Members::scan`], with the object's own text (the whitespace around it left out).
+    pub fn scan_whole(json: &'a str) -> Option<(Members<'a>, Raw<'a>)> {
+        let start = json.len() - skip_ws(json).len();
+        let (members, end) = Members::scan_prefix(json)?;
+        skip_ws(&json[end..])
+            .is_empty()
+            .then(|| (members, Raw(&json[start..end])))
+    }
+
     /// The object at the start of `json` (after whitespace), and where it ends.
     pub fn scan_prefix(json: &'a str) -> Option<(Members<'a>, usize)> {
         Members::scan_split(json, false)

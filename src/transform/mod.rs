@@ -67,10 +67,10 @@ pub struct AuditRecord<'a> {
     pub new_data: Option<Cow<'a, str>>,
     pub primary_key: Option<Cow<'a, str>>,
     /// `None` when unknown (no before image).
-    pub changed_columns: Option<Vec<String>>,
+    pub changed_columns: Option<Vec<Cow<'a, str>>>,
     pub unavailable_columns: Vec<String>,
     pub change_user: Option<String>,
-    pub transaction_id: Option<String>,
+    pub transaction_id: Option<Cow<'a, str>>,
     pub transaction_order: Option<i64>,
     pub transaction_collection_order: Option<i64>,
     pub lsn: Option<Cow<'a, str>>,
@@ -84,6 +84,9 @@ pub struct AuditRecord<'a> {
     /// and who it names.
     pub context: Option<String>,
     pub actor: Option<String>,
+    /// `db.schema.table`, empty parts left out: what the table rules matched, and what the
+    /// detector of suspicious changes counts by.
+    pub qualified_table: String,
 }
 
 /// A BEGIN or END event of the transaction metadata topic.
@@ -263,7 +266,7 @@ fn chained(kind: Kind, bytes: Vec<u8>, source_time_us: Option<i64>) -> Row {
 
 /// What the detector of suspicious changes counts of a change: updates, deletes and truncates,
 /// and schema changes that drop a table or a column.
-fn notice(record: AuditRecord<'_>) -> Option<Box<Notice>> {
+fn notice(record: AuditRecord<'_>) -> Option<Notice> {
     let kind = match record.operation {
         "UPDATE" => NoticeKind::Update,
         "DELETE" => NoticeKind::Delete,
@@ -271,15 +274,11 @@ fn notice(record: AuditRecord<'_>) -> Option<Box<Notice>> {
         "DDL" => dropped(record.change_detail.as_deref()?)?,
         _ => return None,
     };
-    Some(Box::new(Notice {
+    Some(Notice {
         kind,
-        table: qualified(&[
-            record.source_database.as_deref(),
-            record.source_schema.as_deref(),
-            record.source_table.as_deref(),
-        ]),
-        transaction: record.transaction_id,
-    }))
+        table: record.qualified_table,
+        transaction: record.transaction_id.map(Cow::into_owned),
+    })
 }
 
 /// What a schema change's detail (`{"ddl": ..., "tableChanges": [...]}`) drops, if anything.
@@ -641,16 +640,24 @@ fn image<'e, 'a>(event: &'e Members<'a>, key: &str) -> Option<Image<'e, 'a>> {
     Some(Image { text, members })
 }
 
-/// Columns whose value differs between two images; `None` when either is not an object.
-fn changed_columns(before: &Image<'_, '_>, after: &Image<'_, '_>) -> Option<Vec<String>> {
-    before.with_members(|b| after.with_members(|a| changed_between(b, a)))?
+/// Columns whose value differs between two images; `None` when either is not an object. The
+/// names are lent by the message where the event's reading split both images.
+fn changed_columns<'a>(before: &Image<'_, 'a>, after: &Image<'_, 'a>) -> Option<Vec<Cow<'a, str>>> {
+    if let (Some(b), Some(a)) = (&before.members, &after.members) {
+        return Some(changed_between(b, a));
+    }
+    let owned = |names: Vec<Cow<'_, str>>| {
+        let owned = names.into_iter().map(|n| Cow::Owned(n.into_owned()));
+        owned.collect()
+    };
+    before.with_members(|b| after.with_members(|a| owned(changed_between(b, a))))?
 }
 
-fn changed_between(before: &Members<'_>, after: &Members<'_>) -> Vec<String> {
+fn changed_between<'m>(before: &Members<'m>, after: &Members<'m>) -> Vec<Cow<'m, str>> {
     fn find<'m>(m: &Members<'m>, k: &str) -> Option<&'m str> {
         m.0.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.get())
     }
-    let mut changed: Vec<String> = Vec::new();
+    let mut changed: Vec<Cow<'m, str>> = Vec::new();
     for (name, value) in &after.0 {
         if scalar_text(Some(*value)).as_deref() == Some(UNAVAILABLE)
             || changed.iter().any(|c| c == name)
@@ -658,12 +665,12 @@ fn changed_between(before: &Members<'_>, after: &Members<'_>) -> Vec<String> {
             continue;
         }
         if find(before, name) != Some(value.get()) {
-            changed.push(name.to_string());
+            changed.push(name.clone());
         }
     }
     for (name, _) in &before.0 {
         if find(after, name).is_none() && !changed.iter().any(|c| c == name) {
-            changed.push(name.to_string());
+            changed.push(name.clone());
         }
     }
     changed
@@ -728,22 +735,34 @@ fn primary_key<'a>(
     rules: &TableRules<'_>,
 ) -> Result<Option<Cow<'a, str>>, Rejection> {
     let Some(key) = key else { return Ok(None) };
-    let raw: &RawValue = serde_json::from_slice(key).map_err(|e| {
-        reject(
-            RejectKind::InvalidKey,
-            format!("message key is not JSON: {e}"),
-        )
-    })?;
-    let top = key_schema
-        .is_none()
-        .then(|| Members::parse(raw.get()))
-        .flatten();
+    // An object, as keys almost always are, is read once by the validating scanner; anything
+    // else by serde_json, which also says what is wrong.
+    let scanned = match key_schema {
+        None => std::str::from_utf8(key).ok().and_then(Members::scan_whole),
+        Some(_) => None,
+    };
+    let (top, raw) = match scanned {
+        Some((members, raw)) => (Some(members), raw),
+        None => {
+            let raw: &RawValue = serde_json::from_slice(key).map_err(|e| {
+                reject(
+                    RejectKind::InvalidKey,
+                    format!("message key is not JSON: {e}"),
+                )
+            })?;
+            let top = key_schema
+                .is_none()
+                .then(|| Members::parse(raw.get()))
+                .flatten();
+            (top, Raw::from(raw))
+        }
+    };
     let (schema, raw) = match &top {
         Some(m) if m.has("schema") && m.has("payload") => match m.get("payload") {
             Some(p) => (m.get("schema").map(Raw::get), p),
             None => return Ok(None),
         },
-        _ => (key_schema, Raw::from(raw)),
+        _ => (key_schema, raw),
     };
     let Some(raw) = json::present(raw) else {
         return Ok(None);
@@ -835,7 +854,9 @@ fn change<'a>(
 
     let mut changed = match (&before, &after) {
         (Some(b), Some(a)) if op == "u" => changed_columns(b, a),
-        (None, _) if op == "u" && mongo => mongo_changed(event),
+        (None, _) if op == "u" && mongo => {
+            mongo_changed(event).map(|names| names.into_iter().map(Cow::Owned).collect())
+        }
         _ => None,
     };
     if let Some(changed) = changed.as_mut() {
@@ -884,8 +905,7 @@ fn change<'a>(
         .as_ref()
         .and_then(|t| t.text("id"))
         .or_else(|| source.text("txId"))
-        .or_else(|| source.text("gtid"))
-        .map(Cow::into_owned);
+        .or_else(|| source.text("gtid"));
 
     Ok(Interpreted::Change(Box::new(AuditRecord {
         source_database: db,
@@ -912,6 +932,7 @@ fn change<'a>(
         change_detail,
         context,
         actor,
+        qualified_table: name,
     })))
 }
 
@@ -1014,20 +1035,14 @@ fn schema_change<'a>(event: &Members<'a>, rules: &Rules) -> Result<Interpreted<'
         is_snapshot: snapshot_flag(&source),
         source_metadata: source_raw,
         change_detail: Some(detail.finish()),
+        qualified_table: name,
         ..AuditRecord::default()
     })))
 }
 
 impl AuditRecord<'_> {
     pub fn encode(&self, msg: &Message) -> Vec<u8> {
-        let json_len = [&self.old_data, &self.new_data]
-            .iter()
-            .filter_map(|d| d.as_ref())
-            .map(|d| d.len())
-            .sum::<usize>();
-        // jsonb's printed form adds a space after each `:` and `,`.
-        let json_len = json_len + self.source_metadata.map_or(0, str::len);
-        let mut buf = Vec::with_capacity(256 + json_len + json_len / 4);
+        let mut buf = Vec::with_capacity(self.encoded_len(msg));
         let mut t = Tuple::begin(&mut buf, AUDIT_FIELDS + CHAIN_FIELDS);
         let jsonb = |t: &mut Tuple<'_>, v: Option<&str>| t.jsonb(v.map(jsonb_safe).as_deref());
         t.text(self.source_database.as_deref());
@@ -1062,6 +1077,49 @@ impl AuditRecord<'_> {
         jsonb(&mut t, self.context.as_deref());
         t.text(self.actor.as_deref());
         buf
+    }
+}
+
+impl AuditRecord<'_> {
+    /// Room for the encoded tuple, so that encoding it does not grow the buffer: the field
+    /// count and lengths, the fixed-size values, the texts, and the JSON with room for the
+    /// space `jsonb`'s printed form adds after each `:` and `,`.
+    fn encoded_len(&self, msg: &Message) -> usize {
+        let len = |v: Option<&str>| v.map_or(0, str::len);
+        let json = [
+            self.old_data.as_deref(),
+            self.new_data.as_deref(),
+            self.primary_key.as_deref(),
+            self.source_metadata,
+            self.change_detail.as_deref(),
+            self.context.as_deref(),
+        ]
+        .into_iter()
+        .map(len)
+        .sum::<usize>();
+        let text = [
+            self.source_database.as_deref(),
+            self.source_schema.as_deref(),
+            self.source_table.as_deref(),
+            self.change_user.as_deref(),
+            self.transaction_id.as_deref(),
+            self.lsn.as_deref(),
+            self.connector.as_deref(),
+            self.actor.as_deref(),
+            Some(&*msg.topic),
+        ]
+        .into_iter()
+        .map(len)
+        .sum::<usize>();
+        let array = |names: &[Cow<'_, str>]| names.iter().map(|n| 4 + n.len()).sum::<usize>();
+        let arrays = self.changed_columns.as_deref().map_or(0, array)
+            + self
+                .unavailable_columns
+                .iter()
+                .map(|n| 4 + n.len())
+                .sum::<usize>();
+        let fixed = 2 + 4 * AUDIT_FIELDS as usize + 128;
+        fixed + text + arrays + json + json / 3
     }
 }
 
@@ -1298,7 +1356,7 @@ mod tests {
         };
         assert_eq!(
             changed_columns(&image(b), &image(a)),
-            Some(vec!["b".to_string(), "a".to_string()])
+            Some(vec![Cow::from("b"), Cow::from("a")])
         );
     }
 
@@ -1334,7 +1392,7 @@ mod tests {
         assert_eq!(r.primary_key.as_deref(), Some(r#"{"id":"[redacted]"}"#));
         assert_eq!(
             r.changed_columns,
-            Some(vec!["email".to_string()]),
+            Some(vec![Cow::from("email")]),
             "dropped columns are not reported"
         );
     }
