@@ -41,6 +41,37 @@ thread_local! {
     };
 }
 
+/// [`write_canonical`] of an object whose members a validating reader has split already: each
+/// key's text between its quotes (without escapes) and its value's text, both within `json`.
+/// Without reading the object again where it is flat (what `write_canonical` reads fastest);
+/// else as `write_canonical` writes it.
+pub fn write_canonical_split<'k>(
+    out: &mut Vec<u8>,
+    json: &str,
+    members: impl Iterator<Item = (&'k str, &'k str)>,
+) -> bool {
+    let at = out.len();
+    let split = SCRATCH.with(|scratch| {
+        let (members_buf, written, orders) = &mut *scratch.borrow_mut();
+        members_buf.clear();
+        Canon {
+            src: json.as_bytes(),
+            pos: 0,
+            out,
+            members: members_buf,
+            written,
+            orders,
+            depth: 0,
+        }
+        .split_object(members)
+    });
+    if split {
+        return true;
+    }
+    out.truncate(at);
+    write_canonical(out, json)
+}
+
 /// The canonical text of `json`, or `None` when `jsonb` would refuse it.
 pub fn canonical(json: &str) -> Option<String> {
     let mut out = Vec::with_capacity(json.len() + json.len() / 8);
@@ -282,6 +313,55 @@ impl Canon<'_, '_> {
             self.members.truncate(base);
             return false;
         };
+        self.write_flat(src_at, base, end)
+    }
+
+    /// The whole of `src`, an object whose members a validating reader has already split
+    /// (`members`: each key's text between its quotes, without escapes, and its value's text,
+    /// both within `src`), written as [`Canon::flat_object`] writes it without reading it
+    /// again. `false`, with nothing written, where a member is not one `flat_object` takes.
+    fn split_object<'k>(&mut self, members: impl Iterator<Item = (&'k str, &'k str)>) -> bool {
+        let src = self.src;
+        let base = self.members.len();
+        let at = |s: &str| {
+            let i = (s.as_ptr() as usize).checked_sub(src.as_ptr() as usize)?;
+            (i + s.len() <= src.len()).then_some(i)
+        };
+        if src.first() != Some(&b'{') || src.last() != Some(&b'}') {
+            return false;
+        }
+        for (key, value) in members {
+            let (Some(k), Some(start)) = (at(key), at(value)) else {
+                self.members.truncate(base);
+                return false;
+            };
+            let end = start + value.len();
+            let value_escaped = match value.as_bytes().first() {
+                Some(b'"') => value.contains('\\'),
+                Some(b't' | b'f' | b'n') => false,
+                Some(b'-' | b'0'..=b'9') if plain_number(src, start) == Some(end) => false,
+                _ => {
+                    self.members.truncate(base);
+                    return false;
+                }
+            };
+            self.members.push(Member {
+                start,
+                end,
+                key: (k, k + key.len()),
+                escaped: false,
+                value_escaped,
+                order: sort_key(key.as_bytes()),
+            });
+        }
+        self.write_flat(0, base, src.len())
+    }
+
+    /// Writes the flat object whose members are `members[base..]` (it was read from `src_at`
+    /// to `end`), in `jsonb` order; `false`, with nothing written and `pos` at `src_at`, if a
+    /// string in it has an escape `jsonb` refuses.
+    fn write_flat(&mut self, src_at: usize, base: usize, end: usize) -> bool {
+        let src = self.src;
         let order = self.orders.of(src, &self.members[base..]);
         let region = self.out.len();
         self.out.push(b'{');

@@ -54,14 +54,30 @@ impl<'a> Tuple<'a> {
     /// A `jsonb` field (version byte 1, then the text as `jsonb` prints it). Text that `jsonb`
     /// would refuse goes as it is, for PostgreSQL to refuse.
     pub fn jsonb(&mut self, json: Option<&str>) {
-        let Some(s) = json else {
-            return self.null();
-        };
+        match json {
+            None => self.null(),
+            Some(s) => self.jsonb_written(s, |out| jsonb::write_canonical(out, s)),
+        }
+    }
+
+    /// [`Tuple::jsonb`] of an object whose members a validating reader has split already
+    /// (see [`jsonb::write_canonical_split`]): it is not read again where it is flat.
+    pub fn jsonb_split<'k>(
+        &mut self,
+        json: &str,
+        members: impl Iterator<Item = (&'k str, &'k str)>,
+    ) {
+        self.jsonb_written(json, |out| jsonb::write_canonical_split(out, json, members));
+    }
+
+    /// A `jsonb` field that `write` writes in canonical form; `json` as it is if `write` says
+    /// `jsonb` would refuse it.
+    fn jsonb_written(&mut self, json: &str, write: impl FnOnce(&mut Vec<u8>) -> bool) {
         let at = self.buf.len();
         self.buf.extend_from_slice(&[0, 0, 0, 0, 1]);
-        if !jsonb::write_canonical(self.buf, s) {
+        if !write(self.buf) {
             self.buf.truncate(at + 5);
-            self.buf.extend_from_slice(s.as_bytes());
+            self.buf.extend_from_slice(json.as_bytes());
         }
         let len = self.buf.len() - at - 4;
         let len = len.min(i32::MAX as usize) as i32;

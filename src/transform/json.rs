@@ -54,7 +54,7 @@ impl<'a> From<&'a RawValue> for Raw<'a> {
 /// The members of a JSON object in document order, values left as raw text; and the objects
 /// among them that were split as the object was read (by member index), so that
 /// [`Members::object`] does not read them again.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Members<'a>(pub Vec<(Cow<'a, str>, Raw<'a>)>, Vec<(usize, Members<'a>)>);
 
 /// Where a writer of JSON text put an object's members: `name`'s value is `text[range]`, and
@@ -186,6 +186,22 @@ impl<'a> Members<'a> {
             Some((_, split)) => Some(Cow::Borrowed(split)),
             None => Members::parse(value.get()).map(Cow::Owned),
         }
+    }
+
+    /// [`Members::object`], taken: what this object's reading split is handed over (and read
+    /// again by a later `object` of the same key).
+    pub fn take_object(&mut self, key: &str) -> Option<Members<'a>> {
+        let i = self.0.iter().rposition(|(k, _)| k == key)?;
+        let value = present(self.0[i].1)?;
+        match self.1.iter().position(|(j, _)| *j == i) {
+            Some(at) => Some(self.1.swap_remove(at).1),
+            None => Members::parse(value.get()),
+        }
+    }
+
+    /// Each member's key and its value's text.
+    pub fn spans(&self) -> impl Iterator<Item = (&str, &'a str)> {
+        self.0.iter().map(|(k, v)| (k.as_ref(), v.get()))
     }
 
     pub fn text(&self, key: &str) -> Option<Cow<'a, str>> {

@@ -87,6 +87,11 @@ pub struct AuditRecord<'a> {
     /// `db.schema.table`, empty parts left out: what the table rules matched, and what the
     /// detector of suspicious changes counts by.
     pub qualified_table: String,
+    /// The members of the images and of the source as the event's reading split them, where
+    /// those are stored as sent: encoding writes them without reading them again.
+    pub old_members: Option<Members<'a>>,
+    pub new_members: Option<Members<'a>>,
+    pub source_members: Option<Members<'a>>,
 }
 
 /// A BEGIN or END event of the transaction metadata topic.
@@ -249,9 +254,9 @@ fn interpret_with<'a>(
     } else {
         Some(Members::written(text, &apart.spans))
     };
-    let event =
+    let mut event =
         event.ok_or_else(|| reject(RejectKind::NotAChangeEvent, "\"payload\" is not an object"))?;
-    event_of(msg, Some(schema), apart.key_schema, &event, rules)
+    event_of(msg, Some(schema), apart.key_schema, &mut event, rules)
 }
 
 /// An encoded tuple with its content hash: its fields, after the field count.
@@ -360,8 +365,8 @@ fn read_json<'a>(
         Err(skip) => return Ok(Interpreted::Skip(skip)),
     };
     let value = text.as_bytes();
-    if let Some((schema, event)) = known_envelope(text) {
-        return event_of(msg, Some(schema), key_schema, &event, rules);
+    if let Some((schema, mut event)) = known_envelope(text) {
+        return event_of(msg, Some(schema), key_schema, &mut event, rules);
     }
     if !is_object(value) {
         return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
@@ -384,7 +389,7 @@ fn read_json<'a>(
         })?,
     };
     // The JSON converter's envelope: {"schema": ..., "payload": ...}.
-    let (schema, event) =
+    let (schema, mut event) =
         if top.has("payload") && !top.has("op") && !top.has("after") && !top.has("before") {
             match top.get("payload") {
                 // How the converter renders a tombstone: {"schema": null, "payload": null}.
@@ -399,7 +404,7 @@ fn read_json<'a>(
         } else {
             (None, top)
         };
-    event_of(msg, schema, key_schema, &event, rules)
+    event_of(msg, schema, key_schema, &mut event, rules)
 }
 
 /// The JSON converter's envelope `{"schema": S, "payload": {...}}` where S is, byte for byte, a
@@ -441,7 +446,7 @@ fn event_of<'a>(
     msg: &'a Message,
     schema: Option<&'a str>,
     key_schema: Option<&'a str>,
-    event: &Members<'a>,
+    event: &mut Members<'a>,
     rules: &Rules,
 ) -> Result<Interpreted<'a>, Rejection> {
     if let Some(op) = event.get("op") {
@@ -488,13 +493,11 @@ fn qualified(parts: &[Option<&str>]) -> String {
 }
 
 /// The source block, or an empty one; an error if it is there but not an object.
-fn source_of<'e, 'a>(
-    event: &'e Members<'a>,
-) -> Result<(Cow<'e, Members<'a>>, Option<&'a str>), Rejection> {
+fn source_of<'a>(event: &mut Members<'a>) -> Result<(Members<'a>, Option<&'a str>), Rejection> {
     match event.get("source") {
-        None => Ok((Cow::Owned(Members::default()), None)),
+        None => Ok((Members::default(), None)),
         Some(raw) => event
-            .object("source")
+            .take_object("source")
             .map(|m| (m, Some(raw.get())))
             .ok_or_else(|| {
                 reject(
@@ -564,19 +567,19 @@ fn position<'a>(s: &Members<'a>) -> Option<Cow<'a, str>> {
         .find_map(|k| s.text(k))
 }
 
-/// Rewrites an object image member by member (decoding, placeholder removal, column rules),
-/// only if something asks for it; otherwise the text is returned as it came.
-fn rewrite<'a>(
-    image: Image<'_, 'a>,
+/// An image rewritten member by member (decoding, placeholder removal, column rules), if
+/// something asks for it; `None`: it is stored as it came.
+fn rewritten(
+    image: &Image<'_>,
     schema: Option<&StructSchema>,
     rules: &TableRules<'_>,
     unavailable: &mut Vec<String>,
-) -> Cow<'a, str> {
+) -> Option<String> {
     let has_placeholder = image.text.contains(UNAVAILABLE);
     if schema.is_none_or(StructSchema::is_empty) && rules.is_empty() && !has_placeholder {
-        return image.text;
+        return None;
     }
-    let written = image.with_members(|members| {
+    image.with_members(|members| {
         let mut out = ObjectWriter::with_capacity(image.text.len() + 16);
         for (name, value) in &members.0 {
             if has_placeholder && scalar_text(Some(*value)).as_deref() == Some(UNAVAILABLE) {
@@ -599,8 +602,21 @@ fn rewrite<'a>(
             }
         }
         out.finish()
-    });
-    written.map_or(image.text, Cow::Owned)
+    })
+}
+
+/// The text an image is stored as, and its members where it is stored as it came
+/// ([`rewritten`] otherwise).
+fn stored<'a>(
+    image: Image<'a>,
+    schema: Option<&StructSchema>,
+    rules: &TableRules<'_>,
+    unavailable: &mut Vec<String>,
+) -> (Cow<'a, str>, Option<Members<'a>>) {
+    match rewritten(&image, schema, rules, unavailable) {
+        Some(written) => (Cow::Owned(written), None),
+        None => (image.text, image.members),
+    }
 }
 
 /// An image as sent, or (MongoDB) a string of Extended JSON resolved into an object.
@@ -614,13 +630,13 @@ fn image_text(raw: Raw<'_>) -> Cow<'_, str> {
 }
 
 /// An image: its text as sent, or (MongoDB) a string of Extended JSON resolved into an object;
-/// and its members, where the event's reading split them already.
-struct Image<'e, 'a> {
+/// and its members, where its text is as sent.
+struct Image<'a> {
     text: Cow<'a, str>,
-    members: Option<Cow<'e, Members<'a>>>,
+    members: Option<Members<'a>>,
 }
 
-impl Image<'_, '_> {
+impl Image<'_> {
     /// `read` of the image's members; `None` if it is not an object.
     fn with_members<R>(&self, read: impl FnOnce(&Members<'_>) -> R) -> Option<R> {
         match &self.members {
@@ -630,11 +646,11 @@ impl Image<'_, '_> {
     }
 }
 
-/// The event's image under `key`, if it has one.
-fn image<'e, 'a>(event: &'e Members<'a>, key: &str) -> Option<Image<'e, 'a>> {
+/// The event's image under `key`, if it has one, taken from the event.
+fn image<'a>(event: &mut Members<'a>, key: &str) -> Option<Image<'a>> {
     let text = image_text(event.get(key)?);
     let members = match text {
-        Cow::Borrowed(_) => event.object(key),
+        Cow::Borrowed(_) => event.take_object(key),
         Cow::Owned(_) => None,
     };
     Some(Image { text, members })
@@ -642,7 +658,7 @@ fn image<'e, 'a>(event: &'e Members<'a>, key: &str) -> Option<Image<'e, 'a>> {
 
 /// Columns whose value differs between two images; `None` when either is not an object. The
 /// names are lent by the message where the event's reading split both images.
-fn changed_columns<'a>(before: &Image<'_, 'a>, after: &Image<'_, 'a>) -> Option<Vec<Cow<'a, str>>> {
+fn changed_columns<'a>(before: &Image<'a>, after: &Image<'a>) -> Option<Vec<Cow<'a, str>>> {
     if let (Some(b), Some(a)) = (&before.members, &after.members) {
         return Some(changed_between(b, a));
     }
@@ -785,24 +801,19 @@ fn primary_key<'a>(
         }
     }
     let key_schema = schema.and_then(decode::key_schema);
-    let mut unused = Vec::new();
     let image = Image {
         text,
         members: None,
     };
-    Ok(Some(rewrite(
-        image,
-        key_schema.as_deref(),
-        rules,
-        &mut unused,
-    )))
+    let written = rewritten(&image, key_schema.as_deref(), rules, &mut Vec::new());
+    Ok(Some(written.map_or(image.text, Cow::Owned)))
 }
 
 /// A change event; `schemas`: the value's Connect schema, and the key's if it was framed.
 fn change<'a>(
     msg: &'a Message,
     [schema, key_schema]: [Option<&'a str>; 2],
-    event: &Members<'a>,
+    event: &mut Members<'a>,
     op_raw: Raw<'a>,
     rules: &Rules,
 ) -> Result<Interpreted<'a>, Rejection> {
@@ -876,8 +887,12 @@ fn change<'a>(
         None => (None, None),
     };
     let mut unavailable = Vec::new();
-    let old_data = before.map(|b| rewrite(b, before_schema, &table_rules, &mut unavailable));
-    let new_data = after.map(|a| rewrite(a, after_schema, &table_rules, &mut unavailable));
+    let (old_data, old_members) = before
+        .map(|b| stored(b, before_schema, &table_rules, &mut unavailable))
+        .unzip();
+    let (new_data, new_members) = after
+        .map(|a| stored(a, after_schema, &table_rules, &mut unavailable))
+        .unzip();
     let primary_key = primary_key(msg.key.as_deref(), key_schema, mongo, &table_rules)?;
     let mut change_detail = if mongo { mongo_detail(event) } else { None };
     // Only a logical message (PostgreSQL) or a row event's statement (MySQL) carries context.
@@ -899,6 +914,10 @@ fn change<'a>(
         }
     };
     let (old_data, new_data) = escape_nul(&mut change_detail, old_data, new_data);
+    // Members are of the text as sent: not of one escaped here.
+    let as_sent = |data: &Option<Cow<'_, str>>| matches!(data, Some(Cow::Borrowed(_)));
+    let old_members = old_members.flatten().filter(|_| as_sent(&old_data));
+    let new_members = new_members.flatten().filter(|_| as_sent(&new_data));
 
     let transaction = event.object("transaction");
     let transaction_id = transaction
@@ -933,6 +952,9 @@ fn change<'a>(
         context,
         actor,
         qualified_table: name,
+        old_members,
+        new_members,
+        source_members: source_raw.map(|_| source),
     })))
 }
 
@@ -995,7 +1017,7 @@ fn transaction<'a>(event: &Members<'a>) -> Result<Interpreted<'a>, Rejection> {
 }
 
 /// A schema-change (DDL) event: kept as its own audit record, operation `DDL`.
-fn schema_change<'a>(event: &Members<'a>, rules: &Rules) -> Result<Interpreted<'a>, Rejection> {
+fn schema_change<'a>(event: &mut Members<'a>, rules: &Rules) -> Result<Interpreted<'a>, Rejection> {
     let (source, source_raw) = source_of(event)?;
     let db = event
         .text("databaseName")
@@ -1052,8 +1074,8 @@ impl AuditRecord<'_> {
         t.timestamptz(self.change_timestamp);
         t.timestamptz(self.captured_at);
         // Images are escaped for jsonb where they are made (see `escape_nul`).
-        t.jsonb(self.old_data.as_deref());
-        t.jsonb(self.new_data.as_deref());
+        split(&mut t, self.old_data.as_deref(), self.old_members.as_ref());
+        split(&mut t, self.new_data.as_deref(), self.new_members.as_ref());
         jsonb(&mut t, self.primary_key.as_deref());
         t.text_array(self.changed_columns.as_deref());
         t.text_array(
@@ -1068,7 +1090,12 @@ impl AuditRecord<'_> {
         t.text(self.lsn.as_deref());
         t.text(self.connector.as_deref());
         t.bool(Some(self.is_snapshot));
-        jsonb(&mut t, self.source_metadata);
+        match self.source_metadata.map(jsonb_safe) {
+            Some(Cow::Borrowed(source)) => {
+                split(&mut t, Some(source), self.source_members.as_ref())
+            }
+            escaped => t.jsonb(escaped.as_deref()),
+        }
         jsonb(&mut t, self.change_detail.as_deref());
         t.text(Some(&msg.topic));
         t.int4(msg.partition);
@@ -1077,6 +1104,14 @@ impl AuditRecord<'_> {
         jsonb(&mut t, self.context.as_deref());
         t.text(self.actor.as_deref());
         buf
+    }
+}
+
+/// A `jsonb` field of `json`, an object whose `members` the event's reading split, if it did.
+fn split(t: &mut Tuple<'_>, json: Option<&str>, members: Option<&Members<'_>>) {
+    match (json, members) {
+        (Some(json), Some(members)) => t.jsonb_split(json, members.spans()),
+        _ => t.jsonb(json),
     }
 }
 
