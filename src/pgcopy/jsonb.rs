@@ -43,8 +43,8 @@ thread_local! {
 
 /// [`write_canonical`] of an object whose members a validating reader has split already: each
 /// key's text between its quotes (without escapes) and its value's text, both within `json`.
-/// Without reading the object again where it is flat (what `write_canonical` reads fastest);
-/// else as `write_canonical` writes it.
+/// A flat object (scalar values, keys without escapes) is written from them without being read
+/// again; any other `write_canonical` writes.
 pub fn write_canonical_split<'k>(
     out: &mut Vec<u8>,
     json: &str,
