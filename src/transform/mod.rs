@@ -1074,8 +1074,8 @@ impl AuditRecord<'_> {
         t.timestamptz(self.change_timestamp);
         t.timestamptz(self.captured_at);
         // Images are escaped for jsonb where they are made (see `escape_nul`).
-        split(&mut t, self.old_data.as_deref(), self.old_members.as_ref());
-        split(&mut t, self.new_data.as_deref(), self.new_members.as_ref());
+        jsonb_as_read(&mut t, self.old_data.as_deref(), self.old_members.as_ref());
+        jsonb_as_read(&mut t, self.new_data.as_deref(), self.new_members.as_ref());
         jsonb(&mut t, self.primary_key.as_deref());
         t.text_array(self.changed_columns.as_deref());
         t.text_array(
@@ -1092,7 +1092,7 @@ impl AuditRecord<'_> {
         t.bool(Some(self.is_snapshot));
         match self.source_metadata.map(jsonb_safe) {
             Some(Cow::Borrowed(source)) => {
-                split(&mut t, Some(source), self.source_members.as_ref())
+                jsonb_as_read(&mut t, Some(source), self.source_members.as_ref())
             }
             escaped => t.jsonb(escaped.as_deref()),
         }
@@ -1107,8 +1107,8 @@ impl AuditRecord<'_> {
     }
 }
 
-/// A `jsonb` field of `json`, an object whose `members` the event's reading split, if it did.
-fn split(t: &mut Tuple<'_>, json: Option<&str>, members: Option<&Members<'_>>) {
+/// A `jsonb` field of `json`, written from its `members` where the event's reading split them.
+fn jsonb_as_read(t: &mut Tuple<'_>, json: Option<&str>, members: Option<&Members<'_>>) {
     match (json, members) {
         (Some(json), Some(members)) => t.jsonb_split(json, members.spans()),
         _ => t.jsonb(json),

@@ -194,17 +194,9 @@ fn pauses_and_resumes(name: &str, settings: impl FnOnce(&mut cdc_audit::config::
     db.migrate();
     let records = generate(name, 3, 1_500);
     kafka.produce(&records);
-    // Hold the audit table locked: writers block, the channels fill, the poll thread must pause.
-    let mut blocker = db.client();
-    let mut tx = blocker.transaction().unwrap();
-    tx.batch_execute("LOCK TABLE audit_logging IN ACCESS EXCLUSIVE MODE")
-        .unwrap();
     let mut cfg = config(&kafka, &db, "g");
     settings(&mut cfg);
-    let service = InProcess::start(cfg);
-    wait_until(Duration::from_secs(60), "consumption paused", || {
-        service.stats.paused.get() == 1
-    });
+    let (service, mut blocker) = start_blocked(&db, cfg);
     let consumed_while_blocked = service.stats.messages_consumed.get();
     std::thread::sleep(Duration::from_millis(500));
     assert!(
@@ -212,13 +204,28 @@ fn pauses_and_resumes(name: &str, settings: impl FnOnce(&mut cdc_audit::config::
         "a blocked pipeline must not read the whole backlog ({consumed_while_blocked} read)"
     );
     assert_eq!(db.committed("g"), 0);
-    tx.rollback().unwrap();
+    blocker.batch_execute("ROLLBACK").unwrap();
     wait_until(Duration::from_secs(120), "every message committed", || {
         db.committed("g") == records.len() as i64
     });
     assert_eq!(service.stats.paused.get(), 0, "consumption resumed");
     service.stop();
     assert_exactly_once(&db, &records);
+}
+
+/// Starts the service with the audit table locked, so that its writers block, its channels fill
+/// and its poll thread pauses; returns once it has paused, with the connection holding the lock
+/// (`ROLLBACK` on it lets the writers go).
+fn start_blocked(db: &TestDb, cfg: cdc_audit::config::Config) -> (InProcess, postgres::Client) {
+    let mut blocker = db.client();
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE audit_logging IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let service = InProcess::start(cfg);
+    wait_until(Duration::from_secs(60), "consumption paused", || {
+        service.stats.paused.get() == 1
+    });
+    (service, blocker)
 }
 
 /// One hot partition behind (Debezium's layout for a busy table) writes batches of up to three
@@ -236,20 +243,13 @@ fn a_lone_partition_behind_grows_its_batches_to_three_full_ones() {
     records.retain(|r| r.topic == topic);
     assert!(records.len() > 300, "{} messages on {topic}", records.len());
     kafka.produce(&records);
-    let mut blocker = db.client();
-    let mut tx = blocker.transaction().unwrap();
-    tx.batch_execute("LOCK TABLE audit_logging IN ACCESS EXCLUSIVE MODE")
-        .unwrap();
     let mut cfg = config(&kafka, &db, "g");
     cfg.batch_size = 40;
     cfg.channel_capacity = 1;
     // Only fullness hands a batch on while the writers are blocked.
     cfg.batch_linger = Duration::from_secs(60);
-    let service = InProcess::start(cfg);
-    wait_until(Duration::from_secs(60), "consumption paused", || {
-        service.stats.paused.get() == 1
-    });
-    tx.rollback().unwrap();
+    let (service, mut blocker) = start_blocked(&db, cfg);
+    blocker.batch_execute("ROLLBACK").unwrap();
     wait_until(Duration::from_secs(120), "every message committed", || {
         db.committed("g") == records.len() as i64
     });
