@@ -11,7 +11,8 @@
 //!    resident memory, CPU time per event, and the ratio to the ceiling;
 //! 3. latency: with the instance caught up, events are produced at half the drain rate and each
 //!    row's produce time (its Kafka timestamp) is set against the moment its partition's position
-//!    in `audit_positions` passed it (polled every 10 ms);
+//!    in `audit_positions` passed it (polled every 10 ms); each second, what PostgreSQL was
+//!    doing (checkpoints, autovacuum) and what the service's writers committed;
 //! 4. two instances in a new consumer group drain everything again into a fresh database.
 //!
 //! Needs the `tansu` binary: `$TANSU`, on `PATH`, or in `~/.cargo/bin`
@@ -142,39 +143,42 @@ struct Process {
     metrics: Option<String>,
 }
 
+/// The service's /metrics at `addr`.
+fn scrape(addr: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// The value of a series without labels (`name`, e.g. a counter or a histogram's `_sum`) in a
+/// /metrics body.
+fn series(body: &str, name: &str) -> Option<f64> {
+    let key = format!("{name} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&key))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 impl Process {
     fn scrape(&self) -> Option<String> {
-        let mut stream = TcpStream::connect(self.metrics.as_ref()?).ok()?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
-            .ok()?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).ok()?;
-        Some(body)
+        scrape(self.metrics.as_ref()?)
+    }
+
+    /// A counter without labels on the service's /metrics.
+    fn counter(&self, name: &str) -> Option<f64> {
+        series(&self.scrape()?, name)
     }
 
     /// Sum and count of a histogram on the service's /metrics.
-    /// A counter without labels on the service's /metrics.
-    fn counter(&self, name: &str) -> Option<f64> {
-        let key = format!("{name} ");
-        let body = self.scrape()?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(&key))?
-            .trim()
-            .parse()
-            .ok()
-    }
-
     fn histogram(&self, name: &str) -> Option<(f64, f64)> {
         let body = self.scrape()?;
-        let value = |suffix: &str| -> Option<f64> {
-            let key = format!("{name}_{suffix} ");
-            body.lines()
-                .find_map(|l| l.strip_prefix(&key))?
-                .trim()
-                .parse()
-                .ok()
-        };
+        let value = |suffix: &str| series(&body, &format!("{name}_{suffix}"));
         Some((value("sum")?, value("count")?))
     }
 
@@ -818,6 +822,34 @@ fn watch_positions(
     })
 }
 
+/// The service's writers each second while `stop` is unset, from its /metrics: [Unix ms, rows
+/// committed, batches committed, seconds its writers spent in batches' transactions] since it
+/// started.
+fn watch_writers(
+    metrics: Option<String>,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<Vec<[f64; 4]>> {
+    thread::spawn(move || {
+        let mut samples = Vec::new();
+        let Some(addr) = metrics else {
+            return samples;
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let sample = scrape(&addr).and_then(|body| {
+                Some([
+                    now_ms() as f64,
+                    series(&body, "cdc_audit_rows_written_total")?,
+                    series(&body, "cdc_audit_batch_write_seconds_count")?,
+                    series(&body, "cdc_audit_batch_write_seconds_sum")?,
+                ])
+            });
+            samples.extend(sample);
+            thread::sleep(Duration::from_secs(1));
+        }
+        samples
+    })
+}
+
 /// What PostgreSQL did besides taking rows while `stop` was unset, as spans of Unix
 /// milliseconds, polled every 20 ms.
 #[derive(Default)]
@@ -1139,6 +1171,7 @@ fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_positions(url_one.clone(), "bench-one".into(), stop.clone());
     let postgres_watcher = watch_postgres(server.clone(), stop.clone());
+    let writers_watcher = watch_writers(one.metrics.clone(), stop.clone());
     let held_metric = "cdc_audit_batch_held_seconds";
     let held_before = one.buckets(held_metric);
     let write_metric = "cdc_audit_batch_write_seconds";
@@ -1200,6 +1233,27 @@ fn main() {
         * thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let timeline = watcher.join().unwrap();
     let pg_work = postgres_watcher.join().unwrap_or_default();
+    // Each second, what the writers committed, in batches of how many rows, and how much of
+    // their time they spent in a batch's transaction (a batch counted in the second it
+    // commits). They take whatever is ready, so they are busy most of the time at any rate and
+    // their batches grow with the load; busy writers committing less than is sent while their
+    // batches grow is the database slowing down.
+    let writers_by_second: Vec<String> = writers_watcher
+        .join()
+        .unwrap_or_default()
+        .windows(2)
+        .map(|w| {
+            let [rows, batches, busy] = [1, 2, 3].map(|i| w[1][i] - w[0][i]);
+            let seconds = (w[1][0] - w[0][0]).max(1.0) / 1e3;
+            format!(
+                "{:.0}/{:.0}/{:.0}%{}",
+                rows / seconds / 1e3,
+                rows / batches.max(1.0),
+                busy / seconds / args.writers as f64 * 100.0,
+                pg_work.marks(w[0][0] as i64, w[1][0] as i64)
+            )
+        })
+        .collect();
     // Per row: from the send (its Kafka timestamp) and from the broker's acknowledgement (when
     // the broker had stored it) to the commit that covered it.
     let acked = live_producer
@@ -1308,6 +1362,8 @@ fn main() {
          of which writing and committing it ({write_metric}): p50 {}, p99 {}\n\
          p99 of each second of the phase, produce to commit / of which the broker, in ms (c: \
          PostgreSQL checkpointing, v: an autovacuum running): {}\n\
+         each second of the phase, thousands of rows committed / rows a batch / the writers' time \
+         in a batch's transaction ({:.1} thousand events sent a second): {}\n\
          PostgreSQL checkpoints in the phase: {}; running {}; autovacuum running {:.1} s; \
          produce to commit of the {} changes sent in seconds with neither: {}\n\
          cores busy over the phase: the service {}, tansu {}, the producer {}, the machine {machine_cores:.2}",
@@ -1322,6 +1378,8 @@ fn main() {
         write_quantile(0.5),
         write_quantile(0.99),
         by_second.join(" "),
+        rate / 1e3,
+        writers_by_second.join(" "),
         match (checkpoints_before, checkpoints_after) {
             (Some(b), Some(a)) => format!(
                 "{} for WAL volume (max_wal_size), {} timed",
