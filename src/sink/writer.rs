@@ -1,5 +1,6 @@
 //! A writer thread: takes transformed batches from the writers' queue and writes each one in
-//! its fenced transaction, retrying for as long as its partition's epoch lasts.
+//! its fenced transaction (small batches of several partitions waiting together, in one),
+//! retrying for as long as its partition's epoch lasts.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::connect::Pool;
 use super::error::{Backoff, ErrorClass, SinkError};
-use super::fence::{write_after, write_batch, Written};
+use super::fence::{write_after, write_batch, write_group, Written};
 use crate::events::{now_ms, Stats};
 use crate::suspicious::Suspicious;
 use crate::tracker::Tracker;
@@ -24,10 +25,13 @@ pub struct Queue {
     pub done: Sender<Tp>,
 }
 
-/// A writer thread: takes transformed batches from the queue and commits each one.
+/// A writer thread: takes transformed batches from the queue and commits each one, or several
+/// partitions' batches in one transaction when they are waiting together.
 pub struct Writer {
     id: usize,
     queue: Queue,
+    /// The most messages one transaction takes from the queue (a full batch's).
+    group_messages: usize,
     pool: Pool,
     group: String,
     tracker: Arc<Tracker>,
@@ -41,6 +45,7 @@ impl Writer {
     pub fn new(
         id: usize,
         queue: Queue,
+        group_messages: usize,
         pool: Pool,
         group: String,
         tracker: Arc<Tracker>,
@@ -51,6 +56,7 @@ impl Writer {
         Writer {
             id,
             queue,
+            group_messages,
             pool,
             group,
             tracker,
@@ -62,15 +68,90 @@ impl Writer {
 
     pub fn run(self) {
         let depth = self.stats.channel_depth.with_label_values(&["writers"]);
-        for batch in &self.queue.batches {
+        for first in &self.queue.batches {
             depth.set(self.queue.batches.len() as i64);
-            let how = self.write(&batch);
-            batch.handoff.set(Relay::Finished);
-            self.tracker.finish(&batch.batch.tp, batch.batch.epoch, how);
-            // Only fails once the transform stage is gone, and then nothing waits for it.
-            let _ = self.queue.done.send(batch.batch.tp.clone());
+            // What else is waiting, up to a full batch's messages in all: under load with many
+            // partitions, each partition's batch is small, and a transaction each is most of
+            // what writing them costs.
+            let mut taken = vec![first];
+            let mut messages = taken[0].batch.messages.len();
+            while messages < self.group_messages {
+                let Ok(t) = self.queue.batches.try_recv() else {
+                    break;
+                };
+                messages += t.batch.messages.len();
+                taken.push(t);
+            }
+            // Together: batches whose partition has nothing else with the writers (one written
+            // behind its previous batch keeps its own transaction), one per partition, their
+            // epoch current. The rest, after them, one by one, as they came.
+            let mut together: Vec<&Transformed> = Vec::new();
+            let mut alone: Vec<&Transformed> = Vec::new();
+            for t in &taken {
+                let b = &t.batch;
+                if t.after.is_none()
+                    && self.tracker.is_current(&b.tp, b.epoch)
+                    && together.iter().all(|o| o.batch.tp != b.tp)
+                {
+                    together.push(t);
+                } else {
+                    alone.push(t);
+                }
+            }
+            if together.len() > 1 {
+                self.write_together(&together);
+            } else {
+                alone.splice(0..0, together);
+            }
+            for t in alone {
+                let how = self.write(t);
+                self.done(t, how);
+            }
         }
         log::debug!("writer {} finished", self.id);
+    }
+
+    /// The writer is done with `t`: the next batch of its partition may come.
+    fn done(&self, t: &Transformed, how: Finish) {
+        t.handoff.set(Relay::Finished);
+        self.tracker.finish(&t.batch.tp, t.batch.epoch, how);
+        // Only fails once the transform stage is gone, and then nothing waits for it.
+        let _ = self.queue.done.send(t.batch.tp.clone());
+    }
+
+    /// Writes several partitions' batches in one transaction ([`write_group`]); if that
+    /// fails, one by one, each as [`Writer::write`] does (which retries, and isolates a row
+    /// PostgreSQL refuses).
+    fn write_together(&self, batches: &[&Transformed]) {
+        let started = Instant::now();
+        match self.on_connection(|conn| write_group(conn, &self.group, batches)) {
+            Ok(written) => {
+                self.stats.write_transactions.inc();
+                self.stats
+                    .health
+                    .writes_failing
+                    .store(false, Ordering::Release);
+                // Each batch's share of the transaction's time, by its messages, so that the
+                // writers' time adds up.
+                let took = started.elapsed();
+                let messages: usize = batches.iter().map(|t| t.batch.messages.len()).sum();
+                for (t, written) in batches.iter().zip(written) {
+                    let share = t.batch.messages.len() as f64 / messages.max(1) as f64;
+                    let how = self.finished(t, written, took.mul_f64(share));
+                    self.done(t, how);
+                }
+            }
+            Err((_, e)) => {
+                log::debug!(
+                    "{} batches not written together ({e}); writing them one by one",
+                    batches.len()
+                );
+                for t in batches {
+                    let how = self.write(t);
+                    self.done(t, how);
+                }
+            }
+        }
     }
 
     /// Writes one batch, retrying for as long as it takes, unless its epoch ends first. While
@@ -106,7 +187,10 @@ impl Writer {
                 .writes_failing
                 .store(result.is_err(), Ordering::Release);
             match result {
-                Ok(written) => return self.finished(t, written, started),
+                Ok(written) => {
+                    self.stats.write_transactions.inc();
+                    return self.finished(t, written, started.elapsed());
+                }
                 Err((ErrorClass::Data, e)) if !isolate => {
                     log::warn!(
                         "batch {}: a row was refused ({e}); splitting the batch to isolate it",
@@ -153,7 +237,8 @@ impl Writer {
             match self.on_connection(|conn| write_after(conn, &self.group, t, (seq, link))) {
                 Ok(Some(written)) => {
                     self.stats.batches_behind.inc();
-                    return Some(self.finished(t, written, started));
+                    self.stats.write_transactions.inc();
+                    return Some(self.finished(t, written, started.elapsed()));
                 }
                 Ok(None) => {}
                 Err((_, e)) => log::debug!(
@@ -187,8 +272,9 @@ impl Writer {
         result
     }
 
-    /// Counts and logs what a batch's transaction did: how the writer finished with it.
-    fn finished(&self, t: &Transformed, written: Written, started: Instant) -> Finish {
+    /// Counts and logs what a batch's transaction did (`took`: the writer's time on it): how
+    /// the writer finished with it.
+    fn finished(&self, t: &Transformed, written: Written, took: Duration) -> Finish {
         let b = &t.batch;
         match written {
             Written::Committed {
@@ -200,8 +286,7 @@ impl Writer {
                 skips,
                 skipped,
             } => {
-                self.stats
-                    .batch_committed(b, rows, skipped, started.elapsed());
+                self.stats.batch_committed(b, rows, skipped, took);
                 self.stats.transaction_events.inc_by(transactions as u64);
                 let now_us = now_ms() * 1000;
                 // Observed here, added to the shared histogram once for the batch.

@@ -12,7 +12,9 @@ use cdc_audit::chain::{self, Hash, Kind};
 use cdc_audit::config::rules::Rules;
 use cdc_audit::integrity::{self, Digest, Problem, Report, Scope, SigningKey};
 use cdc_audit::pgcopy::jsonb::{canonical, write_canonical_split};
-use cdc_audit::sink::{self, copy_rows, write_batch, Target, Tuples, AUDIT, TRANSACTIONS};
+use cdc_audit::sink::{
+    self, copy_rows, write_batch, write_group, Target, Tuples, Written, AUDIT, TRANSACTIONS,
+};
 use cdc_audit::transform::json::Members;
 use cdc_audit::transform::transform;
 use cdc_audit::types::{Batch, Message, Outcome, Tp, Transformed};
@@ -273,45 +275,57 @@ fn build_trail_with(db: &TestDb, sql: &str) {
 /// The trail of `build_trail`, into a database whose schema is there.
 pub fn write_trail(db: &TestDb) {
     let mut c = db.client();
+    for partition in 0..2 {
+        for t in trail_batches(partition) {
+            write_batch(&mut c, "g", &t, true).unwrap();
+            // Delivered again: the fence writes nothing, the chain does not move.
+            write_batch(&mut c, "g", &t, true).unwrap();
+        }
+    }
+}
+
+/// The batches of `build_trail`'s trail of one partition, in order.
+fn trail_batches(partition: i32) -> Vec<Transformed> {
     let rules = Rules::default();
     let records = generate("chain", 3, 240);
-    for partition in 0..2 {
-        let mut messages: Vec<Message> = records
-            .iter()
-            .filter(|r| r.value.is_some())
-            .skip(partition as usize)
-            .step_by(2)
-            .enumerate()
-            .map(|(i, r)| Message {
-                topic: Arc::from(TOPIC),
-                partition,
-                // A hole at offsets 40..43.
-                offset: i as i64 + if i >= 40 { 3 } else { 0 },
-                timestamp_ms: Some(1_700_000_000_000 + i as i64),
-                key: r.key.clone().map(String::into_bytes),
-                payload: r.value.clone().map(String::into_bytes),
-                headers: vec![("h".into(), Some(b"v".to_vec()))],
-            })
-            .collect();
-        messages[7].payload = Some(b"not json".to_vec());
-        // Valid JSON that jsonb refuses: a lone UTF-16 surrogate escape.
-        let image = b"\"after\":{";
-        let i = (10..)
-            .find(|&i| {
-                messages[i]
-                    .payload
-                    .as_ref()
-                    .is_some_and(|p| p.windows(image.len()).any(|w| w == image))
-            })
-            .unwrap();
-        let refused = String::from_utf8(messages[i].payload.clone().unwrap()).unwrap();
-        messages[i].payload = Some(
-            refused
-                .replacen("\"after\":{", "\"after\":{\"bad\":\"\\ud800\",", 1)
-                .into_bytes(),
-        );
-        let mut start = 0;
-        for chunk in messages.chunks(25) {
+    let mut messages: Vec<Message> = records
+        .iter()
+        .filter(|r| r.value.is_some())
+        .skip(partition as usize)
+        .step_by(2)
+        .enumerate()
+        .map(|(i, r)| Message {
+            topic: Arc::from(TOPIC),
+            partition,
+            // A hole at offsets 40..43.
+            offset: i as i64 + if i >= 40 { 3 } else { 0 },
+            timestamp_ms: Some(1_700_000_000_000 + i as i64),
+            key: r.key.clone().map(String::into_bytes),
+            payload: r.value.clone().map(String::into_bytes),
+            headers: vec![("h".into(), Some(b"v".to_vec()))],
+        })
+        .collect();
+    messages[7].payload = Some(b"not json".to_vec());
+    // Valid JSON that jsonb refuses: a lone UTF-16 surrogate escape.
+    let image = b"\"after\":{";
+    let i = (10..)
+        .find(|&i| {
+            messages[i]
+                .payload
+                .as_ref()
+                .is_some_and(|p| p.windows(image.len()).any(|w| w == image))
+        })
+        .unwrap();
+    let refused = String::from_utf8(messages[i].payload.clone().unwrap()).unwrap();
+    messages[i].payload = Some(
+        refused
+            .replacen("\"after\":{", "\"after\":{\"bad\":\"\\ud800\",", 1)
+            .into_bytes(),
+    );
+    let mut start = 0;
+    messages
+        .chunks(25)
+        .map(|chunk| {
             let end = chunk.last().unwrap().offset + 1;
             let t = Transformed::new(
                 Batch {
@@ -330,12 +344,80 @@ pub fn write_trail(db: &TestDb) {
                 },
                 chunk.iter().map(|m| transform(m, &rules)).collect(),
             );
-            write_batch(&mut c, "g", &t, true).unwrap();
-            // Delivered again: the fence writes nothing, the chain does not move.
-            write_batch(&mut c, "g", &t, true).unwrap();
             start = end;
+            t
+        })
+        .collect()
+}
+
+/// Each chain's entries, in order: (table, partition, offset, sequence number).
+fn entries(db: &TestDb) -> Vec<(String, i32, i64, i64)> {
+    let sql = ["audit_logging", "audit_rejections"]
+        .map(|table| {
+            format!("SELECT '{table}', kafka_partition, kafka_offset, chain_seq FROM {table}")
+        })
+        .join(" UNION ALL ");
+    let gaps = "SELECT 'audit_gaps', kafka_partition, first_offset, chain_seq FROM audit_gaps";
+    db.client()
+        .query(&format!("{sql} UNION ALL {gaps} ORDER BY 2, 4"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+#[test]
+fn batches_of_several_partitions_written_together_chain_as_when_written_alone() {
+    let alone = TestDb::new("chain_alone");
+    build_trail(&alone);
+    let together = TestDb::new("chain_together");
+    together.migrate();
+    let mut c = together.client();
+    let (zero, one) = (trail_batches(0), trail_batches(1));
+    let (mut together_ok, mut refused) = (0, 0);
+    for k in 0..zero.len().max(one.len()) {
+        let group: Vec<&Transformed> = [zero.get(k), one.get(k)].into_iter().flatten().collect();
+        match write_group(&mut c, "g", &group) {
+            Ok(written) => {
+                assert!(
+                    written
+                        .iter()
+                        .all(|w| matches!(w, Written::Committed { .. })),
+                    "{written:?}"
+                );
+                together_ok += usize::from(group.len() == 2);
+            }
+            // A row PostgreSQL refuses fails the whole transaction; one by one isolates it.
+            Err(_) => {
+                refused += 1;
+                for t in &group {
+                    write_batch(&mut c, "g", t, true).unwrap();
+                }
+            }
+        }
+        // Delivered again: the fence writes nothing of either.
+        for w in write_group(&mut c, "g", &group).unwrap() {
+            assert!(matches!(w, Written::Committed { rows: 0, .. }), "{w:?}");
         }
     }
+    assert!(
+        refused >= 1,
+        "the batches with the refused row go one by one"
+    );
+    let report = verify(&together, &Scope::default());
+    assert!(report.intact(), "{report}");
+    assert_eq!(entries(&together), entries(&alone));
+    // Both partitions' rows in one transaction, for each pair written together.
+    let shared: i64 = c
+        .query_one(
+            "SELECT count(*) FROM (SELECT xmin::text FROM audit_logging GROUP BY 1 \
+             HAVING count(DISTINCT kafka_partition) = 2) t",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(together_ok > 0);
+    assert_eq!(shared as usize, together_ok);
 }
 
 fn verify(db: &TestDb, scope: &Scope) -> Report {
