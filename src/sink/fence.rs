@@ -270,18 +270,20 @@ pub fn write_batch(
     Ok(committed(batch.end, missing, linked, skipped))
 }
 
-/// Writes several batches, of as many partitions, in one transaction: each fenced by its
-/// partition's stored position and linked into its partition's chain as [`write_batch`] does,
-/// their rows COPYed together, one commit for all. The positions are locked in partition
-/// order, so two such transactions never wait for each other. What became of each batch, in
-/// the order given; an error means nothing was written (a row PostgreSQL refuses included:
-/// the batches are then written one by one, which isolates it).
+/// Writes several batches in one transaction: each fenced by its partition's stored position
+/// and linked into its partition's chain as [`write_batch`] does, their rows COPYed together,
+/// one commit for all. The positions are locked in partition order, so two such transactions
+/// never wait for each other; batches of one partition come in the order given, each fenced by
+/// the position the one before it stored. What became of each batch, in the order given; an
+/// error means nothing was written (a row PostgreSQL refuses included: the batches are then
+/// written one by one, which isolates it).
 pub fn write_group(
     client: &mut postgres::Client,
     group: &str,
     batches: &[&Transformed],
 ) -> Result<Vec<Written>, SinkError> {
     let mut order: Vec<usize> = (0..batches.len()).collect();
+    // Stable: a partition's batches keep their order.
     order.sort_by(|&a, &b| batches[a].batch.tp.cmp(&batches[b].batch.tp));
     let mut tx = client.transaction()?;
     let mut decided = Vec::new();
@@ -297,6 +299,9 @@ pub fn write_group(
             } => {
                 let linked = link_batch(t, skipped, &missing, &HashMap::new(), group, head);
                 hand_off(t, &linked.head);
+                // Stored now, so that the partition's next batch here is fenced by it.
+                let tp = (&*t.batch.tp.topic, t.batch.tp.partition);
+                store_position(&mut tx, group, tp, t.batch.end, &linked.head)?;
                 open.push((i, linked, missing, skipped));
             }
         }
@@ -304,11 +309,6 @@ pub fn write_group(
     let all: Vec<&Linked<'_>> = open.iter().map(|(_, linked, ..)| linked).collect();
     copy_linked(&mut tx, &all)?;
     copy_rest(&mut tx, &all)?;
-    for (i, linked, ..) in &open {
-        let batch = &batches[*i].batch;
-        let tp = (&*batch.tp.topic, batch.tp.partition);
-        store_position(&mut tx, group, tp, batch.end, &linked.head)?;
-    }
     tx.commit()?;
     decided.extend(open.into_iter().map(|(i, linked, missing, skipped)| {
         (i, committed(batches[i].batch.end, missing, linked, skipped))

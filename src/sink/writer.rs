@@ -82,17 +82,22 @@ impl Writer {
                 messages += t.batch.messages.len();
                 taken.push(t);
             }
-            // Together: batches whose partition has nothing else with the writers (one written
-            // behind its previous batch keeps its own transaction), one per partition, their
-            // epoch current. The rest, after them, one by one, as they came.
+            // Together, their epoch current: a batch whose partition has nothing else with the
+            // writers, or whose partition's previous batch comes just before it in this
+            // transaction. One whose previous batch another writer has yet to finish is written
+            // behind it, on its own. The rest, after them, one by one, as they came.
             let mut together: Vec<&Transformed> = Vec::new();
             let mut alone: Vec<&Transformed> = Vec::new();
             for t in &taken {
                 let b = &t.batch;
-                if t.after.is_none()
-                    && self.tracker.is_current(&b.tp, b.epoch)
-                    && together.iter().all(|o| o.batch.tp != b.tp)
-                {
+                let last = together.iter().rev().find(|o| o.batch.tp == b.tp);
+                let follows = match (&t.after, last) {
+                    (None, None) => true,
+                    (Some(previous), None) => previous.is_finished(),
+                    (Some(previous), Some(last)) => Arc::ptr_eq(previous, &last.handoff),
+                    (None, Some(_)) => false,
+                };
+                if follows && self.tracker.is_current(&b.tp, b.epoch) {
                     together.push(t);
                 } else {
                     alone.push(t);

@@ -357,18 +357,28 @@ fn batches_written_together_are_each_fenced_by_their_own_partition() {
         // Overlapping its stored position: only the new part.
         of(0, Some(5), 5..15),
     ];
-    // Two batches of one partition are never written together (the writer keeps them apart).
-    let mut written = write_group(&mut c, "g", &[&group[0], &group[1], &group[2]])
+    // A partition's batches in order, each fenced by the position the one before stored.
+    let mut written = write_group(&mut c, "g", &group.iter().collect::<Vec<_>>())
         .unwrap()
         .into_iter();
     assert_eq!(rows(written.next().unwrap()), (20, 20, 0));
     assert_eq!(rows(written.next().unwrap()), (10, 0, 10));
     assert_eq!(written.next(), Some(Written::Behind { stored: 5 }));
-    let mut written = write_group(&mut c, "g", &[&group[3], &of(1, Some(0), 0..30)])
-        .unwrap()
-        .into_iter();
     assert_eq!(rows(written.next().unwrap()), (15, 5, 5));
+    let mut written = write_group(
+        &mut c,
+        "g",
+        &[
+            &of(1, Some(0), 0..30),
+            &of(1, Some(30), 30..40),
+            &of(1, Some(41), 41..45),
+        ],
+    )
+    .unwrap()
+    .into_iter();
     assert_eq!(rows(written.next().unwrap()), (30, 30, 0));
+    assert_eq!(rows(written.next().unwrap()), (40, 10, 0));
+    assert_eq!(written.next(), Some(Written::Behind { stored: 40 }));
 
     let stored: Vec<(i32, i64)> = c
         .query(
@@ -379,7 +389,7 @@ fn batches_written_together_are_each_fenced_by_their_own_partition() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(stored, [(0, 15), (1, 30), (2, 5), (3, 20)]);
+    assert_eq!(stored, [(0, 15), (1, 40), (2, 5), (3, 20)]);
     let mut produced: Vec<Record> = Vec::new();
     for (p, end) in stored {
         produced.extend_from_slice(&records[100 * p as usize..][..end as usize]);
