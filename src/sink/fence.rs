@@ -273,7 +273,7 @@ pub fn write_batch(
 /// Writes several batches in one transaction: each fenced by its partition's stored position
 /// and linked into its partition's chain as [`write_batch`] does, their rows COPYed together,
 /// one commit for all. The positions are locked in partition order, so two such transactions
-/// never wait for each other; batches of one partition come in the order given, each fenced by
+/// cannot deadlock; batches of one partition come in the order given, each fenced by
 /// the position the one before it stored. What became of each batch, in the order given; an
 /// error means nothing was written (a row PostgreSQL refuses included: the batches are then
 /// written one by one, which isolates it).
