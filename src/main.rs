@@ -132,8 +132,8 @@ fn main() -> ExitCode {
         Command::Run => load(&cli).and_then(service::command),
         Command::Migrate {
             import_positions_from,
-        } => load(&cli)
-            .and_then(|c| migrate::command(&c, import_positions_from.as_deref()))
+        } => raw_settings(&cli)
+            .and_then(|raw| migrate::command(&raw, import_positions_from.as_deref()))
             .map(print),
         Command::CheckConfig => load(&cli).map(|c| {
             let lines: Vec<String> = c

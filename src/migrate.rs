@@ -2,7 +2,9 @@
 //! An advisory lock lets several instances start at once. Also the way in from the consumer
 //! cdc-audit replaces: its positions, imported into `audit_positions`.
 
-use crate::config::Config;
+use std::collections::BTreeMap;
+
+use crate::config::group_id_from_settings;
 use crate::sink::{self, with_causes, Pool};
 
 /// The migrations compiled into the binary: (version, name, SQL).
@@ -82,8 +84,13 @@ pub fn with_pool(pool: &Pool) -> Result<Vec<&'static str>, String> {
     let mut conn = pool
         .get()
         .map_err(|e| format!("cannot connect to the database to migrate: {e}"))?;
-    refuse_a_foreign_trail(&mut conn)?;
-    migrate(&mut conn).map_err(|e| format!("migration failed: {}", with_causes(&e)))
+    checked(&mut conn)
+}
+
+/// Applies the migrations on `client`, unless the trail there is not cdc-audit's.
+fn checked(client: &mut postgres::Client) -> Result<Vec<&'static str>, String> {
+    refuse_a_foreign_trail(client)?;
+    migrate(client).map_err(|e| format!("migration failed: {}", with_causes(&e)))
 }
 
 /// An `audit_logging` that cdc-audit's migrations did not make (the consumer it replaces kept
@@ -116,21 +123,26 @@ fn refuse_a_foreign_trail(client: &mut postgres::Client) -> Result<(), String> {
 }
 
 /// `cdc-audit migrate`: applies what is not yet applied and says how many; with `import_from`,
-/// then imports the positions kept in that table.
-pub fn command(config: &Config, import_from: Option<&str>) -> Result<String, String> {
-    let pool = sink::pool(&config.database_url, 1, config.database_ca_file.as_deref())?;
-    let applied = with_pool(&pool)?;
+/// then imports the positions kept in that table. It needs only the database's settings (and
+/// the group's, to import), not Kafka's: a deployment can migrate before the service starts.
+pub fn command(
+    raw: &BTreeMap<String, String>,
+    import_from: Option<&str>,
+) -> Result<String, String> {
+    let mut client = sink::connect_with_settings(raw)?;
+    let applied = checked(&mut client)?;
     let mut out = format!(
         "{} migrations applied ({} known)",
         applied.len(),
         MIGRATIONS.len()
     );
     if let Some(table) = import_from {
-        let mut conn = pool
-            .get()
-            .map_err(|e| format!("cannot connect to the database: {e}"))?;
         out.push('\n');
-        out.push_str(&import_positions(&mut conn, table, &config.group_id)?);
+        out.push_str(&import_positions(
+            &mut client,
+            table,
+            group_id_from_settings(raw),
+        )?);
     }
     Ok(out)
 }

@@ -40,7 +40,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         name: "CDC_AUDIT_GROUP_ID",
-        default: Some("cdc-audit"),
+        default: Some(DEFAULT_GROUP_ID),
         help: "Kafka consumer group; instances with one group id share the partitions",
     },
     Setting {
@@ -580,6 +580,18 @@ pub fn registry_from_settings(
     }))
 }
 
+/// The consumer group when `CDC_AUDIT_GROUP_ID` is not set.
+pub const DEFAULT_GROUP_ID: &str = "cdc-audit";
+
+/// `CDC_AUDIT_GROUP_ID` (trimmed), or its default if it is not set or empty: for the tools that
+/// need the group without the service's settings (`migrate --import-positions-from`).
+pub fn group_id_from_settings(raw: &BTreeMap<String, String>) -> &str {
+    raw.get("CDC_AUDIT_GROUP_ID")
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .unwrap_or(DEFAULT_GROUP_ID)
+}
+
 /// Refuses a `CDC_AUDIT_*` name that is not a setting (a typo would otherwise be ignored).
 pub fn check_names(raw: &BTreeMap<String, String>) -> Result<(), ConfigError> {
     for key in raw.keys() {
@@ -798,7 +810,7 @@ impl Config {
             (None, Some(pattern)) => Topics::Regex(pattern.to_string()),
         };
 
-        let group_id = get("CDC_AUDIT_GROUP_ID").unwrap_or("cdc-audit").to_string();
+        let group_id = group_id_from_settings(raw).to_string();
         let database_url = get("CDC_AUDIT_DATABASE_URL")
             .or_else(|| get("DATABASE_URL"))
             .ok_or_else(|| ConfigError::Missing {
