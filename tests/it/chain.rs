@@ -350,6 +350,94 @@ fn trail_batches(partition: i32) -> Vec<Transformed> {
         .collect()
 }
 
+/// A writer thread given the trail's first three batches of both partitions at once. The first
+/// two of each (one with a row PostgreSQL refuses) go in one transaction, each partition's
+/// second behind its first; that fails, and the writer writes the four one by one, isolating
+/// the refused rows. The third of each go together. The chains come out as when written batch
+/// by batch, and the transactions are counted: five for six batches.
+#[test]
+fn a_writer_writes_waiting_batches_together_and_one_by_one_when_that_fails() {
+    use cdc_audit::events::Stats;
+    use cdc_audit::suspicious::Suspicious;
+    use cdc_audit::tracker::Tracker;
+    use cdc_audit::types::Control;
+
+    let db = TestDb::new("chain_writer");
+    db.migrate();
+    let tracker = Arc::new(Tracker::default());
+    let mut queued = Vec::new();
+    for round in 0..3 {
+        for partition in 0..2 {
+            let tp = Tp {
+                topic: Arc::from(TOPIC),
+                partition,
+            };
+            if round == 0 {
+                tracker.assign(&tp, Some(0));
+            }
+            let mut t = trail_batches(partition).swap_remove(round);
+            t.batch.epoch = tracker.assigned(&tp).unwrap().epoch;
+            queued.push(t);
+        }
+    }
+    // Each partition's second batch is handed to the writers behind its first.
+    for i in 2..4 {
+        queued[i].after = Some(queued[i - 2].handoff.clone());
+    }
+    let (batches_tx, batches) = crossbeam_channel::unbounded();
+    let (done, done_rx) = crossbeam_channel::unbounded();
+    let third = queued.split_off(4);
+    for t in queued {
+        batches_tx.send(t).unwrap();
+    }
+    let stats = Arc::new(Stats::new());
+    let writer = cdc_audit::sink::Writer::new(
+        0,
+        cdc_audit::sink::Queue { batches, done },
+        1_000,
+        sink::pool(&db.url, 2, None).unwrap(),
+        "g".into(),
+        tracker.clone(),
+        Arc::new(Control::default()),
+        stats.clone(),
+        Arc::new(Suspicious::new(0, Vec::new(), stats.clone())),
+    );
+    let running = std::thread::spawn(move || writer.run());
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while done_rx.len() < 4 {
+        assert!(Instant::now() < deadline, "the first four batches not done");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    for t in third {
+        batches_tx.send(t).unwrap();
+    }
+    drop(batches_tx);
+    running.join().unwrap();
+    assert_eq!(done_rx.len(), 6);
+    assert_eq!(stats.batches_committed.get(), 6);
+    assert_eq!(stats.write_transactions.get(), 5);
+    let refused: i64 = db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM audit_rejections WHERE reason = 'database_refused'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(refused, 2);
+
+    let alone = TestDb::new("chain_writer_alone");
+    alone.migrate();
+    let mut c = alone.client();
+    for partition in 0..2 {
+        for t in trail_batches(partition).iter().take(3) {
+            write_batch(&mut c, "g", t, true).unwrap();
+        }
+    }
+    assert_eq!(entries(&db), entries(&alone));
+    assert_chains_intact(&db);
+}
+
 /// Each chain's entries, in order: (table, partition, offset, sequence number).
 fn entries(db: &TestDb) -> Vec<(String, i32, i64, i64)> {
     let sql = ["audit_logging", "audit_rejections"]
