@@ -416,15 +416,7 @@ fn a_writer_writes_waiting_batches_together_and_one_by_one_when_that_fails() {
     assert_eq!(done_rx.len(), 6);
     assert_eq!(stats.batches_committed.get(), 6);
     assert_eq!(stats.write_transactions.get(), 5);
-    let refused: i64 = db
-        .client()
-        .query_one(
-            "SELECT count(*) FROM audit_rejections WHERE reason = 'database_refused'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(refused, 2);
+    assert_eq!(db.rejections("database_refused"), 2);
 
     let alone = TestDb::new("chain_writer_alone");
     alone.migrate();

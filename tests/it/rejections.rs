@@ -60,15 +60,7 @@ fn refused_rows_are_replayed_exactly_once_after_the_database_is_fixed() {
         })
         .count();
     assert!(orders > 50);
-    let refused: i64 = db
-        .client()
-        .query_one(
-            "SELECT count(*) FROM audit_rejections WHERE reason = 'database_refused'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(refused as usize, orders);
+    assert_eq!(db.rejections("database_refused") as usize, orders);
 
     let listed = stdout(&rejections(
         &db,

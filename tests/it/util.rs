@@ -128,6 +128,17 @@ impl TestDb {
             .unwrap()
             .get(0)
     }
+
+    /// Rows of `audit_rejections` with this reason.
+    pub fn rejections(&self, reason: &str) -> i64 {
+        self.client()
+            .query_one(
+                "SELECT count(*) FROM audit_rejections WHERE reason = $1",
+                &[&reason],
+            )
+            .unwrap()
+            .get(0)
+    }
 }
 
 impl Drop for TestDb {
