@@ -70,7 +70,7 @@ impl Writer {
         let depth = self.stats.channel_depth.with_label_values(&["writers"]);
         for first in &self.queue.batches {
             depth.set(self.queue.batches.len() as i64);
-            // What else is waiting, up to a full batch's messages in all: under load with many
+            // What else is waiting, until a full batch's messages are taken: under load with many
             // partitions, each partition's batch is small, and a transaction each is most of
             // what writing them costs.
             let mut taken = vec![first];
