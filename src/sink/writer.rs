@@ -32,6 +32,8 @@ pub struct Writer {
     queue: Queue,
     /// The most messages one transaction takes from the queue (a full batch's).
     group_messages: usize,
+    /// How many writers share the queue.
+    writers: usize,
     pool: Pool,
     group: String,
     tracker: Arc<Tracker>,
@@ -45,7 +47,7 @@ impl Writer {
     pub fn new(
         id: usize,
         queue: Queue,
-        group_messages: usize,
+        (group_messages, writers): (usize, usize),
         pool: Pool,
         group: String,
         tracker: Arc<Tracker>,
@@ -57,6 +59,7 @@ impl Writer {
             id,
             queue,
             group_messages,
+            writers,
             pool,
             group,
             tracker,
@@ -72,10 +75,12 @@ impl Writer {
             depth.set(self.queue.batches.len() as i64);
             // What else is waiting, until a full batch's messages are taken: under load with many
             // partitions, each partition's batch is small, and a transaction each is most of
-            // what writing them costs.
+            // what writing them costs. No more than this writer's share of what waits, so that
+            // the others (and their connections) are not left idle while it writes.
+            let share = (1 + self.queue.batches.len()).div_ceil(self.writers.max(1));
             let mut taken = vec![first];
             let mut messages = taken[0].batch.messages.len();
-            while messages < self.group_messages {
+            while messages < self.group_messages && taken.len() < share {
                 let Ok(t) = self.queue.batches.try_recv() else {
                     break;
                 };

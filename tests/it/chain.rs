@@ -394,7 +394,7 @@ fn a_writer_writes_waiting_batches_together_and_one_by_one_when_that_fails() {
     let writer = cdc_audit::sink::Writer::new(
         0,
         cdc_audit::sink::Queue { batches, done },
-        1_000,
+        (1_000, 1),
         sink::pool(&db.url, 2, None).unwrap(),
         "g".into(),
         tracker.clone(),
