@@ -823,12 +823,12 @@ fn watch_positions(
 }
 
 /// The service's writers each second while `stop` is unset, from its /metrics: [Unix ms, rows
-/// committed, batches committed, seconds its writers spent in batches' transactions,
-/// transactions (a build without that counter: one a batch)] since it started.
+/// committed, batches committed, seconds its writers spent in batches' transactions] since it
+/// started.
 fn watch_writers(
     metrics: Option<String>,
     stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<Vec<[f64; 5]>> {
+) -> thread::JoinHandle<Vec<[f64; 4]>> {
     thread::spawn(move || {
         let mut samples = Vec::new();
         let Some(addr) = metrics else {
@@ -836,13 +836,11 @@ fn watch_writers(
         };
         while !stop.load(Ordering::Relaxed) {
             let sample = scrape(&addr).and_then(|body| {
-                let batches = series(&body, "cdc_audit_batch_write_seconds_count")?;
                 Some([
                     now_ms() as f64,
                     series(&body, "cdc_audit_rows_written_total")?,
-                    batches,
+                    series(&body, "cdc_audit_batch_write_seconds_count")?,
                     series(&body, "cdc_audit_batch_write_seconds_sum")?,
-                    series(&body, "cdc_audit_write_transactions_total").unwrap_or(batches),
                 ])
             });
             samples.extend(sample);
@@ -1235,8 +1233,8 @@ fn main() {
         * thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let timeline = watcher.join().unwrap();
     let pg_work = postgres_watcher.join().unwrap_or_default();
-    // Each second, what the writers committed, in batches and transactions of how many rows,
-    // and how much of their time they spent in a transaction (a batch counted in the second it
+    // Each second, what the writers committed, in batches of how many rows, and how much of
+    // their time they spent in a batch's transaction (a batch counted in the second it
     // commits). They take whatever is ready, so they are busy most of the time at any rate and
     // their batches grow with the load; busy writers committing less than is sent while their
     // batches grow is the database slowing down.
@@ -1245,13 +1243,12 @@ fn main() {
         .unwrap_or_default()
         .windows(2)
         .map(|w| {
-            let [rows, batches, busy, transactions] = [1, 2, 3, 4].map(|i| w[1][i] - w[0][i]);
+            let [rows, batches, busy] = [1, 2, 3].map(|i| w[1][i] - w[0][i]);
             let seconds = (w[1][0] - w[0][0]).max(1.0) / 1e3;
             format!(
-                "{:.0}/{:.0}/{:.0}/{:.0}%{}",
+                "{:.0}/{:.0}/{:.0}%{}",
                 rows / seconds / 1e3,
                 rows / batches.max(1.0),
-                rows / transactions.max(1.0),
                 busy / seconds / args.writers as f64 * 100.0,
                 pg_work.marks(w[0][0] as i64, w[1][0] as i64)
             )
@@ -1365,8 +1362,8 @@ fn main() {
          of which writing and committing it ({write_metric}): p50 {}, p99 {}\n\
          p99 of each second of the phase, produce to commit / of which the broker, in ms (c: \
          PostgreSQL checkpointing, v: an autovacuum running): {}\n\
-         each second of the phase, thousands of rows committed / rows a batch / rows a transaction / \
-         the writers' time in a transaction ({:.1} thousand events sent a second): {}\n\
+         each second of the phase, thousands of rows committed / rows a batch / the writers' time \
+         in a batch's transaction ({:.1} thousand events sent a second): {}\n\
          PostgreSQL checkpoints in the phase: {}; running {}; autovacuum running {:.1} s; \
          produce to commit of the {} changes sent in seconds with neither: {}\n\
          cores busy over the phase: the service {}, tansu {}, the producer {}, the machine {machine_cores:.2}",

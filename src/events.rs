@@ -97,7 +97,6 @@ pub struct Stats {
     pub duplicates_skipped: IntCounter,
     pub batches_dropped: IntCounter,
     pub batches_behind: IntCounter,
-    pub write_transactions: IntCounter,
     pub rewinds: IntCounter,
     pub offsets_missing: IntCounter,
     pub offsets_not_delivered: IntCounter,
@@ -216,11 +215,6 @@ impl Stats {
             batches_committed: counter(
                 "cdc_audit_batches_committed_total",
                 "Batches committed with their positions",
-            ),
-            write_transactions: counter(
-                "cdc_audit_write_transactions_total",
-                "Transactions the writers ended, each for one batch or for several partitions' \
-                 batches together",
             ),
             duplicates_skipped: counter(
                 "cdc_audit_duplicate_messages_skipped_total",

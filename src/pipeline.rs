@@ -62,7 +62,6 @@ pub fn run(shared: Shared, started: impl FnOnce()) -> Result<Exit, SourceError> 
         let writer = Writer::new(
             id,
             queue,
-            (config.batch_size, config.writers),
             pool.clone(),
             config.group_id.clone(),
             tracker.clone(),

@@ -182,11 +182,6 @@ impl Handoff {
         self.changed.notify_all();
     }
 
-    /// Whether the writer is done with the batch.
-    pub fn is_finished(&self) -> bool {
-        *self.lock() == Relay::Finished
-    }
-
     /// Waits until the writer has linked the batch (if `linked_will_do`) or is done with it, or
     /// until `stop()` says to stop (asked every 50 ms); returns the relay then.
     pub fn wait(&self, linked_will_do: bool, mut stop: impl FnMut() -> bool) -> Relay {

@@ -1,8 +1,8 @@
 //! One batch's transaction, fenced by its partition's stored position: lock and check the
 //! position, link the new rows into the partition's hash chain, COPY them (splitting under
 //! savepoints to isolate a refused row), store the rejections and the holes Kafka left, move the
-//! position and the chain's head, commit; or several partitions' batches so, in one
-//! transaction. Everything else that reads or writes `audit_positions` is here too.
+//! position and the chain's head, commit. Everything else that reads or writes
+//! `audit_positions` is here too.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -175,49 +175,6 @@ pub fn store_position(
     Ok(())
 }
 
-/// What the fence found for a batch in a transaction that locked its partition's position.
-enum Fence {
-    /// Nothing of the batch is written: it is all written already, or it does not connect.
-    Decided(Written),
-    /// The batch's new messages (from `skipped` on) go after `head`; `missing` are the
-    /// offsets among them Kafka did not deliver.
-    Open {
-        head: Head,
-        skipped: usize,
-        missing: Vec<Gap>,
-    },
-}
-
-/// Locks the batch's partition's position and chain head in `tx` and compares the position
-/// with the batch.
-fn fence(tx: &mut Transaction<'_>, group: &str, batch: &Batch) -> Result<Fence, SinkError> {
-    let tp = (&*batch.tp.topic, batch.tp.partition);
-    let first = batch.messages.first().map_or(batch.end, |m| m.offset);
-    let from = batch.start.unwrap_or(first);
-    let (stored, head) = lock_position(tx, group, tp, from)?;
-    if stored >= batch.end {
-        // Everything here is already written (a redelivery, or an owner that lost the partition).
-        return Ok(Fence::Decided(Written::Committed {
-            next: stored,
-            missing: Vec::new(),
-            rows: 0,
-            transactions: 0,
-            rejected: Vec::new(),
-            skips: Vec::new(),
-            skipped: batch.messages.len(),
-        }));
-    }
-    if stored < from {
-        return Ok(Fence::Decided(Written::Behind { stored }));
-    }
-    // Only messages at or past the stored position are new.
-    Ok(Fence::Open {
-        head,
-        skipped: batch.messages.iter().filter(|m| m.offset < stored).count(),
-        missing: gaps(missing_offsets(stored, batch), &batch.holes),
-    })
-}
-
 /// Writes one batch in one transaction, fenced by the stored position of its partition, and
 /// extends the partition's hash chain with every row written, in offset order.
 /// With `isolate`, rows PostgreSQL refuses are found by splitting and stored as rejections.
@@ -229,15 +186,30 @@ pub fn write_batch(
 ) -> Result<Written, SinkError> {
     let batch = &t.batch;
     let tp = (&*batch.tp.topic, batch.tp.partition);
+    let first = batch.messages.first().map_or(batch.end, |m| m.offset);
+    let from = batch.start.unwrap_or(first);
+
     let mut tx = client.transaction()?;
-    let (head, skipped, missing) = match fence(&mut tx, group, batch)? {
-        Fence::Decided(written) => return Ok(written),
-        Fence::Open {
-            head,
-            skipped,
-            missing,
-        } => (head, skipped, missing),
-    };
+    let (stored, head) = lock_position(&mut tx, group, tp, from)?;
+    if stored >= batch.end {
+        // Everything here is already written (a redelivery, or an owner that lost the partition).
+        return Ok(Written::Committed {
+            next: stored,
+            missing: Vec::new(),
+            rows: 0,
+            transactions: 0,
+            rejected: Vec::new(),
+            skips: Vec::new(),
+            skipped: batch.messages.len(),
+        });
+    }
+    if stored < from {
+        return Ok(Written::Behind { stored });
+    }
+
+    // Only messages at or past the stored position are new.
+    let skipped = batch.messages.iter().filter(|m| m.offset < stored).count();
+    let missing = gaps(missing_offsets(stored, batch), &batch.holes);
     let mut linked = link_batch(t, skipped, &missing, &HashMap::new(), group, head);
     if isolate {
         // Rows PostgreSQL refuses are found under savepoints; then the chain is made again
@@ -258,63 +230,16 @@ pub fn write_batch(
             sp.rollback()?;
             linked = link_batch(t, skipped, &missing, &refused, group, head);
             hand_off(t, &linked.head);
-            copy_linked(&mut tx, &[&linked])?;
+            copy_linked(&mut tx, &linked)?;
         }
     } else {
         hand_off(t, &linked.head);
-        copy_linked(&mut tx, &[&linked])?;
+        copy_linked(&mut tx, &linked)?;
     }
-    copy_rest(&mut tx, &[&linked])?;
+    copy_rest(&mut tx, &linked)?;
     store_position(&mut tx, group, tp, batch.end, &linked.head)?;
     tx.commit()?;
     Ok(committed(batch.end, missing, linked, skipped))
-}
-
-/// Writes several batches in one transaction: each fenced by its partition's stored position
-/// and linked into its partition's chain as [`write_batch`] does, their rows COPYed together,
-/// one commit for all. The positions are locked in partition order, so two such transactions
-/// cannot deadlock; batches of one partition come in the order given, each fenced by
-/// the position the one before it stored. What became of each batch, in the order given; an
-/// error means nothing was written (a row PostgreSQL refuses included: the batches are then
-/// written one by one, which isolates it).
-pub fn write_group(
-    client: &mut postgres::Client,
-    group: &str,
-    batches: &[&Transformed],
-) -> Result<Vec<Written>, SinkError> {
-    let mut order: Vec<usize> = (0..batches.len()).collect();
-    // Stable: a partition's batches keep their order.
-    order.sort_by(|&a, &b| batches[a].batch.tp.cmp(&batches[b].batch.tp));
-    let mut tx = client.transaction()?;
-    let mut decided = Vec::new();
-    let mut open = Vec::new();
-    for i in order {
-        let t = batches[i];
-        match fence(&mut tx, group, &t.batch)? {
-            Fence::Decided(written) => decided.push((i, written)),
-            Fence::Open {
-                head,
-                skipped,
-                missing,
-            } => {
-                let linked = link_batch(t, skipped, &missing, &HashMap::new(), group, head);
-                hand_off(t, &linked.head);
-                // Stored now, so that the partition's next batch here is fenced by it.
-                let tp = (&*t.batch.tp.topic, t.batch.tp.partition);
-                store_position(&mut tx, group, tp, t.batch.end, &linked.head)?;
-                open.push((i, linked, missing, skipped));
-            }
-        }
-    }
-    let all: Vec<&Linked<'_>> = open.iter().map(|(_, linked, ..)| linked).collect();
-    copy_linked(&mut tx, &all)?;
-    copy_rest(&mut tx, &all)?;
-    tx.commit()?;
-    decided.extend(open.into_iter().map(|(i, linked, missing, skipped)| {
-        (i, committed(batches[i].batch.end, missing, linked, skipped))
-    }));
-    decided.sort_by_key(|(i, _)| *i);
-    Ok(decided.into_iter().map(|(_, written)| written).collect())
 }
 
 /// Writes one batch whose partition's previous batch is still being written, while it commits:
@@ -343,8 +268,8 @@ pub fn write_after(
     let missing = gaps(missing_offsets(start, batch), &batch.holes);
     let linked = link_batch(t, skipped, &missing, &HashMap::new(), group, head);
     hand_off(t, &linked.head);
-    copy_linked(&mut tx, &[&linked])?;
-    copy_rest(&mut tx, &[&linked])?;
+    copy_linked(&mut tx, &linked)?;
+    copy_rest(&mut tx, &linked)?;
     let (stored, found) = lock_position(&mut tx, group, tp, start)?;
     if stored != start || (found.seq, found.link) != expected {
         // Dropping the transaction rolls it back.
@@ -363,15 +288,15 @@ fn hand_off(t: &Transformed, head: &Head) {
     });
 }
 
-/// COPYs the batches' rejections and holes.
-fn copy_rest(tx: &mut Transaction<'_>, linked: &[&Linked<'_>]) -> Result<(), SinkError> {
-    let rejections = linked.iter().flat_map(|l| &l.rejection_rows);
+/// COPYs a batch's rejections and holes.
+fn copy_rest(tx: &mut Transaction<'_>, linked: &Linked<'_>) -> Result<(), SinkError> {
+    let rejections = linked.rejection_rows.iter();
     copy_rows(
         tx,
         REJECTIONS,
         rejections.map(|(b, s)| (b.as_slice(), &s[..])),
     )?;
-    let gaps = linked.iter().flat_map(|l| &l.gap_rows);
+    let gaps = linked.gap_rows.iter();
     copy_rows(tx, GAPS, gaps.map(|(b, s)| (b.as_slice(), &s[..])))
 }
 
@@ -387,11 +312,10 @@ fn committed(next: i64, missing: Vec<Gap>, linked: Linked<'_>, skipped: usize) -
     }
 }
 
-/// COPYs the batches' audit rows and transaction events.
-fn copy_linked(tx: &mut Transaction<'_>, linked: &[&Linked<'_>]) -> Result<(), SinkError> {
-    let rows = linked.iter().flat_map(|l| &l.rows);
-    copy_rows(tx, AUDIT, rows.map(|(_, b, s)| (*b, &s[..])))?;
-    let events = linked.iter().flat_map(|l| &l.transactions);
+/// COPYs a batch's audit rows and transaction events.
+fn copy_linked(tx: &mut Transaction<'_>, linked: &Linked<'_>) -> Result<(), SinkError> {
+    copy_rows(tx, AUDIT, linked.rows.iter().map(|(_, b, s)| (*b, &s[..])))?;
+    let events = linked.transactions.iter();
     copy_rows(tx, TRANSACTIONS, events.map(|(_, b, s)| (*b, &s[..])))
 }
 

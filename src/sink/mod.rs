@@ -13,7 +13,7 @@ pub use connect::{connect, connect_with_settings, pool, reader_pool, tls, Pool};
 pub use error::{classify, with_causes, ErrorClass, SinkError};
 pub use fence::{
     copy_rows, lock_position, now_micros, store_position, stored_positions, write_after,
-    write_batch, write_group, Head, Target, Written, AUDIT, GAPS, REJECTIONS, TRANSACTIONS,
+    write_batch, Head, Target, Written, AUDIT, GAPS, REJECTIONS, TRANSACTIONS,
 };
 pub use stored::{
     amend, chain_group, copy_out, field, stored, stored_by_id, Action, Amendment, ById, Stored,

@@ -1,6 +1,5 @@
 //! A writer thread: takes transformed batches from the writers' queue and writes each one in
-//! its fenced transaction (small batches of several partitions waiting together, in one),
-//! retrying for as long as its partition's epoch lasts.
+//! its fenced transaction, retrying for as long as its partition's epoch lasts.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,7 +9,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::connect::Pool;
 use super::error::{Backoff, ErrorClass, SinkError};
-use super::fence::{write_after, write_batch, write_group, Written};
+use super::fence::{write_after, write_batch, Written};
 use crate::events::{now_ms, Stats};
 use crate::suspicious::Suspicious;
 use crate::tracker::Tracker;
@@ -25,15 +24,10 @@ pub struct Queue {
     pub done: Sender<Tp>,
 }
 
-/// A writer thread: takes transformed batches from the queue and commits each one, or several
-/// partitions' batches in one transaction when they are waiting together.
+/// A writer thread: takes transformed batches from the queue and commits each one.
 pub struct Writer {
     id: usize,
     queue: Queue,
-    /// The most messages one transaction takes from the queue (a full batch's).
-    group_messages: usize,
-    /// How many writers share the queue.
-    writers: usize,
     pool: Pool,
     group: String,
     tracker: Arc<Tracker>,
@@ -47,7 +41,6 @@ impl Writer {
     pub fn new(
         id: usize,
         queue: Queue,
-        (group_messages, writers): (usize, usize),
         pool: Pool,
         group: String,
         tracker: Arc<Tracker>,
@@ -58,8 +51,6 @@ impl Writer {
         Writer {
             id,
             queue,
-            group_messages,
-            writers,
             pool,
             group,
             tracker,
@@ -71,97 +62,15 @@ impl Writer {
 
     pub fn run(self) {
         let depth = self.stats.channel_depth.with_label_values(&["writers"]);
-        for first in &self.queue.batches {
+        for batch in &self.queue.batches {
             depth.set(self.queue.batches.len() as i64);
-            // What else is waiting, until a full batch's messages are taken: under load with many
-            // partitions, each partition's batch is small, and a transaction each is most of
-            // what writing them costs. No more than this writer's share of what waits, so that
-            // the others (and their connections) are not left idle while it writes.
-            let share = (1 + self.queue.batches.len()).div_ceil(self.writers.max(1));
-            let mut taken = vec![first];
-            let mut messages = taken[0].batch.messages.len();
-            while messages < self.group_messages && taken.len() < share {
-                let Ok(t) = self.queue.batches.try_recv() else {
-                    break;
-                };
-                messages += t.batch.messages.len();
-                taken.push(t);
-            }
-            // Together, their epoch current: a batch whose partition has nothing else with the
-            // writers, or whose partition's previous batch comes just before it in this
-            // transaction. One whose previous batch another writer has yet to finish is written
-            // behind it, on its own. The rest, after them, one by one, as they came.
-            let mut together: Vec<&Transformed> = Vec::new();
-            let mut alone: Vec<&Transformed> = Vec::new();
-            for t in &taken {
-                let b = &t.batch;
-                let last = together.iter().rev().find(|o| o.batch.tp == b.tp);
-                let follows = match (&t.after, last) {
-                    (None, None) => true,
-                    (Some(previous), None) => previous.is_finished(),
-                    (Some(previous), Some(last)) => Arc::ptr_eq(previous, &last.handoff),
-                    (None, Some(_)) => false,
-                };
-                if follows && self.tracker.is_current(&b.tp, b.epoch) {
-                    together.push(t);
-                } else {
-                    alone.push(t);
-                }
-            }
-            if together.len() > 1 {
-                self.write_together(&together);
-            } else {
-                alone.splice(0..0, together);
-            }
-            for t in alone {
-                let how = self.write(t);
-                self.done(t, how);
-            }
+            let how = self.write(&batch);
+            batch.handoff.set(Relay::Finished);
+            self.tracker.finish(&batch.batch.tp, batch.batch.epoch, how);
+            // Only fails once the transform stage is gone, and then nothing waits for it.
+            let _ = self.queue.done.send(batch.batch.tp.clone());
         }
         log::debug!("writer {} finished", self.id);
-    }
-
-    /// The writer is done with `t`: the next batch of its partition may come.
-    fn done(&self, t: &Transformed, how: Finish) {
-        t.handoff.set(Relay::Finished);
-        self.tracker.finish(&t.batch.tp, t.batch.epoch, how);
-        // Only fails once the transform stage is gone, and then nothing waits for it.
-        let _ = self.queue.done.send(t.batch.tp.clone());
-    }
-
-    /// Writes several partitions' batches in one transaction ([`write_group`]); if that
-    /// fails, one by one, each as [`Writer::write`] does (which retries, and isolates a row
-    /// PostgreSQL refuses).
-    fn write_together(&self, batches: &[&Transformed]) {
-        let started = Instant::now();
-        match self.on_connection(|conn| write_group(conn, &self.group, batches)) {
-            Ok(written) => {
-                self.stats.write_transactions.inc();
-                self.stats
-                    .health
-                    .writes_failing
-                    .store(false, Ordering::Release);
-                // Each batch's share of the transaction's time, by its messages, so that the
-                // writers' time adds up.
-                let took = started.elapsed();
-                let messages: usize = batches.iter().map(|t| t.batch.messages.len()).sum();
-                for (t, written) in batches.iter().zip(written) {
-                    let share = t.batch.messages.len() as f64 / messages.max(1) as f64;
-                    let how = self.finished(t, written, took.mul_f64(share));
-                    self.done(t, how);
-                }
-            }
-            Err((_, e)) => {
-                log::debug!(
-                    "{} batches not written together ({e}); writing them one by one",
-                    batches.len()
-                );
-                for t in batches {
-                    let how = self.write(t);
-                    self.done(t, how);
-                }
-            }
-        }
     }
 
     /// Writes one batch, retrying for as long as it takes, unless its epoch ends first. While
@@ -197,10 +106,7 @@ impl Writer {
                 .writes_failing
                 .store(result.is_err(), Ordering::Release);
             match result {
-                Ok(written) => {
-                    self.stats.write_transactions.inc();
-                    return self.finished(t, written, started.elapsed());
-                }
+                Ok(written) => return self.finished(t, written, started),
                 Err((ErrorClass::Data, e)) if !isolate => {
                     log::warn!(
                         "batch {}: a row was refused ({e}); splitting the batch to isolate it",
@@ -247,8 +153,7 @@ impl Writer {
             match self.on_connection(|conn| write_after(conn, &self.group, t, (seq, link))) {
                 Ok(Some(written)) => {
                     self.stats.batches_behind.inc();
-                    self.stats.write_transactions.inc();
-                    return Some(self.finished(t, written, started.elapsed()));
+                    return Some(self.finished(t, written, started));
                 }
                 Ok(None) => {}
                 Err((_, e)) => log::debug!(
@@ -282,9 +187,8 @@ impl Writer {
         result
     }
 
-    /// Counts and logs what a batch's transaction did (`took`: the writer's time on it): how
-    /// the writer finished with it.
-    fn finished(&self, t: &Transformed, written: Written, took: Duration) -> Finish {
+    /// Counts and logs what a batch's transaction did: how the writer finished with it.
+    fn finished(&self, t: &Transformed, written: Written, started: Instant) -> Finish {
         let b = &t.batch;
         match written {
             Written::Committed {
@@ -296,7 +200,8 @@ impl Writer {
                 skips,
                 skipped,
             } => {
-                self.stats.batch_committed(b, rows, skipped, took);
+                self.stats
+                    .batch_committed(b, rows, skipped, started.elapsed());
                 self.stats.transaction_events.inc_by(transactions as u64);
                 let now_us = now_ms() * 1000;
                 // Observed here, added to the shared histogram once for the batch.

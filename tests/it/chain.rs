@@ -12,9 +12,7 @@ use cdc_audit::chain::{self, Hash, Kind};
 use cdc_audit::config::rules::Rules;
 use cdc_audit::integrity::{self, Digest, Problem, Report, Scope, SigningKey};
 use cdc_audit::pgcopy::jsonb::{canonical, write_canonical_split};
-use cdc_audit::sink::{
-    self, copy_rows, write_batch, write_group, Target, Tuples, Written, AUDIT, TRANSACTIONS,
-};
+use cdc_audit::sink::{self, copy_rows, write_batch, Target, Tuples, AUDIT, TRANSACTIONS};
 use cdc_audit::transform::json::Members;
 use cdc_audit::transform::transform;
 use cdc_audit::types::{Batch, Message, Outcome, Tp, Transformed};
@@ -275,57 +273,45 @@ fn build_trail_with(db: &TestDb, sql: &str) {
 /// The trail of `build_trail`, into a database whose schema is there.
 pub fn write_trail(db: &TestDb) {
     let mut c = db.client();
-    for partition in 0..2 {
-        for t in trail_batches(partition) {
-            write_batch(&mut c, "g", &t, true).unwrap();
-            // Delivered again: the fence writes nothing, the chain does not move.
-            write_batch(&mut c, "g", &t, true).unwrap();
-        }
-    }
-}
-
-/// The batches of `build_trail`'s trail of one partition, in order.
-fn trail_batches(partition: i32) -> Vec<Transformed> {
     let rules = Rules::default();
     let records = generate("chain", 3, 240);
-    let mut messages: Vec<Message> = records
-        .iter()
-        .filter(|r| r.value.is_some())
-        .skip(partition as usize)
-        .step_by(2)
-        .enumerate()
-        .map(|(i, r)| Message {
-            topic: Arc::from(TOPIC),
-            partition,
-            // A hole at offsets 40..43.
-            offset: i as i64 + if i >= 40 { 3 } else { 0 },
-            timestamp_ms: Some(1_700_000_000_000 + i as i64),
-            key: r.key.clone().map(String::into_bytes),
-            payload: r.value.clone().map(String::into_bytes),
-            headers: vec![("h".into(), Some(b"v".to_vec()))],
-        })
-        .collect();
-    messages[7].payload = Some(b"not json".to_vec());
-    // Valid JSON that jsonb refuses: a lone UTF-16 surrogate escape.
-    let image = b"\"after\":{";
-    let i = (10..)
-        .find(|&i| {
-            messages[i]
-                .payload
-                .as_ref()
-                .is_some_and(|p| p.windows(image.len()).any(|w| w == image))
-        })
-        .unwrap();
-    let refused = String::from_utf8(messages[i].payload.clone().unwrap()).unwrap();
-    messages[i].payload = Some(
-        refused
-            .replacen("\"after\":{", "\"after\":{\"bad\":\"\\ud800\",", 1)
-            .into_bytes(),
-    );
-    let mut start = 0;
-    messages
-        .chunks(25)
-        .map(|chunk| {
+    for partition in 0..2 {
+        let mut messages: Vec<Message> = records
+            .iter()
+            .filter(|r| r.value.is_some())
+            .skip(partition as usize)
+            .step_by(2)
+            .enumerate()
+            .map(|(i, r)| Message {
+                topic: Arc::from(TOPIC),
+                partition,
+                // A hole at offsets 40..43.
+                offset: i as i64 + if i >= 40 { 3 } else { 0 },
+                timestamp_ms: Some(1_700_000_000_000 + i as i64),
+                key: r.key.clone().map(String::into_bytes),
+                payload: r.value.clone().map(String::into_bytes),
+                headers: vec![("h".into(), Some(b"v".to_vec()))],
+            })
+            .collect();
+        messages[7].payload = Some(b"not json".to_vec());
+        // Valid JSON that jsonb refuses: a lone UTF-16 surrogate escape.
+        let image = b"\"after\":{";
+        let i = (10..)
+            .find(|&i| {
+                messages[i]
+                    .payload
+                    .as_ref()
+                    .is_some_and(|p| p.windows(image.len()).any(|w| w == image))
+            })
+            .unwrap();
+        let refused = String::from_utf8(messages[i].payload.clone().unwrap()).unwrap();
+        messages[i].payload = Some(
+            refused
+                .replacen("\"after\":{", "\"after\":{\"bad\":\"\\ud800\",", 1)
+                .into_bytes(),
+        );
+        let mut start = 0;
+        for chunk in messages.chunks(25) {
             let end = chunk.last().unwrap().offset + 1;
             let t = Transformed::new(
                 Batch {
@@ -344,160 +330,12 @@ fn trail_batches(partition: i32) -> Vec<Transformed> {
                 },
                 chunk.iter().map(|m| transform(m, &rules)).collect(),
             );
+            write_batch(&mut c, "g", &t, true).unwrap();
+            // Delivered again: the fence writes nothing, the chain does not move.
+            write_batch(&mut c, "g", &t, true).unwrap();
             start = end;
-            t
-        })
-        .collect()
-}
-
-/// A writer thread given the trail's first three batches of both partitions at once. The first
-/// two of each (one with a row PostgreSQL refuses) go in one transaction, each partition's
-/// second behind its first; that fails, and the writer writes the four one by one, isolating
-/// the refused rows. The third of each go together. The chains come out as when written batch
-/// by batch, and the transactions are counted: five for six batches.
-#[test]
-fn a_writer_writes_waiting_batches_together_and_one_by_one_when_that_fails() {
-    use cdc_audit::events::Stats;
-    use cdc_audit::suspicious::Suspicious;
-    use cdc_audit::tracker::Tracker;
-    use cdc_audit::types::Control;
-
-    let db = TestDb::new("chain_writer");
-    db.migrate();
-    let tracker = Arc::new(Tracker::default());
-    let mut queued = Vec::new();
-    for round in 0..3 {
-        for partition in 0..2 {
-            let tp = Tp {
-                topic: Arc::from(TOPIC),
-                partition,
-            };
-            if round == 0 {
-                tracker.assign(&tp, Some(0));
-            }
-            let mut t = trail_batches(partition).swap_remove(round);
-            t.batch.epoch = tracker.assigned(&tp).unwrap().epoch;
-            queued.push(t);
         }
     }
-    // Each partition's second batch is handed to the writers behind its first.
-    for i in 2..4 {
-        queued[i].after = Some(queued[i - 2].handoff.clone());
-    }
-    let (batches_tx, batches) = crossbeam_channel::unbounded();
-    let (done, done_rx) = crossbeam_channel::unbounded();
-    let third = queued.split_off(4);
-    for t in queued {
-        batches_tx.send(t).unwrap();
-    }
-    let stats = Arc::new(Stats::new());
-    let writer = cdc_audit::sink::Writer::new(
-        0,
-        cdc_audit::sink::Queue { batches, done },
-        (1_000, 1),
-        sink::pool(&db.url, 2, None).unwrap(),
-        "g".into(),
-        tracker.clone(),
-        Arc::new(Control::default()),
-        stats.clone(),
-        Arc::new(Suspicious::new(0, Vec::new(), stats.clone())),
-    );
-    let running = std::thread::spawn(move || writer.run());
-    let deadline = Instant::now() + std::time::Duration::from_secs(60);
-    while done_rx.len() < 4 {
-        assert!(Instant::now() < deadline, "the first four batches not done");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    for t in third {
-        batches_tx.send(t).unwrap();
-    }
-    drop(batches_tx);
-    running.join().unwrap();
-    assert_eq!(done_rx.len(), 6);
-    assert_eq!(stats.batches_committed.get(), 6);
-    assert_eq!(stats.write_transactions.get(), 5);
-    assert_eq!(db.rejections("database_refused"), 2);
-
-    let alone = TestDb::new("chain_writer_alone");
-    alone.migrate();
-    let mut c = alone.client();
-    for partition in 0..2 {
-        for t in trail_batches(partition).iter().take(3) {
-            write_batch(&mut c, "g", t, true).unwrap();
-        }
-    }
-    assert_eq!(entries(&db), entries(&alone));
-    assert_chains_intact(&db);
-}
-
-/// Each chain's entries, in order: (table, partition, offset, sequence number).
-fn entries(db: &TestDb) -> Vec<(String, i32, i64, i64)> {
-    let sql = ["audit_logging", "audit_rejections"]
-        .map(|table| {
-            format!("SELECT '{table}', kafka_partition, kafka_offset, chain_seq FROM {table}")
-        })
-        .join(" UNION ALL ");
-    let gaps = "SELECT 'audit_gaps', kafka_partition, first_offset, chain_seq FROM audit_gaps";
-    db.client()
-        .query(&format!("{sql} UNION ALL {gaps} ORDER BY 2, 4"), &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect()
-}
-
-#[test]
-fn batches_of_several_partitions_written_together_chain_as_when_written_alone() {
-    let alone = TestDb::new("chain_alone");
-    build_trail(&alone);
-    let together = TestDb::new("chain_together");
-    together.migrate();
-    let mut c = together.client();
-    let (zero, one) = (trail_batches(0), trail_batches(1));
-    let (mut together_ok, mut refused) = (0, 0);
-    for k in 0..zero.len().max(one.len()) {
-        let group: Vec<&Transformed> = [zero.get(k), one.get(k)].into_iter().flatten().collect();
-        match write_group(&mut c, "g", &group) {
-            Ok(written) => {
-                assert!(
-                    written
-                        .iter()
-                        .all(|w| matches!(w, Written::Committed { .. })),
-                    "{written:?}"
-                );
-                together_ok += usize::from(group.len() == 2);
-            }
-            // A row PostgreSQL refuses fails the whole transaction; one by one isolates it.
-            Err(_) => {
-                refused += 1;
-                for t in &group {
-                    write_batch(&mut c, "g", t, true).unwrap();
-                }
-            }
-        }
-        // Delivered again: the fence writes nothing of either.
-        for w in write_group(&mut c, "g", &group).unwrap() {
-            assert!(matches!(w, Written::Committed { rows: 0, .. }), "{w:?}");
-        }
-    }
-    assert!(
-        refused >= 1,
-        "the batches with the refused row go one by one"
-    );
-    let report = verify(&together, &Scope::default());
-    assert!(report.intact(), "{report}");
-    assert_eq!(entries(&together), entries(&alone));
-    // Both partitions' rows in one transaction, for each pair written together.
-    let shared: i64 = c
-        .query_one(
-            "SELECT count(*) FROM (SELECT xmin::text FROM audit_logging GROUP BY 1 \
-             HAVING count(DISTINCT kafka_partition) = 2) t",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert!(together_ok > 0);
-    assert_eq!(shared as usize, together_ok);
 }
 
 fn verify(db: &TestDb, scope: &Scope) -> Report {

@@ -6,14 +6,14 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cdc_audit::demo::Record;
-use cdc_audit::sink::{write_batch, write_group, Written};
+use cdc_audit::sink::{write_batch, Written};
 use cdc_audit::transform::transform;
 use cdc_audit::types::{Batch, Gap, GapCause, Message, Tp, Transformed};
 
 use crate::proxy::{self, Proxy};
 use crate::util::{
-    assert_chains_intact, assert_exactly_once, config, generate, produce_over, wait_progress,
-    wait_until, InProcess, Kafka, Service, TestDb,
+    assert_exactly_once, config, generate, produce_over, wait_progress, wait_until, InProcess,
+    Kafka, Service, TestDb,
 };
 
 fn jitter(max_ms: u64) -> Duration {
@@ -228,22 +228,12 @@ fn sigterm_commits_what_was_read_and_exits_zero() {
 
 /// A batch of partition 0 of topic `t` with the given offsets, transformed as the pipeline would.
 fn batch(records: &[Record], start: Option<i64>, offsets: std::ops::Range<i64>) -> Transformed {
-    batch_of(0, records, start, offsets)
-}
-
-/// [`batch`] of `partition`; offset o is `records[o]`.
-fn batch_of(
-    partition: i32,
-    records: &[Record],
-    start: Option<i64>,
-    offsets: std::ops::Range<i64>,
-) -> Transformed {
     let topic: Arc<str> = Arc::from("t");
     let messages: Vec<Message> = offsets
         .clone()
         .map(|o| Message {
             topic: topic.clone(),
-            partition,
+            partition: 0,
             offset: o,
             timestamp_ms: Some(1_700_000_000_000),
             key: records[o as usize].key.clone().map(String::into_bytes),
@@ -255,7 +245,10 @@ fn batch_of(
     let outcomes = messages.iter().map(|m| transform(m, &rules)).collect();
     let batch = Batch {
         id: 0,
-        tp: Tp { topic, partition },
+        tp: Tp {
+            topic,
+            partition: 0,
+        },
         epoch: 0,
         start,
         end: offsets.end,
@@ -332,70 +325,6 @@ fn redelivered_and_stale_batches_are_fenced_by_the_stored_position() {
         .unwrap()
         .get(0);
     assert_eq!(stored, 60);
-}
-
-#[test]
-fn batches_written_together_are_each_fenced_by_their_own_partition() {
-    let db = TestDb::new("fence_group");
-    db.migrate();
-    let records: Vec<Record> = generate("fence_group", 8, 400)
-        .into_iter()
-        .filter(|r| r.value.is_some())
-        .collect();
-    // Partition p's offset o is records[100 p + o].
-    let of = |p: i32, start, offsets| batch_of(p, &records[100 * p as usize..], start, offsets);
-    let mut c = db.client();
-    rows(write_batch(&mut c, "g", &of(0, Some(0), 0..10), false).unwrap());
-    rows(write_batch(&mut c, "g", &of(2, Some(0), 0..5), false).unwrap());
-
-    let group = [
-        of(3, Some(0), 0..20),
-        // Written already: nothing again.
-        of(0, Some(0), 0..10),
-        // Does not connect to the stored 5: refused, and the rest still commits.
-        of(2, Some(7), 7..10),
-        // Overlapping its stored position: only the new part.
-        of(0, Some(5), 5..15),
-    ];
-    // A partition's batches in order, each fenced by the position the one before stored.
-    let mut written = write_group(&mut c, "g", &group.iter().collect::<Vec<_>>())
-        .unwrap()
-        .into_iter();
-    assert_eq!(rows(written.next().unwrap()), (20, 20, 0));
-    assert_eq!(rows(written.next().unwrap()), (10, 0, 10));
-    assert_eq!(written.next(), Some(Written::Behind { stored: 5 }));
-    assert_eq!(rows(written.next().unwrap()), (15, 5, 5));
-    let mut written = write_group(
-        &mut c,
-        "g",
-        &[
-            &of(1, Some(0), 0..30),
-            &of(1, Some(30), 30..40),
-            &of(1, Some(41), 41..45),
-        ],
-    )
-    .unwrap()
-    .into_iter();
-    assert_eq!(rows(written.next().unwrap()), (30, 30, 0));
-    assert_eq!(rows(written.next().unwrap()), (40, 10, 0));
-    assert_eq!(written.next(), Some(Written::Behind { stored: 40 }));
-
-    let stored: Vec<(i32, i64)> = c
-        .query(
-            "SELECT partition, next_offset FROM audit_positions ORDER BY partition",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    assert_eq!(stored, [(0, 15), (1, 40), (2, 5), (3, 20)]);
-    let mut produced: Vec<Record> = Vec::new();
-    for (p, end) in stored {
-        produced.extend_from_slice(&records[100 * p as usize..][..end as usize]);
-    }
-    assert_exactly_once(&db, &produced);
-    assert_chains_intact(&db);
 }
 
 /// `t` without the messages at `gone`: offsets Kafka did not deliver.

@@ -7,8 +7,7 @@ use cdc_audit::types::Exit;
 use prometheus::core::Metric;
 
 use crate::util::{
-    assert_chains_intact, assert_exactly_once, config, generate, wait_until, InProcess, Kafka,
-    TestDb, PARTITIONS,
+    assert_exactly_once, config, generate, wait_until, InProcess, Kafka, TestDb, PARTITIONS,
 };
 
 #[test]
@@ -227,50 +226,6 @@ fn start_blocked(db: &TestDb, cfg: cdc_audit::config::Config) -> (InProcess, pos
         service.stats.paused.get() == 1
     });
     (service, blocker)
-}
-
-/// Small batches of several partitions waiting for the writers together are written in one
-/// transaction, each still fenced by its own partition: with the table locked, each partition's
-/// few messages wait as a partly filled batch; once the writers have the table again, a writer
-/// takes what is waiting. Exactly once, every chain intact, and fewer transactions than
-/// batches (one each would be as many).
-#[test]
-fn small_batches_of_several_partitions_waiting_together_share_a_transaction() {
-    let db = TestDb::new("together");
-    db.migrate();
-    let kafka = Kafka::new("together");
-    let records = generate("together", 19, 60);
-    kafka.produce(&records);
-    let mut cfg = config(&kafka, &db, "g");
-    cfg.batch_size = 1_000;
-    cfg.channel_capacity = 16;
-    cfg.batch_linger = Duration::from_millis(20);
-    cfg.batch_idle_linger = Duration::from_millis(20);
-    let mut blocker = db.client();
-    blocker
-        .batch_execute("BEGIN; LOCK TABLE audit_logging IN ACCESS EXCLUSIVE MODE")
-        .unwrap();
-    let service = InProcess::start(cfg);
-    wait_until(Duration::from_secs(60), "every message read", || {
-        service.stats.messages_consumed.get() == records.len() as u64
-    });
-    // The last batches handed on after their linger.
-    std::thread::sleep(Duration::from_millis(500));
-    blocker.batch_execute("ROLLBACK").unwrap();
-    wait_until(Duration::from_secs(120), "every message committed", || {
-        db.committed("g") == records.len() as i64
-    });
-    let (batches, transactions) = (
-        service.stats.batches_committed.get(),
-        service.stats.write_transactions.get(),
-    );
-    assert!(
-        transactions < batches,
-        "{batches} batches in {transactions} transactions"
-    );
-    service.stop();
-    assert_exactly_once(&db, &records);
-    assert_chains_intact(&db);
 }
 
 /// One hot partition behind (Debezium's layout for a busy table) writes batches of up to three
