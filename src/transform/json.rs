@@ -97,8 +97,7 @@ impl<'a> Members<'a> {
     /// The object `json` holds, whitespace around it allowed, read by [`Scan`]; `None` where
     /// that does not read it (not an object, not JSON, or what it leaves to serde_json).
     pub fn scan(json: &'a str) -> Option<Members<'a>> {
-        let (members, end) = Members::scan_prefix(json)?;
-        skip_ws(&json[end..]).is_empty().then_some(members)
+        Members::scan_whole(json).map(|(members, _)| members)
     }
 
     /// [`Members::scan`], with the object's own text (the whitespace around it left out).
@@ -180,19 +179,24 @@ impl<'a> Members<'a> {
     /// The member's value as an object (the last one when a key is repeated): lent if it was
     /// split when this object was read, else read now.
     pub fn object(&self, key: &str) -> Option<Cow<'_, Members<'a>>> {
-        let i = self.0.iter().rposition(|(k, _)| k == key)?;
-        let value = present(self.0[i].1)?;
+        let (i, value) = self.last(key)?;
         match self.1.iter().find(|(j, _)| *j == i) {
             Some((_, split)) => Some(Cow::Borrowed(split)),
             None => Members::parse(value.get()).map(Cow::Owned),
         }
     }
 
+    /// The index and value of the member `key` (the last one when a key is repeated), unless
+    /// it is absent or `null`.
+    fn last(&self, key: &str) -> Option<(usize, Raw<'a>)> {
+        let i = self.0.iter().rposition(|(k, _)| k == key)?;
+        Some((i, present(self.0[i].1)?))
+    }
+
     /// [`Members::object`], taken: what this object's reading split is handed over (and read
     /// again by a later `object` of the same key).
     pub fn take_object(&mut self, key: &str) -> Option<Members<'a>> {
-        let i = self.0.iter().rposition(|(k, _)| k == key)?;
-        let value = present(self.0[i].1)?;
+        let (i, value) = self.last(key)?;
         match self.1.iter().position(|(j, _)| *j == i) {
             Some(at) => Some(self.1.swap_remove(at).1),
             None => Members::parse(value.get()),

@@ -1105,17 +1105,7 @@ impl AuditRecord<'_> {
         t.text(self.actor.as_deref());
         buf
     }
-}
 
-/// A `jsonb` field of `json`, written from its `members` where the event's reading split them.
-fn jsonb_as_read(t: &mut Tuple<'_>, json: Option<&str>, members: Option<&Members<'_>>) {
-    match (json, members) {
-        (Some(json), Some(members)) => t.jsonb_split(json, members.spans()),
-        _ => t.jsonb(json),
-    }
-}
-
-impl AuditRecord<'_> {
     /// Room for the encoded tuple, so that encoding it does not grow the buffer: the field
     /// count and lengths, the fixed-size values, the texts, and the JSON with room for the
     /// space `jsonb`'s printed form adds after each `:` and `,`.
@@ -1146,15 +1136,23 @@ impl AuditRecord<'_> {
         .into_iter()
         .map(len)
         .sum::<usize>();
-        let array = |names: &[Cow<'_, str>]| names.iter().map(|n| 4 + n.len()).sum::<usize>();
-        let arrays = self.changed_columns.as_deref().map_or(0, array)
-            + self
-                .unavailable_columns
-                .iter()
-                .map(|n| 4 + n.len())
-                .sum::<usize>();
+        let arrays = self.changed_columns.as_deref().map_or(0, array_len)
+            + array_len(&self.unavailable_columns);
         let fixed = 2 + 4 * AUDIT_FIELDS as usize + 128;
         fixed + text + arrays + json + json / 3
+    }
+}
+
+/// The bytes a `text[]` of `names` takes past its header: a length and the text each.
+fn array_len<S: AsRef<str>>(names: &[S]) -> usize {
+    names.iter().map(|n| 4 + n.as_ref().len()).sum()
+}
+
+/// A `jsonb` field of `json`, written from its `members` where the event's reading split them.
+fn jsonb_as_read(t: &mut Tuple<'_>, json: Option<&str>, members: Option<&Members<'_>>) {
+    match (json, members) {
+        (Some(json), Some(members)) => t.jsonb_split(json, members.spans()),
+        _ => t.jsonb(json),
     }
 }
 
