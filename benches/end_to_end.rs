@@ -12,7 +12,8 @@
 //! 3. latency: with the instance caught up, events are produced at half the drain rate and each
 //!    row's produce time (its Kafka timestamp) is set against the moment its partition's position
 //!    in `audit_positions` passed it (polled every 10 ms); each second, what PostgreSQL was
-//!    doing (checkpoints, autovacuum) and what the service's writers committed;
+//!    doing (checkpoints, autovacuum), what the service's writers committed, and what the
+//!    machine wrote to its disk;
 //! 4. two instances in a new consumer group drain everything again into a fresh database.
 //!
 //! Needs the `tansu` binary: `$TANSU`, on `PATH`, or in `~/.cargo/bin`
@@ -828,7 +829,7 @@ fn watch_positions(
 fn watch_writers(
     metrics: Option<String>,
     stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<Vec<[f64; 4]>> {
+) -> thread::JoinHandle<Vec<[f64; 6]>> {
     thread::spawn(move || {
         let mut samples = Vec::new();
         let Some(addr) = metrics else {
@@ -836,11 +837,14 @@ fn watch_writers(
         };
         while !stop.load(Ordering::Relaxed) {
             let sample = scrape(&addr).and_then(|body| {
+                let (dirty, written) = kernel_writes().unwrap_or((f64::NAN, f64::NAN));
                 Some([
                     now_ms() as f64,
                     series(&body, "cdc_audit_rows_written_total")?,
                     series(&body, "cdc_audit_batch_write_seconds_count")?,
                     series(&body, "cdc_audit_batch_write_seconds_sum")?,
+                    dirty,
+                    written,
                 ])
             });
             samples.extend(sample);
@@ -848,6 +852,30 @@ fn watch_writers(
         }
         samples
     })
+}
+
+/// The machine's dirty pages waiting to be written (Dirty and Writeback of `/proc/meminfo`),
+/// and what it has written to its disks since it booted (`pgpgout` of `/proc/vmstat`), in MB.
+fn kernel_writes() -> Option<(f64, f64)> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb = |name: &str| -> Option<f64> {
+        let line = meminfo.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    let dirty = kb("Dirty:")? + kb("Writeback:")?;
+    let vmstat = std::fs::read_to_string("/proc/vmstat").ok()?;
+    let written: f64 = vmstat
+        .lines()
+        .find_map(|l| l.strip_prefix("pgpgout "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((dirty / 1024.0, written / 1024.0))
 }
 
 /// What PostgreSQL did besides taking rows while `stop` was unset, as spans of Unix
@@ -1237,19 +1265,23 @@ fn main() {
     // their time they spent in a batch's transaction (a batch counted in the second it
     // commits). They take whatever is ready, so they are busy most of the time at any rate and
     // their batches grow with the load; busy writers committing less than is sent while their
-    // batches grow is the database slowing down.
+    // batches grow is the database slowing down. Beside them, what the machine wrote to disk
+    // that second and the dirty pages the kernel held at its end: a checkpoint's closing fsyncs
+    // show as one second that writes all of them at once.
     let writers_by_second: Vec<String> = writers_watcher
         .join()
         .unwrap_or_default()
         .windows(2)
         .map(|w| {
-            let [rows, batches, busy] = [1, 2, 3].map(|i| w[1][i] - w[0][i]);
+            let [rows, batches, busy, _, written] = [1, 2, 3, 4, 5].map(|i| w[1][i] - w[0][i]);
             let seconds = (w[1][0] - w[0][0]).max(1.0) / 1e3;
             format!(
-                "{:.0}/{:.0}/{:.0}%{}",
+                "{:.0}/{:.0}/{:.0}%/{:.0}:{:.0}{}",
                 rows / seconds / 1e3,
                 rows / batches.max(1.0),
                 busy / seconds / args.writers as f64 * 100.0,
+                written / seconds,
+                w[1][4],
                 pg_work.marks(w[0][0] as i64, w[1][0] as i64)
             )
         })
@@ -1363,7 +1395,8 @@ fn main() {
          p99 of each second of the phase, produce to commit / of which the broker, in ms (c: \
          PostgreSQL checkpointing, v: an autovacuum running): {}\n\
          each second of the phase, thousands of rows committed / rows a batch / the writers' time \
-         in a batch's transaction ({:.1} thousand events sent a second): {}\n\
+         in a batch's transaction / the machine's MB written to disk:dirty MB at its end ({:.1} \
+         thousand events sent a second): {}\n\
          PostgreSQL checkpoints in the phase: {}; running {}; autovacuum running {:.1} s; \
          produce to commit of the {} changes sent in seconds with neither: {}\n\
          cores busy over the phase: the service {}, tansu {}, the producer {}, the machine {machine_cores:.2}",
