@@ -124,6 +124,8 @@ pub fn write_streams(url: &str, streams: Vec<Vec<Transformed>>, fenced: bool) ->
             let url = url.to_string();
             thread::spawn(move || {
                 let mut client = cdc_audit::sink::connect(&url, None).unwrap();
+                // Writing as the service's writers do.
+                cdc_audit::sink::write_through(&mut client);
                 for t in &batches {
                     if fenced {
                         write_batch(&mut client, "bench", t, false).unwrap();

@@ -9,7 +9,9 @@ mod fence;
 mod stored;
 mod writer;
 
-pub use connect::{connect, connect_with_settings, pool, reader_pool, tls, Pool};
+pub use connect::{
+    connect, connect_with_settings, pool, reader_pool, tls, write_through, Pool, FLUSH_AFTER,
+};
 pub use error::{classify, with_causes, ErrorClass, SinkError};
 pub use fence::{
     copy_rows, lock_position, now_micros, store_position, stored_positions, write_after,

@@ -675,3 +675,46 @@ fn a_bulk_delete_and_a_truncate_are_counted_logged_and_named_when_watched() {
         "{log}"
     );
 }
+
+/// The writers' sessions ask the kernel to write the pages they evict as they go
+/// (`backend_flush_after`), so that a checkpoint's closing fsyncs do not find them all dirty;
+/// a value the database (like the server, the role or the URL) sets is left as it is.
+#[test]
+fn writer_sessions_flush_their_writes_unless_the_database_says_otherwise() {
+    let db = TestDb::new("flush_after");
+    let show = |client: &mut postgres::Client| -> String {
+        client
+            .query_one("SHOW backend_flush_after", &[])
+            .unwrap()
+            .get(0)
+    };
+    let source: String = db
+        .client()
+        .query_one(
+            "SELECT source FROM pg_settings WHERE name = 'backend_flush_after'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        source, "default",
+        "this test needs a server that leaves backend_flush_after at its default"
+    );
+    let writers = cdc_audit::sink::pool(&db.url, 1, None).unwrap();
+    assert_eq!(
+        show(&mut writers.get().unwrap()),
+        cdc_audit::sink::FLUSH_AFTER
+    );
+    // Other sessions keep PostgreSQL's default.
+    assert_eq!(show(&mut db.client()), "0");
+    for set in ["0", "64kB"] {
+        db.client()
+            .batch_execute(&format!(
+                "ALTER DATABASE {} SET backend_flush_after = '{set}'",
+                db.name
+            ))
+            .unwrap();
+        let writers = cdc_audit::sink::pool(&db.url, 1, None).unwrap();
+        assert_eq!(show(&mut writers.get().unwrap()), set);
+    }
+}
