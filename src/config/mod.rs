@@ -66,7 +66,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "CDC_AUDIT_BATCH_LINGER_MS",
         default: Some("100"),
-        help: "longest a partly filled batch waits while its partition's last batch is written, 1..=60000",
+        help: "longest a partly filled batch waits for a free writer when its partition has nothing on the way (while its partition's last batch is written, it waits for that one), 1..=60000",
     },
     Setting {
         name: "CDC_AUDIT_BATCH_IDLE_LINGER_MS",

@@ -626,19 +626,30 @@ impl Source {
         }
     }
 
-    /// Moves batches past the linger to `ready`; whether any batch is still pending.
+    /// Moves batches past the linger to `ready`, but for those whose partition has a batch on
+    /// its way: they grow until it is written (and go then, whether a writer is free or not) or
+    /// they are full. Handed on at the linger, such a batch would not be written sooner, only
+    /// smaller, queued behind its partition's last one: under a steady load near what the
+    /// writers can take, batches held to the linger paid a transaction's fixed cost (its round
+    /// trips, its commit's flush) for a few hundred rows each and queued up behind each other.
+    /// Returns whether any batch is still pending.
     fn flush_expired(&mut self) -> bool {
-        let mut lingering = false;
-        for cursor in self.cursors.values_mut() {
-            if let Some(b) = &cursor.pending {
-                if b.created.elapsed() >= self.linger {
+        let linger = self.linger;
+        let expired = |c: &Cursor| {
+            c.pending
+                .as_ref()
+                .is_some_and(|b| b.created.elapsed() >= linger)
+        };
+        if self.cursors.values().any(expired) {
+            let mut busy = self.tracker.busy_partitions();
+            busy.extend(self.ready.iter().map(|b| b.tp.clone()));
+            for (tp, cursor) in &mut self.cursors {
+                if expired(cursor) && !busy.contains(tp) {
                     self.ready.extend(cursor.pending.take());
-                } else {
-                    lingering = true;
                 }
             }
         }
-        lingering
+        self.cursors.values().any(|c| c.pending.is_some())
     }
 
     /// Hands on pending batches once they are `idle_linger` old if a writer is free and their

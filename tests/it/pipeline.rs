@@ -270,6 +270,60 @@ fn a_lone_partition_behind_grows_its_batches_to_three_full_ones() {
     assert_exactly_once(&db, &records);
 }
 
+/// While a partition's batch is being written, its next one grows past the linger until that
+/// one is done, and is then written whole: handed on at the linger it would only queue behind
+/// the first, smaller. With the table locked, the partition's first batch waits for the lock
+/// and ten more rounds of messages arrive two lingers apart; once the lock goes, they are
+/// written in one batch (two if one is handed on just as a round arrives), not one a round.
+#[test]
+fn a_partitions_next_batch_grows_past_the_linger_while_the_one_before_is_written() {
+    let db = TestDb::new("grows");
+    db.migrate();
+    let kafka = Kafka::with_partitions("grows", 1);
+    let mut records = generate("grows", 29, 300);
+    let topic = records[0].topic.clone();
+    records.retain(|r| r.topic == topic);
+    let rounds: Vec<&[Record]> = records.chunks(records.len().div_ceil(11)).collect();
+    assert_eq!(rounds.len(), 11, "{} messages on {topic}", records.len());
+    let mut cfg = config(&kafka, &db, "g");
+    cfg.batch_linger = Duration::from_millis(50);
+    cfg.batch_idle_linger = Duration::from_millis(20);
+    let mut blocker = db.client();
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE audit_logging IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let service = InProcess::start(cfg);
+    let consumed = |n: usize| {
+        wait_until(Duration::from_secs(60), "the round read", || {
+            service.stats.messages_consumed.get() >= n as u64
+        })
+    };
+    // The first round is read (after the group join) and goes to an idle writer, which waits
+    // for the lock.
+    kafka.produce(rounds[0]);
+    consumed(rounds[0].len());
+    std::thread::sleep(Duration::from_millis(100));
+    let mut sent = rounds[0].len();
+    for round in &rounds[1..] {
+        kafka.produce(round);
+        sent += round.len();
+        consumed(sent);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(db.committed("g"), 0, "the writers waited for the lock");
+    blocker.batch_execute("ROLLBACK").unwrap();
+    wait_until(Duration::from_secs(60), "every message committed", || {
+        db.committed("g") == records.len() as i64
+    });
+    let batches = service.stats.batches_committed.get();
+    assert!(
+        (2..=3).contains(&batches),
+        "{batches} batches for a blocked one and ten rounds after it, each two lingers apart"
+    );
+    service.stop();
+    assert_exactly_once(&db, &records);
+}
+
 /// With a free writer a partly filled batch is written after the idle linger, not the linger:
 /// changes arriving at a low rate are not held back for a minute. (With the linger alone, nothing
 /// would be committed for 60 s.)
