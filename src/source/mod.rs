@@ -281,7 +281,7 @@ pub struct Source {
     linger: Duration,
     idle_linger: Duration,
     writers: usize,
-    last_idle_check: Instant,
+    last_pending_check: Instant,
     /// What `ready` may hold before the source waits for room downstream (see `send_ready`):
     /// a full batch per slot of the channel.
     ready_budget: Load,
@@ -402,7 +402,7 @@ impl Source {
             linger: config.batch_linger,
             idle_linger: config.batch_idle_linger,
             writers: config.writers,
-            last_idle_check: Instant::now(),
+            last_pending_check: Instant::now(),
             ready_budget: Load::batches(
                 config.batch_size,
                 config.batch_bytes,
@@ -433,8 +433,7 @@ impl Source {
                 .poll_tick_ms
                 .store(now_ms(), Ordering::Release);
             self.sync();
-            let lingering = self.flush_expired();
-            self.flush_idle();
+            let lingering = self.flush_pending();
             self.send_ready();
             // Short while batches wait: for room downstream, or for a writer to be free.
             let waiting = lingering || !self.ready.is_empty();
@@ -626,64 +625,39 @@ impl Source {
         }
     }
 
-    /// Moves batches past the linger to `ready`, but for those whose partition has a batch on
-    /// its way: they grow until it is written (and go then, whether a writer is free or not) or
-    /// they are full. Handed on at the linger, such a batch would not be written sooner, only
-    /// smaller, queued behind its partition's last one: under a steady load near what the
-    /// writers can take, batches held to the linger paid a transaction's fixed cost (its round
-    /// trips, its commit's flush) for a few hundred rows each and queued up behind each other.
-    /// Returns whether any batch is still pending.
-    fn flush_expired(&mut self) -> bool {
-        let linger = self.linger;
-        let expired = |c: &Cursor| {
-            c.pending
-                .as_ref()
-                .is_some_and(|b| b.created.elapsed() >= linger)
-        };
-        if self.cursors.values().any(expired) {
-            let mut busy = self.tracker.busy_partitions();
-            busy.extend(self.ready.iter().map(|b| b.tp.clone()));
-            for (tp, cursor) in &mut self.cursors {
-                if expired(cursor) && !busy.contains(tp) {
-                    self.ready.extend(cursor.pending.take());
+    /// Hands on the pending batches whose partition has nothing on its way: once they are
+    /// `idle_linger` old if a writer is free (at low rates a change waits for a writer, not for
+    /// the linger), else once they are `linger` old. A batch whose partition has a batch on its
+    /// way grows until that one is written, then goes whether a writer is free or not (or when
+    /// it is full: `accept`), so each write takes all that came meanwhile (group commit).
+    /// Handed on earlier, it would not be written sooner, only smaller, queued behind its
+    /// partition's last one: under a steady load near what the writers can take, batches held
+    /// to the linger paid a transaction's fixed cost (its round trips, its commit's flush) for a
+    /// few hundred rows each and queued up behind each other. Looked at every 5 ms at most: it
+    /// takes the tracker's lock. Returns whether any batch is still pending.
+    fn flush_pending(&mut self) -> bool {
+        if self.last_pending_check.elapsed() >= Duration::from_millis(5) {
+            self.last_pending_check = Instant::now();
+            let waited = |c: &Cursor, wait: Duration| {
+                c.pending
+                    .as_ref()
+                    .is_some_and(|b| b.created.elapsed() >= wait)
+            };
+            let (linger, idle_linger) = (self.linger, self.idle_linger);
+            if self.cursors.values().any(|c| waited(c, idle_linger)) {
+                // Each busy partition occupies at most one writer.
+                let mut busy = self.tracker.busy_partitions();
+                busy.extend(self.ready.iter().map(|b| b.tp.clone()));
+                let writer_free = busy.len() < self.writers;
+                for (tp, cursor) in &mut self.cursors {
+                    let due = waited(cursor, linger) || writer_free && waited(cursor, idle_linger);
+                    if due && !busy.contains(tp) {
+                        self.ready.extend(cursor.pending.take());
+                    }
                 }
             }
         }
         self.cursors.values().any(|c| c.pending.is_some())
-    }
-
-    /// Hands on pending batches once they are `idle_linger` old if a writer is free and their
-    /// partition has no batch on its way: at low rates a change waits for a writer, not for the
-    /// linger; under load a partition's batch grows while its previous one is written, and each
-    /// write takes all that came meanwhile (group commit). Looked at every 5 ms at most: it takes
-    /// the tracker's lock.
-    fn flush_idle(&mut self) {
-        if self.last_idle_check.elapsed() < Duration::from_millis(5) {
-            return;
-        }
-        self.last_idle_check = Instant::now();
-        let due = |c: &Cursor| {
-            c.pending
-                .as_ref()
-                .is_some_and(|b| b.created.elapsed() >= self.idle_linger)
-        };
-        if !self.cursors.values().any(due) {
-            return;
-        }
-        // A partition with a batch on its way keeps growing its next one; the others go on if a
-        // writer is free (each busy partition occupies at most one writer).
-        let mut busy = self.tracker.busy_partitions();
-        busy.extend(self.ready.iter().map(|b| b.tp.clone()));
-        if busy.len() >= self.writers {
-            return;
-        }
-        for (tp, cursor) in &mut self.cursors {
-            if due(cursor) && !busy.contains(tp) {
-                if let Some(b) = cursor.pending.take() {
-                    self.ready.push_back(b);
-                }
-            }
-        }
     }
 
     /// Hands ready batches on while there is room. Once the batches left waiting reach the budget
