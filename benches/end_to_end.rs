@@ -40,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cdc_audit::config::rules::Rules;
 use cdc_audit::demo::{self, Generator, Record};
-use cdc_audit::transform::transform;
+use cdc_audit::transform::{transform_together, Schemas, SHARING};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
@@ -434,15 +434,20 @@ fn broker_rate(bootstrap: &str, topics: &[String], args: &Args, messages: i64) -
     seen as f64 / started.elapsed().as_secs_f64()
 }
 
-/// CPU seconds of one thread transforming every message of the backlog, each outcome dropped
-/// at once (as the writers drop theirs): the transform's share of the floor.
+/// CPU seconds of one thread transforming every message of the backlog, as many together as
+/// the service's stage does and their outcomes dropped at once: the transform's share of the
+/// floor.
 fn transform_alone(backlog: &[Record]) -> f64 {
     let records: Vec<&Record> = backlog.iter().collect();
     let messages = common::messages("bench.transform", 0, &records);
     let rules = Rules::default();
     let started = common::thread_cpu_seconds().unwrap_or(0.0);
-    for m in &messages {
-        drop(std::hint::black_box(transform(m, &rules)));
+    for chunk in messages.chunks(SHARING) {
+        drop(std::hint::black_box(transform_together(
+            chunk,
+            &rules,
+            &Schemas::default(),
+        )));
     }
     common::thread_cpu_seconds().unwrap_or(0.0) - started
 }

@@ -23,7 +23,7 @@ use cdc_audit::registry::serve::LocalRegistry;
 use cdc_audit::suspicious::Suspicious;
 use cdc_audit::transform::avro::framed;
 use cdc_audit::transform::schemas::{compile, Schemas};
-use cdc_audit::transform::transform_with;
+use cdc_audit::transform::{transform_together, SHARING};
 use cdc_audit::types::Message;
 use cdc_audit::types::Outcome;
 use prost::Message as _;
@@ -142,26 +142,22 @@ fn run(label: &str, messages: &[Message], schemas: &Schemas, passes: usize) {
         );
     };
     let rules = Rules::default();
-    drop(
-        messages
-            .iter()
-            .map(|m| transform_with(m, &rules, schemas))
-            .collect::<Vec<Outcome>>(),
-    );
+    // As the service's stage does: so many messages together, their rows in one buffer.
+    let together = |chunk| transform_together(chunk, &rules, schemas);
+    let joined = |parts: Vec<Vec<Outcome>>| {
+        let mut outcomes = Vec::with_capacity(n);
+        parts.into_iter().for_each(|part| outcomes.extend(part));
+        outcomes
+    };
+    drop(joined(messages.chunks(SHARING).map(together).collect()));
     for _ in 0..passes {
         let started = Instant::now();
-        let outcomes: Vec<Outcome> = messages
-            .iter()
-            .map(|m| transform_with(m, &rules, schemas))
-            .collect();
+        let outcomes = joined(messages.chunks(SHARING).map(together).collect());
         report("one core", started.elapsed().as_secs_f64(), &outcomes);
     }
 
     let started = Instant::now();
-    let outcomes: Vec<Outcome> = messages
-        .par_iter()
-        .map(|m| transform_with(m, &rules, schemas))
-        .collect();
+    let outcomes = joined(messages.par_chunks(SHARING).map(together).collect());
     report(
         &format!("rayon ({} threads)", rayon::current_num_threads()),
         started.elapsed().as_secs_f64(),
@@ -217,8 +213,8 @@ fn main() {
 fn counting_alone(messages: &[Message]) {
     let rules = Rules::default();
     let outcomes: Vec<Outcome> = messages
-        .iter()
-        .map(|m| transform_with(m, &rules, &Schemas::default()))
+        .chunks(SHARING)
+        .flat_map(|chunk| transform_together(chunk, &rules, &Schemas::default()))
         .collect();
     let suspicious = Suspicious::new(1000, Vec::new(), Arc::new(Stats::new()));
     let passes = 5;

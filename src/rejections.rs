@@ -313,7 +313,7 @@ pub fn replay(
                 copy_rows(
                     &mut tx,
                     target,
-                    std::iter::once((row.bytes.as_slice(), &suffix[..])),
+                    std::iter::once((&row.bytes[..], &suffix[..])),
                 )?;
             }
             // Replayed or purged meanwhile by someone else: write nothing.

@@ -226,7 +226,7 @@ mod tests {
 
     fn row(kind: NoticeKind, table: &str, transaction: Option<&str>) -> Outcome {
         Outcome::Row(Row {
-            bytes: Vec::new(),
+            bytes: Vec::new().into(),
             content: [0; 32],
             source_time_us: None,
             notice: Some(Notice {

@@ -213,28 +213,88 @@ pub enum Finish {
     Rewind { stored: i64 },
 }
 
-/// What became of one message.
+/// What became of one message. `B` holds a row's encoded bytes: [`RowBytes`] once made.
 #[derive(Debug)]
-pub enum Outcome {
+pub enum Outcome<B = RowBytes> {
     /// One `audit_logging` row.
-    Row(Row),
+    Row(Row<B>),
     /// One `audit_transactions` row (a BEGIN or END of the transaction metadata topic).
-    Transaction(Row),
+    Transaction(Row<B>),
     /// Nothing to store; its offset still counts as consumed.
     Skipped(Skip),
     Rejected(Rejection),
 }
 
+impl<B> Outcome<B> {
+    /// The same outcome, its row's bytes held by what `f` makes of them.
+    pub fn with_bytes<C>(self, f: impl FnOnce(B) -> C) -> Outcome<C> {
+        match self {
+            Outcome::Row(row) => Outcome::Row(row.with_bytes(f)),
+            Outcome::Transaction(row) => Outcome::Transaction(row.with_bytes(f)),
+            Outcome::Skipped(skip) => Outcome::Skipped(skip),
+            Outcome::Rejected(rejection) => Outcome::Rejected(rejection),
+        }
+    }
+}
+
+/// A row's encoded bytes: a part of a buffer that the rows transformed with it share. The
+/// rows are made on the transform's threads and freed by the writer that commits them, and
+/// glibc frees a block another thread allocated under that thread's arena lock: one buffer for
+/// many rows makes that once for all of them.
+#[derive(Debug, Clone)]
+pub struct RowBytes {
+    buf: Arc<Vec<u8>>,
+    range: Range<usize>,
+}
+
+impl RowBytes {
+    /// `range` of `buf`, which other rows share.
+    pub fn shared(buf: &Arc<Vec<u8>>, range: Range<usize>) -> Self {
+        RowBytes {
+            buf: buf.clone(),
+            range,
+        }
+    }
+}
+
+impl From<Vec<u8>> for RowBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        let range = 0..bytes.len();
+        RowBytes {
+            buf: Arc::new(bytes),
+            range,
+        }
+    }
+}
+
+impl std::ops::Deref for RowBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.range.clone()]
+    }
+}
+
 /// A row encoded as a binary COPY tuple whose last fields the writer appends (the chain's:
 /// see `chain`), its content hash, and its source commit time for the end-to-end latency metric.
 #[derive(Debug)]
-pub struct Row {
-    pub bytes: Vec<u8>,
+pub struct Row<B = RowBytes> {
+    pub bytes: B,
     pub content: [u8; 32],
     pub source_time_us: Option<i64>,
     /// What the suspicious-change detector counts, for the rows it looks at (updates, deletes,
     /// truncates, drops).
     pub notice: Option<Notice>,
+}
+
+impl<B> Row<B> {
+    fn with_bytes<C>(self, f: impl FnOnce(B) -> C) -> Row<C> {
+        Row {
+            bytes: f(self.bytes),
+            content: self.content,
+            source_time_us: self.source_time_us,
+            notice: self.notice,
+        }
+    }
 }
 
 /// A change the detector of suspicious changes counts once its row is committed.

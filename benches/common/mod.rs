@@ -13,7 +13,7 @@ use cdc_audit::config::rules::Rules;
 use cdc_audit::demo::{self, Record};
 use cdc_audit::sink::{copy_rows, write_batch, AUDIT};
 use cdc_audit::source::holes::block_on;
-use cdc_audit::transform::transform;
+use cdc_audit::transform::{transform_together, Schemas, SHARING};
 use cdc_audit::types::Outcome;
 use cdc_audit::types::{Batch, Message, Tp, Transformed};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -65,7 +65,10 @@ pub fn transformed_batches(
         .chunks(batch)
         .enumerate()
         .map(|(i, chunk)| {
-            let outcomes = chunk.iter().map(|m| transform(m, &rules)).collect();
+            let outcomes = chunk
+                .chunks(SHARING)
+                .flat_map(|c| transform_together(c, &rules, &Schemas::default()))
+                .collect();
             let start = (i * batch) as i64;
             Transformed::new(
                 Batch {
@@ -140,9 +143,7 @@ pub fn write_streams(url: &str, streams: Vec<Vec<Transformed>>, fenced: bool) ->
                                 _ => None,
                             })
                             .enumerate()
-                            .map(|(i, row)| {
-                                (row.bytes.as_slice(), suffix(0, i as i64, &row.content))
-                            })
+                            .map(|(i, row)| (&row.bytes[..], suffix(0, i as i64, &row.content)))
                             .collect();
                         copy_rows(&mut tx, AUDIT, rows.iter().map(|(b, s)| (*b, &s[..]))).unwrap();
                         tx.commit().unwrap();

@@ -9,11 +9,11 @@ use prometheus::IntGauge;
 use rayon::prelude::*;
 
 use super::schemas::{ids, SchemaCache};
-use super::transform_with;
+use super::{transform_together, SHARING};
 use crate::config::rules::Rules;
 use crate::events::Stats;
 use crate::tracker::Tracker;
-use crate::types::{Batch, Control, Finish, Handoff, Load, Tp, Transformed};
+use crate::types::{Batch, Control, Finish, Handoff, Load, Outcome, Tp, Transformed};
 
 /// The transform stage: one thread that takes batches in order, transforms each one's messages
 /// in parallel on rayon, and hands them to the writers, which share one queue. A partition has at
@@ -129,11 +129,13 @@ impl TransformStage {
             }
         };
         let rules = &*self.rules;
-        let outcomes = batch
+        let parts: Vec<Vec<Outcome>> = batch
             .messages
-            .par_iter()
-            .map(|m| transform_with(m, rules, &schemas))
+            .par_chunks(SHARING)
+            .map(|chunk| transform_together(chunk, rules, &schemas))
             .collect();
+        let mut outcomes = Vec::with_capacity(batch.messages.len());
+        parts.into_iter().for_each(|part| outcomes.extend(part));
         Some(Transformed::new(batch, outcomes))
     }
 }

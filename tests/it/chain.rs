@@ -32,9 +32,9 @@ fn every_fixture_comes_back_from_postgresql_byte_for_byte() {
     for (offset, f) in fixtures().iter().enumerate() {
         let msg = message(f, offset as i64);
         match transform(&msg, &rules) {
-            Outcome::Row(row) => sent.push((AUDIT, msg.offset, f.name.clone(), row.bytes)),
+            Outcome::Row(row) => sent.push((AUDIT, msg.offset, f.name.clone(), row.bytes.to_vec())),
             Outcome::Transaction(row) => {
-                sent.push((TRANSACTIONS, msg.offset, f.name.clone(), row.bytes))
+                sent.push((TRANSACTIONS, msg.offset, f.name.clone(), row.bytes.to_vec()))
             }
             _ => {}
         }

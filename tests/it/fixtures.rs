@@ -6,14 +6,15 @@
 //! Expected results: `tests/golden/<connector>/<fixture>.json`, reviewed by hand. To write a
 //! missing one, run with `CDC_AUDIT_BLESS=1`, then read it before committing it.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cdc_audit::config::rules::Rules;
-use cdc_audit::demo::Record;
-use cdc_audit::transform::describe;
-use cdc_audit::types::Message;
+use cdc_audit::demo::{self, Generator, Record};
+use cdc_audit::transform::{describe, transform, transform_together, Schemas};
+use cdc_audit::types::{Message, Outcome};
 use serde_json::Value;
 
 use crate::util::{config, wait_until, InProcess, Kafka, TestDb};
@@ -129,6 +130,62 @@ fn every_fixture_produces_its_reviewed_audit_row() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The service's stage transforms a batch's messages together, their rows in one buffer: every
+/// fixture, and generated events between them (changes, tombstones, context messages, poison),
+/// becomes in that buffer what it becomes alone, each row right after the one before.
+#[test]
+fn messages_transformed_together_become_what_each_becomes_alone() {
+    let mut generated = Generator::new("together", 7).with_context();
+    let mut records = Vec::new();
+    while records.len() < 200 {
+        records.extend(generated.next_records());
+    }
+    records.extend(demo::poison("together.inventory.customers", 3));
+    let mut msgs: Vec<Message> = fixtures()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| message(f, i as i64))
+        .collect();
+    for r in &records {
+        msgs.push(Message {
+            topic: Arc::from(r.topic.as_str()),
+            offset: msgs.len() as i64,
+            key: r.key.clone().map(String::into_bytes),
+            payload: r.value.clone().map(String::into_bytes),
+            ..message(&fixtures()[0], 0)
+        });
+    }
+    let rules = Rules::default();
+    let together = transform_together(&msgs, &rules, &Schemas::default());
+    assert_eq!(together.len(), msgs.len());
+    let (mut rows, mut adjacent, mut kinds) = (0, 0, HashSet::new());
+    let mut last_end = None;
+    for (m, got) in msgs.iter().zip(&together) {
+        let alone = transform(m, &rules);
+        kinds.insert(std::mem::discriminant(&alone));
+        match (got, &alone) {
+            (Outcome::Row(a), Outcome::Row(b))
+            | (Outcome::Transaction(a), Outcome::Transaction(b)) => {
+                assert_eq!(&a.bytes[..], &b.bytes[..], "offset {}", m.offset);
+                assert_eq!(a.content, b.content, "offset {}", m.offset);
+                assert_eq!(a.source_time_us, b.source_time_us);
+                assert_eq!(a.notice, b.notice);
+                adjacent += usize::from(last_end == Some(a.bytes.as_ptr()));
+                last_end = Some(a.bytes.as_ptr_range().end);
+                rows += 1;
+            }
+            (Outcome::Skipped(a), Outcome::Skipped(b)) => assert_eq!(a, b),
+            (Outcome::Rejected(a), Outcome::Rejected(b)) => {
+                assert_eq!((a.kind, &a.error), (b.kind, &b.error))
+            }
+            (got, alone) => panic!("offset {}: {got:?}, alone {alone:?}", m.offset),
+        }
+    }
+    assert_eq!(kinds.len(), 4, "rows, transactions, skips and rejections");
+    assert!(rows > 200, "{rows} rows");
+    assert_eq!(adjacent, rows - 1, "rows one after the other in one buffer");
 }
 
 fn write(path: &Path, text: &str) {
