@@ -228,6 +228,18 @@ fn start_blocked(db: &TestDb, cfg: cdc_audit::config::Config) -> (InProcess, pos
     (service, blocker)
 }
 
+/// A database, a broker whose topics have one partition each, and the generated changes of one
+/// table (the first one's), as Debezium puts a table on a topic of one partition.
+fn one_table(name: &str, seed: u64, changes: usize) -> (TestDb, Kafka, Vec<Record>) {
+    let db = TestDb::new(name);
+    db.migrate();
+    let kafka = Kafka::with_partitions(name, 1);
+    let mut records = generate(name, seed, changes);
+    let topic = records[0].topic.clone();
+    records.retain(|r| r.topic == topic);
+    (db, kafka, records)
+}
+
 /// One hot partition behind (Debezium's layout for a busy table) writes batches of up to three
 /// full ones, so that each transaction, fence and hand-over is paid for more rows: with the table
 /// locked, the backlog of one topic of one partition waits in the poll thread, and once the
@@ -235,12 +247,8 @@ fn start_blocked(db: &TestDb, cfg: cdc_audit::config::Config) -> (InProcess, pos
 /// growth no batch can hold more than the batch size.
 #[test]
 fn a_lone_partition_behind_grows_its_batches_to_three_full_ones() {
-    let db = TestDb::new("lone");
-    db.migrate();
-    let kafka = Kafka::with_partitions("lone", 1);
-    let mut records = generate("lone", 17, 1_500);
-    let topic = records[0].topic.clone();
-    records.retain(|r| r.topic == topic);
+    let (db, kafka, records) = one_table("lone", 17, 1_500);
+    let topic = &records[0].topic;
     assert!(records.len() > 300, "{} messages on {topic}", records.len());
     kafka.produce(&records);
     let mut cfg = config(&kafka, &db, "g");
@@ -277,12 +285,8 @@ fn a_lone_partition_behind_grows_its_batches_to_three_full_ones() {
 /// written in one batch (two if one is handed on just as a round arrives), not one a round.
 #[test]
 fn a_partitions_next_batch_grows_past_the_linger_while_the_one_before_is_written() {
-    let db = TestDb::new("grows");
-    db.migrate();
-    let kafka = Kafka::with_partitions("grows", 1);
-    let mut records = generate("grows", 29, 300);
-    let topic = records[0].topic.clone();
-    records.retain(|r| r.topic == topic);
+    let (db, kafka, records) = one_table("grows", 29, 300);
+    let topic = &records[0].topic;
     let rounds: Vec<&[Record]> = records.chunks(records.len().div_ceil(11)).collect();
     assert_eq!(rounds.len(), 11, "{} messages on {topic}", records.len());
     let mut cfg = config(&kafka, &db, "g");
