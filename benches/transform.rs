@@ -24,8 +24,7 @@ use cdc_audit::suspicious::Suspicious;
 use cdc_audit::transform::avro::framed;
 use cdc_audit::transform::schemas::{compile, Schemas};
 use cdc_audit::transform::{transform_together, SHARING};
-use cdc_audit::types::Message;
-use cdc_audit::types::Outcome;
+use cdc_audit::types::{Bytes, Message, Outcome};
 use prost::Message as _;
 use prost_reflect::MessageDescriptor;
 use rayon::prelude::*;
@@ -44,8 +43,8 @@ fn messages(n: usize, mut generator: Generator) -> Vec<Message> {
                     partition: 0,
                     offset: messages.len() as i64,
                     timestamp_ms: Some(0),
-                    key: r.key.map(String::into_bytes),
-                    payload: Some(value.into_bytes()),
+                    key: r.key.map(|s| s.into_bytes().into()),
+                    payload: Some(value.into_bytes().into()),
                     headers: Vec::new(),
                 });
             }
@@ -58,10 +57,10 @@ fn messages(n: usize, mut generator: Generator) -> Vec<Message> {
 fn in_avro(messages: &[Message]) -> (Vec<Message>, Schemas) {
     let registry = LocalRegistry::start(([127, 0, 0, 1], 0).into()).expect("registry");
     let mut writer = AvroWriter::new(&registry);
-    let mut frame = |bytes: &Option<Vec<u8>>, subject: &str| {
+    let mut frame = |bytes: &Option<Bytes>, subject: &str| {
         bytes.as_ref().map(|b| {
             let text = std::str::from_utf8(b).expect("generated JSON");
-            writer.frame(subject, text).expect("an Avro datum")
+            Bytes::from(writer.frame(subject, text).expect("an Avro datum"))
         })
     };
     let avro = messages
@@ -84,7 +83,7 @@ fn in_avro(messages: &[Message]) -> (Vec<Message>, Schemas) {
 /// The messages as Confluent's Protobuf converter writes them, and the schemas to read them with.
 fn in_protobuf(messages: &[Message]) -> (Vec<Message>, Schemas) {
     let mut written: HashMap<String, (u32, String, MessageDescriptor)> = HashMap::new();
-    let mut frame = |bytes: &Option<Vec<u8>>| {
+    let mut frame = |bytes: &Option<Bytes>| {
         bytes.as_ref().map(|b| {
             let v: serde_json::Value = serde_json::from_slice(b).expect("generated JSON");
             let next = written.len() as u32 + 1;
@@ -102,7 +101,7 @@ fn in_protobuf(messages: &[Message]) -> (Vec<Message>, Schemas) {
             out.extend(id.to_be_bytes());
             out.push(0);
             out.extend(m.encode_to_vec());
-            out
+            Bytes::from(out)
         })
     };
     let framed = messages
@@ -124,7 +123,7 @@ fn run(label: &str, messages: &[Message], schemas: &Schemas, passes: usize) {
     let n = messages.len();
     let bytes: usize = messages
         .iter()
-        .map(|m| m.payload.as_ref().map_or(0, Vec::len))
+        .map(|m| m.payload.as_deref().map_or(0, <[u8]>::len))
         .sum();
     println!(
         "{label}: {n} events, {:.0} bytes each on average",

@@ -257,8 +257,8 @@ pub fn replay(
             partition: r.get(2),
             offset: r.get(3),
             timestamp_ms: r.get(4),
-            key: r.get(5),
-            payload: r.get(6),
+            key: r.get::<_, Option<Vec<u8>>>(5).map(Into::into),
+            payload: r.get::<_, Option<Vec<u8>>>(6).map(Into::into),
             headers: Vec::new(),
         };
         let seq: Option<i64> = r.get(7);

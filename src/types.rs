@@ -15,21 +15,21 @@ pub struct Message {
     pub partition: i32,
     pub offset: i64,
     pub timestamp_ms: Option<i64>,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
+    pub key: Option<Bytes>,
+    pub payload: Option<Bytes>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl Message {
     /// The bytes the message holds (payload, key and headers): what batches and budgets count.
     pub fn size(&self) -> usize {
-        let len = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, Vec::len);
-        len(&self.payload)
-            + len(&self.key)
+        let len = |b: Option<&[u8]>| b.map_or(0, <[u8]>::len);
+        len(self.payload.as_deref())
+            + len(self.key.as_deref())
             + self
                 .headers
                 .iter()
-                .map(|(k, v)| k.len() + len(v))
+                .map(|(k, v)| k.len() + len(v.as_deref()))
                 .sum::<usize>()
     }
 }
@@ -213,9 +213,9 @@ pub enum Finish {
     Rewind { stored: i64 },
 }
 
-/// What became of one message. `B` holds a row's encoded bytes: [`RowBytes`] once made.
+/// What became of one message. `B` holds a row's encoded bytes: [`Bytes`] once made.
 #[derive(Debug)]
-pub enum Outcome<B = RowBytes> {
+pub enum Outcome<B = Bytes> {
     /// One `audit_logging` row.
     Row(Row<B>),
     /// One `audit_transactions` row (a BEGIN or END of the transaction metadata topic).
@@ -237,47 +237,54 @@ impl<B> Outcome<B> {
     }
 }
 
-/// A row's encoded bytes: a part of a buffer that the rows transformed with it share. The
-/// rows are made on the transform's threads and freed by the writer that commits them, and
-/// glibc frees a block another thread allocated under that thread's arena lock: one buffer for
-/// many rows makes that once for all of them.
-#[derive(Debug, Clone)]
-pub struct RowBytes {
+/// Bytes that are a part of a buffer others share: a message's key or value (the messages of
+/// a batch share the poll thread's chunks), a row (the rows transformed together share theirs).
+/// They are made on one thread and freed on another, and glibc frees a block another thread
+/// allocated under that thread's arena lock: one buffer for many makes that once for all.
+#[derive(Clone)]
+pub struct Bytes {
     buf: Arc<Vec<u8>>,
     range: Range<usize>,
 }
 
-impl RowBytes {
-    /// `range` of `buf`, which other rows share.
+impl Bytes {
+    /// `range` of `buf`, which others share.
     pub fn shared(buf: &Arc<Vec<u8>>, range: Range<usize>) -> Self {
-        RowBytes {
+        Bytes {
             buf: buf.clone(),
             range,
         }
     }
 }
 
-impl From<Vec<u8>> for RowBytes {
+impl From<Vec<u8>> for Bytes {
     fn from(bytes: Vec<u8>) -> Self {
         let range = 0..bytes.len();
-        RowBytes {
+        Bytes {
             buf: Arc::new(bytes),
             range,
         }
     }
 }
 
-impl std::ops::Deref for RowBytes {
+impl std::ops::Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         &self.buf[self.range.clone()]
     }
 }
 
+/// Its own bytes only, not the buffer's.
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
 /// A row encoded as a binary COPY tuple whose last fields the writer appends (the chain's:
 /// see `chain`), its content hash, and its source commit time for the end-to-end latency metric.
 #[derive(Debug)]
-pub struct Row<B = RowBytes> {
+pub struct Row<B = Bytes> {
     pub bytes: B,
     pub content: [u8; 32],
     pub source_time_us: Option<i64>,

@@ -44,8 +44,8 @@ pub fn messages(topic: &str, partition: i32, records: &[&Record]) -> Vec<Message
             partition,
             offset: offset as i64,
             timestamp_ms: Some(0),
-            key: r.key.clone().map(String::into_bytes),
-            payload: r.value.clone().map(String::into_bytes),
+            key: r.key.clone().map(|s| s.into_bytes().into()),
+            payload: r.value.clone().map(|s| s.into_bytes().into()),
             headers: Vec::new(),
         })
         .collect()

@@ -557,7 +557,8 @@ fn copy_isolating(
 /// A rejection's row of `REJECTIONS`, without its chain fields.
 fn encode_rejection(msg: &Message, r: &Rejection) -> Vec<u8> {
     let mut buf = Vec::with_capacity(
-        128 + msg.payload.as_ref().map_or(0, Vec::len) + msg.key.as_ref().map_or(0, Vec::len),
+        128 + msg.payload.as_deref().map_or(0, <[u8]>::len)
+            + msg.key.as_deref().map_or(0, <[u8]>::len),
     );
     let mut t = Tuple::begin(&mut buf, 9 + CHAIN_FIELDS);
     t.text(Some(&msg.topic));

@@ -3,6 +3,7 @@
 //! rebalance callbacks (which happen inside `poll`): positions come from PostgreSQL, not Kafka.
 
 pub mod holes;
+mod pending;
 mod read;
 
 use std::collections::{HashMap, VecDeque};
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
@@ -21,9 +23,10 @@ use crate::config::Config;
 use crate::events::{now_ms, Stats};
 use crate::sink::{self, Pool};
 use crate::tracker::Tracker;
-use crate::types::{Batch, Control, Exit, Load, Message, Tp};
+use crate::types::{Batch, Control, Exit, Load, Tp};
 use holes::Holes;
-use read::{copy_message, watermarks};
+use pending::Pending;
+use read::{interned, watermarks};
 
 /// How long the poll thread waits for room downstream before it polls again.
 const ROOM_WAIT: Duration = Duration::from_millis(50);
@@ -261,7 +264,7 @@ struct Cursor {
     epoch: u64,
     /// The offset after the last message taken (or the known start); `None` until the first.
     next: Option<i64>,
-    pending: Option<Batch>,
+    pending: Option<Pending>,
     /// The pending batch's partition was behind when it filled (see [`complete`]).
     behind: bool,
     /// A seek (back to the stored position after a rewind, or to `next` after a resume) that has
@@ -270,7 +273,9 @@ struct Cursor {
 }
 
 pub struct Source {
-    consumer: BaseConsumer<AuditContext>,
+    /// Shared with `run`'s loop only, so that a message borrowed from it can be taken by
+    /// `accept` while `accept` changes the source.
+    consumer: Arc<BaseConsumer<AuditContext>>,
     output: Option<Sender<Batch>>,
     tracker: Arc<Tracker>,
     control: Arc<Control>,
@@ -392,7 +397,7 @@ impl Source {
             config.group_id
         );
         Ok(Source {
-            consumer,
+            consumer: Arc::new(consumer),
             output: Some(output),
             tracker,
             control,
@@ -424,6 +429,7 @@ impl Source {
     pub fn run(mut self) -> Result<Exit, SourceError> {
         let depth = self.stats.channel_depth.with_label_values(&["transform"]);
         while !self.control.shutting_down() {
+            let consumer = self.consumer.clone();
             let Some(output) = &self.output else {
                 return Err(SourceError::StageDied);
             };
@@ -442,16 +448,14 @@ impl Source {
             // every partition and the clock, which per message took a fifth of this thread.
             let ready = self.ready.len();
             for _ in 0..self.batch_size {
-                match self.consumer.poll(timeout) {
+                match consumer.poll(timeout) {
                     None => break,
                     Some(Ok(m)) => {
                         self.stats
                             .health
                             .brokers_down
                             .store(false, Ordering::Release);
-                        let msg = copy_message(&mut self.topics, &m);
-                        drop(m);
-                        self.accept(msg);
+                        self.accept(&m);
                     }
                     Some(Err(e)) => {
                         log::warn!("consumer: {e}");
@@ -548,13 +552,13 @@ impl Source {
         self.pause(self.paused);
     }
 
-    fn accept(&mut self, msg: Message) {
+    fn accept(&mut self, m: &BorrowedMessage<'_>) {
         if self.tracker.version() != self.seen_version {
             self.sync();
         }
         let tp = Tp {
-            topic: msg.topic.clone(),
-            partition: msg.partition,
+            topic: interned(&mut self.topics, m.topic()),
+            partition: m.partition(),
         };
         let Some(cursor) = self.cursors.get_mut(&tp) else {
             log::debug!(
@@ -564,11 +568,11 @@ impl Source {
             );
             return;
         };
-        if cursor.seek.is_some() || cursor.next.is_some_and(|next| msg.offset < next) {
+        let offset = m.offset();
+        if cursor.seek.is_some() || cursor.next.is_some_and(|next| offset < next) {
             return; // already taken, or read before a pending seek
         }
         self.stats.messages_consumed.inc();
-        let offset = msg.offset;
         // A hole of more than one offset (a single one is a transaction's commit marker).
         let hole = cursor
             .next
@@ -579,7 +583,7 @@ impl Source {
         }
         let batch = cursor.pending.get_or_insert_with(|| {
             self.next_batch_id += 1;
-            Batch {
+            Pending::new(Batch {
                 id: self.next_batch_id,
                 tp,
                 epoch: cursor.epoch,
@@ -589,25 +593,22 @@ impl Source {
                 messages: Vec::with_capacity(self.batch_size.min(4096)),
                 bytes: 0,
                 created: Instant::now(),
-            }
+            })
         });
         if let Some(hole) = hole {
             // Checked with the broker before the writer records it: what a second fetch finds
             // is written after all.
             let checked = self
                 .holes
-                .check(&self.consumer, &batch.tp, hole, &mut self.topics);
+                .check(&self.consumer, batch.tp(), hole, &mut self.topics);
             for found in checked.found {
                 self.stats.messages_consumed.inc();
                 self.stats.offsets_fetched_again.inc();
-                batch.bytes += found.size();
-                batch.messages.push(found);
+                batch.push_copied(found);
             }
-            batch.holes.extend(checked.holes);
+            batch.holes().extend(checked.holes);
         }
-        batch.bytes += msg.size();
-        batch.messages.push(msg);
-        batch.end = offset + 1;
+        batch.push(m);
         cursor.next = Some(offset + 1);
         let load = batch.load();
         if load.reaches(self.full) {
@@ -615,12 +616,11 @@ impl Source {
             // this partition's.
             if !cursor.behind {
                 cursor.behind =
-                    !self.ready.is_empty() && self.ready.iter().all(|b| b.tp == batch.tp);
+                    !self.ready.is_empty() && self.ready.iter().all(|b| &b.tp == batch.tp());
             }
             if complete(load, self.full, cursor.behind) {
-                if let Some(full) = cursor.pending.take() {
-                    self.ready.push_back(full);
-                }
+                self.ready
+                    .extend(cursor.pending.take().map(Pending::finish));
             }
         }
     }
@@ -641,7 +641,7 @@ impl Source {
             let waited = |c: &Cursor, wait: Duration| {
                 c.pending
                     .as_ref()
-                    .is_some_and(|b| b.created.elapsed() >= wait)
+                    .is_some_and(|b| b.created().elapsed() >= wait)
             };
             let (linger, idle_linger) = (self.linger, self.idle_linger);
             if self.cursors.values().any(|c| waited(c, idle_linger)) {
@@ -652,7 +652,8 @@ impl Source {
                 for (tp, cursor) in &mut self.cursors {
                     let due = waited(cursor, linger) || writer_free && waited(cursor, idle_linger);
                     if due && !busy.contains(tp) {
-                        self.ready.extend(cursor.pending.take());
+                        self.ready
+                            .extend(cursor.pending.take().map(Pending::finish));
                     }
                 }
             }
@@ -771,7 +772,7 @@ impl Source {
         let mut pending: Vec<Batch> = self
             .cursors
             .values_mut()
-            .filter_map(|c| c.pending.take())
+            .filter_map(|c| c.pending.take().map(Pending::finish))
             .collect();
         pending.sort_by_key(|b| b.id);
         self.ready.extend(pending);

@@ -25,8 +25,8 @@ pub fn inspect(
         partition: 0,
         offset: 0,
         timestamp_ms: None,
-        key: key.map(read).transpose()?,
-        payload: value.map(read).transpose()?,
+        key: key.map(read).transpose()?.map(Into::into),
+        payload: value.map(read).transpose()?.map(Into::into),
         headers: Vec::new(),
     };
     let schemas = schema_cache(raw)?

@@ -23,9 +23,7 @@ use serde_json::value::RawValue;
 use crate::chain::{self, Kind, CHAIN_FIELDS};
 use crate::config::rules::{Action, Rules, TableRules};
 use crate::pgcopy::Tuple;
-use crate::types::{
-    Message, Notice, NoticeKind, Outcome, RejectKind, Rejection, Row, RowBytes, Skip,
-};
+use crate::types::{Bytes, Message, Notice, NoticeKind, Outcome, RejectKind, Rejection, Row, Skip};
 use decode::StructSchema;
 use json::{
     integer, is_object, jsonb_safe, present, scalar_text, skip_ws, Members, ObjectWriter, Raw, Span,
@@ -127,7 +125,7 @@ pub fn transform(msg: &Message, rules: &Rules) -> Outcome {
 pub fn transform_with(msg: &Message, rules: &Rules, schemas: &Schemas) -> Outcome {
     let mut buf = Vec::new();
     let outcome = draft(msg, rules, schemas, &mut buf);
-    outcome.with_bytes(|_| RowBytes::from(buf))
+    outcome.with_bytes(|_| Bytes::from(buf))
 }
 
 /// How many messages the stage transforms together ([`transform_together`]): a rayon task's
@@ -135,7 +133,7 @@ pub fn transform_with(msg: &Message, rules: &Rules, schemas: &Schemas) -> Outcom
 pub const SHARING: usize = 64;
 
 /// [`transform_with`] of each of `msgs`, their rows encoded into one buffer they share
-/// ([`RowBytes`]).
+/// ([`Bytes`]).
 pub fn transform_together(msgs: &[Message], rules: &Rules, schemas: &Schemas) -> Vec<Outcome> {
     // A row is about its message's size: its fixed fields and `jsonb`'s spaces more, the
     // envelope less. Room for a quarter more, so that the buffer is seldom copied as it grows;
@@ -152,7 +150,7 @@ pub fn transform_together(msgs: &[Message], rules: &Rules, schemas: &Schemas) ->
     let buf = Arc::new(buf);
     drafts
         .into_iter()
-        .map(|d| d.with_bytes(|range| RowBytes::shared(&buf, range)))
+        .map(|d| d.with_bytes(|range| Bytes::shared(&buf, range)))
         .collect()
 }
 
@@ -227,7 +225,7 @@ fn from_registry<'s>(
         return Ok(None);
     }
     let (payload, value_schema, spans) = match value {
-        Some(v) => (Some(v.text.into_bytes()), Some(v.connect), v.spans),
+        Some(v) => (Some(v.text.into_bytes().into()), Some(v.connect), v.spans),
         None => (msg.payload.clone(), None, Vec::new()),
     };
     let apart = Apart {
@@ -241,7 +239,9 @@ fn from_registry<'s>(
             partition: msg.partition,
             offset: msg.offset,
             timestamp_ms: msg.timestamp_ms,
-            key: key.map(|k| k.text.into_bytes()).or_else(|| msg.key.clone()),
+            key: key
+                .map(|k| k.text.into_bytes().into())
+                .or_else(|| msg.key.clone()),
             payload,
             headers: msg.headers.clone(),
         },
@@ -1281,8 +1281,8 @@ mod tests {
             partition: 0,
             offset: 1,
             timestamp_ms: None,
-            key: key.map(|k| k.as_bytes().to_vec()),
-            payload: value.map(<[u8]>::to_vec),
+            key: key.map(|k| k.as_bytes().to_vec().into()),
+            payload: value.map(|v| v.to_vec().into()),
             headers: Vec::new(),
         }
     }
@@ -1419,7 +1419,7 @@ mod tests {
             Outcome::Skipped(Skip::Heartbeat)
         ));
         hb.topic = Arc::from("__debezium-heartbeat.db");
-        hb.payload = Some(b"{\"schema\":{},\"payload\":{\"ts_ms\":1}}".to_vec());
+        hb.payload = Some(b"{\"schema\":{},\"payload\":{\"ts_ms\":1}}".to_vec().into());
         assert!(matches!(
             transform(&hb, &rules),
             Outcome::Skipped(Skip::Heartbeat)

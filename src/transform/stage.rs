@@ -195,8 +195,8 @@ mod tests {
             partition: p,
             offset,
             timestamp_ms: None,
-            key: Some(b"key".to_vec()),
-            payload: Some(b"payload".to_vec()),
+            key: Some(b"key".to_vec().into()),
+            payload: Some(b"payload".to_vec().into()),
             headers: Vec::new(),
         };
         let messages: Vec<Message> = (0..messages as i64).map(message).collect();

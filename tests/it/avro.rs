@@ -23,7 +23,7 @@ use cdc_audit::transform::avro::{framed, AvroSchema};
 use cdc_audit::transform::json::Members;
 use cdc_audit::transform::schemas::{compile, SchemaCache, Schemas};
 use cdc_audit::transform::{describe, describe_with, transform, transform_with};
-use cdc_audit::types::{Message, Outcome};
+use cdc_audit::types::{Bytes, Message, Outcome};
 use serde_json::{json, Value};
 
 use crate::fixtures::{fixtures, message};
@@ -410,8 +410,11 @@ pub(crate) fn parity_cases() -> Vec<Case> {
                 else {
                     continue;
                 };
-                json.payload =
-                    Some(format!("{{\"schema\":{schema},\"payload\":{raw}}}").into_bytes());
+                json.payload = Some(
+                    format!("{{\"schema\":{schema},\"payload\":{raw}}}")
+                        .into_bytes()
+                        .into(),
+                );
                 json!({"schema": schema, "payload": payload})
             }
         };
@@ -419,7 +422,7 @@ pub(crate) fn parity_cases() -> Vec<Case> {
         let completed = complete(&value["schema"], &value["payload"]);
         if completed != value["payload"] {
             value["payload"] = completed;
-            json.payload = Some(value.to_string().into_bytes());
+            json.payload = Some(value.to_string().into_bytes().into());
         }
         let key = f
             .key
@@ -498,11 +501,11 @@ fn every_fixture_written_by_the_avro_converter_makes_the_json_converters_row() {
         split += assert_members_where_the_reader_says(&name, &value_schema, &datum);
         let mut registered = vec![(1, value_schema)];
         let mut avro_msg = json_msg.clone();
-        avro_msg.payload = Some(frame(1, datum));
+        avro_msg.payload = Some(frame(1, datum).into());
         if let Some(key) = &key {
             let (key_schema, datum) = by_apache_avro(key);
             registered.push((2, key_schema));
-            avro_msg.key = Some(frame(2, datum));
+            avro_msg.key = Some(frame(2, datum).into());
         }
         assert_same_rows(&name, &avro_msg, &json_msg, "AVRO", &registered);
     }
@@ -1069,7 +1072,7 @@ fn every_fixture_written_by_the_json_schema_converter_makes_the_json_converters_
         #[serde(borrow)]
         payload: &'a serde_json::value::RawValue,
     }
-    let raw = |b: &Option<Vec<u8>>| {
+    let raw = |b: &Option<Bytes>| {
         let b = b.as_deref().unwrap();
         let e: Envelope<'_> = serde_json::from_slice(b).unwrap();
         e.payload.get().as_bytes().to_vec()
@@ -1083,10 +1086,10 @@ fn every_fixture_written_by_the_json_schema_converter_makes_the_json_converters_
     {
         let mut registered = vec![(1, json_schema(&value["schema"], None).to_string())];
         let mut framed_msg = json_msg.clone();
-        framed_msg.payload = Some(frame(1, raw(&json_msg.payload)));
+        framed_msg.payload = Some(frame(1, raw(&json_msg.payload)).into());
         if let Some(key) = &key {
             registered.push((2, json_schema(&key["schema"], None).to_string()));
-            framed_msg.key = Some(frame(2, raw(&json_msg.key)));
+            framed_msg.key = Some(frame(2, raw(&json_msg.key)).into());
         }
         assert_same_rows(&name, &framed_msg, &json_msg, "JSON", &registered);
     }

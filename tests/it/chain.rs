@@ -288,12 +288,12 @@ pub fn write_trail(db: &TestDb) {
                 // A hole at offsets 40..43.
                 offset: i as i64 + if i >= 40 { 3 } else { 0 },
                 timestamp_ms: Some(1_700_000_000_000 + i as i64),
-                key: r.key.clone().map(String::into_bytes),
-                payload: r.value.clone().map(String::into_bytes),
+                key: r.key.clone().map(|s| s.into_bytes().into()),
+                payload: r.value.clone().map(|s| s.into_bytes().into()),
                 headers: vec![("h".into(), Some(b"v".to_vec()))],
             })
             .collect();
-        messages[7].payload = Some(b"not json".to_vec());
+        messages[7].payload = Some(b"not json".to_vec().into());
         // Valid JSON that jsonb refuses: a lone UTF-16 surrogate escape.
         let image = b"\"after\":{";
         let i = (10..)
@@ -304,11 +304,12 @@ pub fn write_trail(db: &TestDb) {
                     .is_some_and(|p| p.windows(image.len()).any(|w| w == image))
             })
             .unwrap();
-        let refused = String::from_utf8(messages[i].payload.clone().unwrap()).unwrap();
+        let refused = String::from_utf8(messages[i].payload.as_deref().unwrap().to_vec()).unwrap();
         messages[i].payload = Some(
             refused
                 .replacen("\"after\":{", "\"after\":{\"bad\":\"\\ud800\",", 1)
-                .into_bytes(),
+                .into_bytes()
+                .into(),
         );
         let mut start = 0;
         for chunk in messages.chunks(25) {

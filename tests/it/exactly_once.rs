@@ -236,8 +236,14 @@ fn batch(records: &[Record], start: Option<i64>, offsets: std::ops::Range<i64>) 
             partition: 0,
             offset: o,
             timestamp_ms: Some(1_700_000_000_000),
-            key: records[o as usize].key.clone().map(String::into_bytes),
-            payload: records[o as usize].value.clone().map(String::into_bytes),
+            key: records[o as usize]
+                .key
+                .clone()
+                .map(|s| s.into_bytes().into()),
+            payload: records[o as usize]
+                .value
+                .clone()
+                .map(|s| s.into_bytes().into()),
             headers: Vec::new(),
         })
         .collect();

@@ -314,7 +314,7 @@ fn a_10_mb_change_event_is_stored_whole() {
         offset: 0,
         timestamp_ms: None,
         key: None,
-        payload: Some(value.into_bytes()),
+        payload: Some(value.into_bytes().into()),
         headers: Vec::new(),
     };
     let outcomes = vec![transform(&msg, &Rules::default())];

@@ -77,8 +77,8 @@ pub fn message(f: &Fixture, offset: i64) -> Message {
         partition: 0,
         offset,
         timestamp_ms: None,
-        key: f.key.clone(),
-        payload: f.value.clone(),
+        key: f.key.clone().map(Into::into),
+        payload: f.value.clone().map(Into::into),
         headers: Vec::new(),
     }
 }
@@ -152,8 +152,8 @@ fn messages_transformed_together_become_what_each_becomes_alone() {
         msgs.push(Message {
             topic: Arc::from(r.topic.as_str()),
             offset: msgs.len() as i64,
-            key: r.key.clone().map(String::into_bytes),
-            payload: r.value.clone().map(String::into_bytes),
+            key: r.key.clone().map(|s| s.into_bytes().into()),
+            payload: r.value.clone().map(|s| s.into_bytes().into()),
             ..message(&fixtures()[0], 0)
         });
     }

@@ -41,8 +41,8 @@ pub fn write(db: &TestDb, topic: &str, events: &[Event]) {
             partition: 0,
             offset: start + i as i64,
             timestamp_ms: None,
-            key: key.clone().map(String::into_bytes),
-            payload: Some(value.clone().into_bytes()),
+            key: key.clone().map(|s| s.into_bytes().into()),
+            payload: Some(value.clone().into_bytes().into()),
             headers: Vec::new(),
         })
         .collect();

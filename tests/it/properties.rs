@@ -15,8 +15,8 @@ pub fn message(key: Option<Vec<u8>>, value: Option<Vec<u8>>) -> Message {
         partition: 0,
         offset: 0,
         timestamp_ms: None,
-        key,
-        payload: value,
+        key: key.map(Into::into),
+        payload: value.map(Into::into),
         headers: Vec::new(),
     }
 }

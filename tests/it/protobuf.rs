@@ -62,17 +62,18 @@ fn every_fixture_written_by_the_protobuf_converter_makes_its_json_twins_row() {
         let (value_schema, bytes) = by_prost(&value);
         let mut registered = vec![(1, value_schema)];
         let mut framed_msg = json_msg.clone();
-        framed_msg.payload = Some(frame(1, bytes));
+        framed_msg.payload = Some(frame(1, bytes).into());
         let mut twin = json_msg.clone();
         twin.payload = Some(
             json!({"schema": as_protobuf_keeps(&value["schema"]), "payload": value["payload"]})
                 .to_string()
-                .into_bytes(),
+                .into_bytes()
+                .into(),
         );
         if let Some(key) = &key {
             let (key_schema, bytes) = by_prost(key);
             registered.push((2, key_schema));
-            framed_msg.key = Some(frame(2, bytes));
+            framed_msg.key = Some(frame(2, bytes).into());
         }
         assert_same_rows(&name, &framed_msg, &twin, "PROTOBUF", &registered);
     }
