@@ -24,14 +24,16 @@ impl Message {
     /// The bytes the message holds (payload, key and headers): what batches and budgets count.
     pub fn size(&self) -> usize {
         let len = |b: Option<&[u8]>| b.map_or(0, <[u8]>::len);
-        len(self.payload.as_deref())
-            + len(self.key.as_deref())
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + len(v.as_deref()))
-                .sum::<usize>()
+        len(self.payload.as_deref()) + len(self.key.as_deref()) + headers_size(&self.headers)
     }
+}
+
+/// The bytes of headers' keys and values, as [`Message::size`] counts them.
+pub fn headers_size(headers: &[(String, Option<Vec<u8>>)]) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+        .sum()
 }
 
 /// A topic partition.

@@ -11,7 +11,7 @@ use std::time::Instant;
 use rdkafka::message::Message as KafkaMessage;
 
 use super::read::headers;
-use crate::types::{Batch, Bytes, Gap, Load, Message, Tp};
+use crate::types::{headers_size, Batch, Bytes, Gap, Load, Message, Tp};
 
 /// The first chunk's room; each next one's is twice the last's, up to [`CHUNK`].
 const FIRST_CHUNK: usize = 4 << 10;
@@ -85,12 +85,7 @@ impl Pending {
             payload: copy(payload),
             headers: headers(m),
         };
-        self.batch.bytes += size
-            + unsealed
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + len(v.as_deref()))
-                .sum::<usize>();
+        self.batch.bytes += size + headers_size(&unsealed.headers);
         self.batch.end = unsealed.offset + 1;
         self.unsealed.push(unsealed);
     }
