@@ -10,6 +10,7 @@
 //! Metrics have bounded labels: the operation, and the table only when it matches
 //! `CDC_AUDIT_BULK_WATCH_TABLES`.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Arc, Mutex};
@@ -110,10 +111,10 @@ impl Suspicious {
 
     /// The outcomes of one committed batch (of `topic`).
     pub fn committed<'a>(&self, topic: &str, outcomes: impl Iterator<Item = &'a Outcome>) {
-        let mut per_batch: FxMap<(&str, NoticeKind), u64> = FxMap::default();
+        let mut per_batch: FxMap<(&[u8], NoticeKind), u64> = FxMap::default();
         // Room for a transaction a row (up to a thousand, a small allocation): growing it was a
         // tenth of what counting cost.
-        let mut per_transaction: FxMap<(&str, &str, NoticeKind), u64> =
+        let mut per_transaction: FxMap<(&[u8], &[u8], NoticeKind), u64> =
             FxMap::with_capacity_and_hasher(outcomes.size_hint().0.min(1024), Default::default());
         for outcome in outcomes {
             let Outcome::Row(row) = outcome else { continue };
@@ -123,12 +124,10 @@ impl Suspicious {
             match (n.kind, &n.transaction) {
                 (NoticeKind::Update | NoticeKind::Delete, _) if self.threshold == 0 => {}
                 (NoticeKind::Update | NoticeKind::Delete, Some(t)) => {
-                    *per_transaction
-                        .entry((t.as_str(), n.table.as_str(), n.kind))
-                        .or_default() += 1
+                    *per_transaction.entry((t, &n.table, n.kind)).or_default() += 1
                 }
                 (NoticeKind::Update | NoticeKind::Delete, None) => {
-                    *per_batch.entry((n.table.as_str(), n.kind)).or_default() += 1
+                    *per_batch.entry((&n.table, n.kind)).or_default() += 1
                 }
                 (NoticeKind::Truncate | NoticeKind::DropTable | NoticeKind::DropColumn, _) => {
                     self.notable(n)
@@ -137,7 +136,8 @@ impl Suspicious {
         }
         for ((table, kind), count) in per_batch {
             if count > self.threshold {
-                self.bulk(table, kind);
+                let table = text(table);
+                self.bulk(&table, kind);
                 log::warn!(
                     "bulk change: {count} rows of {table} {} in one batch of {topic} (more than \
                      CDC_AUDIT_BULK_THRESHOLD={}); the events carry no transaction metadata, so \
@@ -178,7 +178,8 @@ impl Suspicious {
             }
         }
         for (transaction, table, kind) in crossed {
-            self.bulk(table, kind);
+            let (transaction, table) = (text(transaction), text(table));
+            self.bulk(&table, kind);
             log::warn!(
                 "bulk change: transaction {transaction} {} more than {} rows of {table} \
                  (CDC_AUDIT_BULK_THRESHOLD)",
@@ -196,9 +197,10 @@ impl Suspicious {
     }
 
     fn notable(&self, n: &Notice) {
+        let table = text(&n.table);
         self.stats
             .notable_changes
-            .with_label_values(&[n.kind.as_str(), self.label(&n.table)])
+            .with_label_values(&[n.kind.as_str(), self.label(&table)])
             .inc();
         let what = match n.kind {
             NoticeKind::Truncate => "truncated",
@@ -206,10 +208,15 @@ impl Suspicious {
             _ => "lost a column:",
         };
         match &n.transaction {
-            Some(t) => log::warn!("notable change: {} {what} (transaction {t})", n.table),
-            None => log::warn!("notable change: {} {what}", n.table),
+            Some(t) => log::warn!("notable change: {table} {what} (transaction {})", text(t)),
+            None => log::warn!("notable change: {table} {what}"),
         }
     }
+}
+
+/// A notice's name: UTF-8 as the transform wrote it.
+fn text(name: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(name)
 }
 
 fn past(kind: NoticeKind) -> &'static str {
@@ -231,8 +238,8 @@ mod tests {
             source_time_us: None,
             notice: Some(Notice {
                 kind,
-                table: table.to_string(),
-                transaction: transaction.map(str::to_string),
+                table: table.as_bytes().to_vec().into(),
+                transaction: transaction.map(|t| t.as_bytes().to_vec().into()),
             }),
         })
     }

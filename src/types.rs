@@ -229,7 +229,7 @@ pub enum Outcome<B = Bytes> {
 
 impl<B> Outcome<B> {
     /// The same outcome, its row's bytes held by what `f` makes of them.
-    pub fn with_bytes<C>(self, f: impl FnOnce(B) -> C) -> Outcome<C> {
+    pub fn with_bytes<C>(self, f: impl FnMut(B) -> C) -> Outcome<C> {
         match self {
             Outcome::Row(row) => Outcome::Row(row.with_bytes(f)),
             Outcome::Transaction(row) => Outcome::Transaction(row.with_bytes(f)),
@@ -277,6 +277,15 @@ impl std::ops::Deref for Bytes {
 }
 
 /// Its own bytes only, not the buffer's.
+impl PartialEq for Bytes {
+    fn eq(&self, other: &Bytes) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Bytes {}
+
+/// Its own bytes only, not the buffer's.
 impl fmt::Debug for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&**self, f)
@@ -292,27 +301,33 @@ pub struct Row<B = Bytes> {
     pub source_time_us: Option<i64>,
     /// What the suspicious-change detector counts, for the rows it looks at (updates, deletes,
     /// truncates, drops).
-    pub notice: Option<Notice>,
+    pub notice: Option<Notice<B>>,
 }
 
 impl<B> Row<B> {
-    fn with_bytes<C>(self, f: impl FnOnce(B) -> C) -> Row<C> {
+    fn with_bytes<C>(self, mut f: impl FnMut(B) -> C) -> Row<C> {
         Row {
             bytes: f(self.bytes),
             content: self.content,
             source_time_us: self.source_time_us,
-            notice: self.notice,
+            notice: self.notice.map(|n| Notice {
+                kind: n.kind,
+                table: f(n.table),
+                transaction: n.transaction.map(&mut f),
+            }),
         }
     }
 }
 
-/// A change the detector of suspicious changes counts once its row is committed.
+/// A change the detector of suspicious changes counts once its row is committed. Its names are
+/// UTF-8, in the buffer its row shares (beside the row, not in it): no block of their own to
+/// free on the writer's thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notice {
+pub struct Notice<B = Bytes> {
     pub kind: NoticeKind,
     /// `db.schema.table`, empty parts left out.
-    pub table: String,
-    pub transaction: Option<String>,
+    pub table: B,
+    pub transaction: Option<B>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -119,6 +119,11 @@ impl Rules {
             && !self.exclude.iter().any(|g| g.matches(table))
     }
 
+    /// Whether any rule looks at a table's name.
+    pub fn by_table(&self) -> bool {
+        !(self.include.is_empty() && self.exclude.is_empty() && self.columns.is_empty())
+    }
+
     pub fn for_table(&self, table: &str) -> TableRules<'_> {
         TableRules {
             rules: self

@@ -86,9 +86,9 @@ pub struct AuditRecord<'a> {
     /// and who it names.
     pub context: Option<String>,
     pub actor: Option<String>,
-    /// `db.schema.table`, empty parts left out: what the table rules matched, and what the
-    /// detector of suspicious changes counts by.
-    pub qualified_table: String,
+    /// The source named no table, and `source_table` is the topic's name: the table rules and
+    /// the detector of suspicious changes, which go by the source's names, leave it out.
+    pub table_is_topic: bool,
     /// The members of the images and of the source as the event's reading split them, where
     /// those are stored as sent: encoding writes them without reading them again.
     pub old_members: Option<Members<'a>>,
@@ -125,7 +125,8 @@ pub fn transform(msg: &Message, rules: &Rules) -> Outcome {
 pub fn transform_with(msg: &Message, rules: &Rules, schemas: &Schemas) -> Outcome {
     let mut buf = Vec::new();
     let outcome = draft(msg, rules, schemas, &mut buf);
-    outcome.with_bytes(|_| Bytes::from(buf))
+    let buf = Arc::new(buf);
+    outcome.with_bytes(|range| Bytes::shared(&buf, range))
 }
 
 /// How many messages the stage transforms together ([`transform_together`]): a rayon task's
@@ -167,7 +168,7 @@ fn draft(
                 let start = buf.len();
                 record.encode(msg, buf);
                 let mut row = chained(Kind::Row, buf, start, record.change_timestamp);
-                row.notice = notice(*record);
+                row.notice = notice(&record, buf);
                 Outcome::Row(row)
             }
             Ok(Interpreted::Transaction(t)) => {
@@ -317,8 +318,9 @@ fn chained(kind: Kind, buf: &[u8], start: usize, source_time_us: Option<i64>) ->
 }
 
 /// What the detector of suspicious changes counts of a change: updates, deletes and truncates,
-/// and schema changes that drop a table or a column.
-fn notice(record: AuditRecord<'_>) -> Option<Notice> {
+/// and schema changes that drop a table or a column. Its names go at the end of `buf`, after
+/// the row: the notice holds where.
+fn notice(record: &AuditRecord<'_>, buf: &mut Vec<u8>) -> Option<Notice<Range<usize>>> {
     let kind = match record.operation {
         "UPDATE" => NoticeKind::Update,
         "DELETE" => NoticeKind::Delete,
@@ -326,10 +328,31 @@ fn notice(record: AuditRecord<'_>) -> Option<Notice> {
         "DDL" => dropped(record.change_detail.as_deref()?)?,
         _ => return None,
     };
+    let table = (!record.table_is_topic)
+        .then_some(record.source_table.as_deref())
+        .flatten();
+    let start = buf.len();
+    for (i, part) in name_parts([
+        record.source_database.as_deref(),
+        record.source_schema.as_deref(),
+        table,
+    ])
+    .enumerate()
+    {
+        if i > 0 {
+            buf.push(b'.');
+        }
+        buf.extend_from_slice(part.as_bytes());
+    }
+    let table = start..buf.len();
+    let transaction = record.transaction_id.as_deref().map(|t| {
+        buf.extend_from_slice(t.as_bytes());
+        table.end..buf.len()
+    });
     Some(Notice {
         kind,
-        table: record.qualified_table,
-        transaction: record.transaction_id.map(Cow::into_owned),
+        table,
+        transaction,
     })
 }
 
@@ -528,15 +551,13 @@ fn operation(op: &str) -> Option<&'static str> {
 
 /// Where a change happened: `db.schema.table`, empty parts left out (MySQL and MongoDB have
 /// no schema).
-fn qualified(parts: &[Option<&str>]) -> String {
-    let mut name = String::with_capacity(parts.iter().flatten().map(|p| p.len() + 1).sum());
-    for part in parts.iter().flatten().filter(|p| !p.is_empty()) {
-        if !name.is_empty() {
-            name.push('.');
-        }
-        name.push_str(part);
-    }
-    name
+fn qualified(parts: [Option<&str>; 3]) -> String {
+    name_parts(parts).collect::<Vec<_>>().join(".")
+}
+
+/// The parts of a qualified name: the empty and absent ones left out.
+fn name_parts(parts: [Option<&str>; 3]) -> impl Iterator<Item = &str> {
+    parts.into_iter().flatten().filter(|p| !p.is_empty())
 }
 
 /// The source block, or an empty one; an error if it is there but not an object.
@@ -884,7 +905,11 @@ fn change<'a>(
     let named = |key: &str| source.text(key).filter(|v| !v.is_empty());
     let (db, schema_name) = (named("db"), named("schema"));
     let table = named("table").or_else(|| named("collection"));
-    let name = qualified(&[db.as_deref(), schema_name.as_deref(), table.as_deref()]);
+    // Made only for rules that look at it: most deployments have none.
+    let name = match rules.by_table() {
+        true => qualified([db.as_deref(), schema_name.as_deref(), table.as_deref()]),
+        false => String::new(),
+    };
     if !name.is_empty() && !rules.audits(&name) {
         return Ok(Interpreted::Skip(Skip::Filtered));
     }
@@ -976,6 +1001,7 @@ fn change<'a>(
     Ok(Interpreted::Change(Box::new(AuditRecord {
         source_database: db,
         source_schema: schema_name,
+        table_is_topic: table.is_none(),
         source_table: table.or_else(|| Some(Cow::Borrowed(&msg.topic))),
         operation,
         change_timestamp: micros(&source),
@@ -998,7 +1024,6 @@ fn change<'a>(
         change_detail,
         context,
         actor,
-        qualified_table: name,
         old_members,
         new_members,
         source_members: source_raw.map(|_| source),
@@ -1082,7 +1107,7 @@ fn schema_change<'a>(event: &mut Members<'a>, rules: &Rules) -> Result<Interpret
         let last = id.rsplit('.').next()?.trim_matches('"').to_string();
         Some(Cow::Owned(last))
     });
-    let name = qualified(&[db.as_deref(), schema_name.as_deref(), table.as_deref()]);
+    let name = qualified([db.as_deref(), schema_name.as_deref(), table.as_deref()]);
     if table.is_some() && !rules.audits(&name) {
         return Ok(Interpreted::Skip(Skip::Filtered));
     }
@@ -1104,7 +1129,6 @@ fn schema_change<'a>(event: &mut Members<'a>, rules: &Rules) -> Result<Interpret
         is_snapshot: snapshot_flag(&source),
         source_metadata: source_raw,
         change_detail: Some(detail.finish()),
-        qualified_table: name,
         ..AuditRecord::default()
     })))
 }
@@ -1557,6 +1581,82 @@ mod tests {
             transform(&msg(None, Some(nested.as_bytes())), &Rules::default()),
             Outcome::Row(_)
         ));
+    }
+
+    #[test]
+    fn a_notice_names_the_source_table_and_transaction_beside_its_row() {
+        let event = |op: &str, source: &str, tx: &str| {
+            format!(r#"{{"op":"{op}","before":{{"id":1}},"after":null,"source":{source}{tx}}}"#)
+        };
+        let with_tx = r#","transaction":{"id":"571:53195832","total_order":1}"#;
+        let cases = [
+            // Each of db, schema and table, as the source names them.
+            (
+                event(
+                    "d",
+                    r#"{"db":"inv","schema":"public","table":"orders"}"#,
+                    with_tx,
+                ),
+                Some((
+                    NoticeKind::Delete,
+                    "inv.public.orders",
+                    Some("571:53195832"),
+                )),
+            ),
+            // MySQL: no schema; no transaction metadata.
+            (
+                event("d", r#"{"db":"inv","table":"orders"}"#, ""),
+                Some((NoticeKind::Delete, "inv.orders", None)),
+            ),
+            // No table in the source: the row stores the topic, the notice does not name it.
+            (
+                event("d", r#"{"db":"inv","schema":""}"#, ""),
+                Some((NoticeKind::Delete, "inv", None)),
+            ),
+            (
+                event(
+                    "t",
+                    r#"{"db":"inv","schema":"public","table":"orders"}"#,
+                    "",
+                ),
+                Some((NoticeKind::Truncate, "inv.public.orders", None)),
+            ),
+            (
+                event("r", r#"{"db":"inv","table":"orders"}"#, with_tx),
+                None,
+            ),
+        ];
+        let msgs: Vec<Message> = cases
+            .iter()
+            .map(|(value, _)| {
+                let op = if value.contains(r#""op":"r""#) {
+                    r#"{"id":1}"#
+                } else {
+                    "{}"
+                };
+                let value = value.replace(r#""after":null"#, &format!(r#""after":{op}"#));
+                msg(Some(r#"{"id":1}"#), Some(value.as_bytes()))
+            })
+            .collect();
+        let outcomes = transform_together(&msgs, &Rules::default(), &Schemas::default());
+        for ((value, expected), outcome) in cases.iter().zip(&outcomes) {
+            let Outcome::Row(row) = outcome else {
+                panic!("{value}: expected a row, got {outcome:?}");
+            };
+            let notice = row.notice.as_ref().map(|n| {
+                let text = |b: &Bytes| String::from_utf8(b.to_vec()).unwrap_or_default();
+                (n.kind, text(&n.table), n.transaction.as_ref().map(text))
+            });
+            let expected = expected.map(|(k, t, x)| (k, t.to_string(), x.map(str::to_string)));
+            assert_eq!(notice, expected, "{value}");
+            // Beside the row, not in it: the row ends where its tuple does.
+            let mut end = 2;
+            for _ in 0..AUDIT_FIELDS {
+                let len = i32::from_be_bytes(row.bytes[end..end + 4].try_into().unwrap());
+                end += 4 + usize::try_from(len).unwrap_or(0);
+            }
+            assert_eq!(end, row.bytes.len(), "{value}");
+        }
     }
 
     #[test]

@@ -173,7 +173,12 @@ fn messages_transformed_together_become_what_each_becomes_alone() {
                 assert_eq!(a.source_time_us, b.source_time_us);
                 assert_eq!(a.notice, b.notice);
                 adjacent += usize::from(last_end == Some(a.bytes.as_ptr()));
-                last_end = Some(a.bytes.as_ptr_range().end);
+                // A notice's names follow its row: the next row starts after them.
+                let names = a
+                    .notice
+                    .as_ref()
+                    .map(|n| n.transaction.as_ref().unwrap_or(&n.table));
+                last_end = Some(names.unwrap_or(&a.bytes).as_ptr_range().end);
                 rows += 1;
             }
             (Outcome::Skipped(a), Outcome::Skipped(b)) => assert_eq!(a, b),
@@ -185,7 +190,11 @@ fn messages_transformed_together_become_what_each_becomes_alone() {
     }
     assert_eq!(kinds.len(), 4, "rows, transactions, skips and rejections");
     assert!(rows > 200, "{rows} rows");
-    assert_eq!(adjacent, rows - 1, "rows one after the other in one buffer");
+    assert_eq!(
+        adjacent,
+        rows - 1,
+        "rows (and their notices' names) one after the other in one buffer"
+    );
 }
 
 fn write(path: &Path, text: &str) {
