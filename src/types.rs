@@ -228,7 +228,8 @@ pub enum Outcome<B = Bytes> {
 }
 
 impl<B> Outcome<B> {
-    /// The same outcome, its row's bytes held by what `f` makes of them.
+    /// The same outcome, its row's bytes (and its notice's names) held by what `f` makes of
+    /// them.
     pub fn with_bytes<C>(self, f: impl FnMut(B) -> C) -> Outcome<C> {
         match self {
             Outcome::Row(row) => Outcome::Row(row.with_bytes(f)),

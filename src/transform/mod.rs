@@ -1585,15 +1585,15 @@ mod tests {
 
     #[test]
     fn a_notice_names_the_source_table_and_transaction_beside_its_row() {
-        let event = |op: &str, source: &str, tx: &str| {
-            format!(r#"{{"op":"{op}","before":{{"id":1}},"after":null,"source":{source}{tx}}}"#)
+        let event = |op: &str, after: &str, source: &str, tx: &str| {
+            format!(r#"{{"op":"{op}","before":{{"id":1}},"after":{after},"source":{source}{tx}}}"#)
         };
+        let deleted = |source: &str, tx: &str| event("d", "null", source, tx);
         let with_tx = r#","transaction":{"id":"571:53195832","total_order":1}"#;
         let cases = [
             // Each of db, schema and table, as the source names them.
             (
-                event(
-                    "d",
+                deleted(
                     r#"{"db":"inv","schema":"public","table":"orders"}"#,
                     with_tx,
                 ),
@@ -1605,38 +1605,37 @@ mod tests {
             ),
             // MySQL: no schema; no transaction metadata.
             (
-                event("d", r#"{"db":"inv","table":"orders"}"#, ""),
+                deleted(r#"{"db":"inv","table":"orders"}"#, ""),
                 Some((NoticeKind::Delete, "inv.orders", None)),
             ),
             // No table in the source: the row stores the topic, the notice does not name it.
             (
-                event("d", r#"{"db":"inv","schema":""}"#, ""),
+                deleted(r#"{"db":"inv","schema":""}"#, ""),
                 Some((NoticeKind::Delete, "inv", None)),
             ),
             (
                 event(
                     "t",
+                    "null",
                     r#"{"db":"inv","schema":"public","table":"orders"}"#,
                     "",
                 ),
                 Some((NoticeKind::Truncate, "inv.public.orders", None)),
             ),
+            // A snapshot read is not a notice.
             (
-                event("r", r#"{"db":"inv","table":"orders"}"#, with_tx),
+                event(
+                    "r",
+                    r#"{"id":1}"#,
+                    r#"{"db":"inv","table":"orders"}"#,
+                    with_tx,
+                ),
                 None,
             ),
         ];
         let msgs: Vec<Message> = cases
             .iter()
-            .map(|(value, _)| {
-                let op = if value.contains(r#""op":"r""#) {
-                    r#"{"id":1}"#
-                } else {
-                    "{}"
-                };
-                let value = value.replace(r#""after":null"#, &format!(r#""after":{op}"#));
-                msg(Some(r#"{"id":1}"#), Some(value.as_bytes()))
-            })
+            .map(|(value, _)| msg(Some(r#"{"id":1}"#), Some(value.as_bytes())))
             .collect();
         let outcomes = transform_together(&msgs, &Rules::default(), &Schemas::default());
         for ((value, expected), outcome) in cases.iter().zip(&outcomes) {
