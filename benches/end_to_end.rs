@@ -576,6 +576,10 @@ struct Drain {
     behind: Option<f64>,
     /// Writers across the instances.
     writers: usize,
+    /// Seconds the writers waited from the first commit to the last, by what for: a batch,
+    /// their partition's previous batch, the lock on its position (`None` before the service
+    /// counted them); and the batches written behind the previous one and rolled back.
+    waits: Option<([f64; 3], f64)>,
 }
 
 impl Drain {
@@ -594,7 +598,16 @@ impl Drain {
             )),
             self.write_ms,
             self.batches * self.write_ms / 1000.0 / (self.writers as f64 * self.steady) * 100.0,
-        )
+        ) + &self.waits.map_or(String::new(), |(waits, undone)| {
+            let share = |w: f64| w / (self.writers as f64 * self.steady) * 100.0;
+            format!(
+                "; writers waiting {:.0}% for a batch, {:.0}% for their partition's previous \
+                 one, {:.0}% on its position's lock; {undone:.0} written behind and rolled back",
+                share(waits[0]),
+                share(waits[1]),
+                share(waits[2]),
+            )
+        })
     }
 }
 
@@ -610,10 +623,23 @@ fn drain(
     let started = Instant::now();
     let ticks = machine_ticks();
     let mut first = None;
+    let waits = || -> Option<([f64; 3], f64)> {
+        let mut sum = ([0.0; 3], 0.0);
+        for p in instances {
+            for (i, on) in ["batch", "previous", "position"].into_iter().enumerate() {
+                let name = format!("cdc_audit_writer_wait_seconds_total{{on=\"{on}\"}}");
+                sum.0[i] += p.counter(&name)?;
+            }
+            sum.1 += p.counter("cdc_audit_batches_behind_undone_total")?;
+        }
+        Some(sum)
+    };
+    let mut waits_before = None;
     loop {
         let done = committed(client, group);
         if done > 0 && first.is_none() {
             first = Some(Instant::now());
+            waits_before = waits();
         }
         if done >= target {
             break;
@@ -626,6 +652,10 @@ fn drain(
     }
     let ended = Instant::now();
     let after = machine_ticks();
+    let waits = waits_before.zip(waits()).map(|(b, a)| {
+        let waited = [0, 1, 2].map(|i| a.0[i] - b.0[i]);
+        (waited, a.1 - b.1)
+    });
     let first = first.unwrap_or(started);
     let sum = |name: &str| {
         instances
@@ -641,6 +671,7 @@ fn drain(
         .sum();
     Drain {
         behind,
+        waits,
         writers: writers_each * instances.len(),
         batches,
         batch_messages: messages / batches.max(1.0),

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::core::Collector;
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    CounterVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 use crate::types::{Batch, Gap, GapCause, RejectKind, Skip, Tp};
@@ -97,6 +98,13 @@ pub struct Stats {
     pub duplicates_skipped: IntCounter,
     pub batches_dropped: IntCounter,
     pub batches_behind: IntCounter,
+    /// Batches written behind their partition's previous one and rolled back: that one did not
+    /// leave the chain where it said. Each was then written again on its own.
+    pub batches_behind_undone: IntCounter,
+    /// Where the writers wait, in seconds (`on`): for a batch from the queue, for their
+    /// partition's previous batch (to be linked, or done), and for PostgreSQL's lock on the
+    /// partition's position while the previous batch commits.
+    pub writer_wait: CounterVec,
     pub rewinds: IntCounter,
     pub offsets_missing: IntCounter,
     pub offsets_not_delivered: IntCounter,
@@ -229,6 +237,30 @@ impl Stats {
                 "Batches written while their partition's previous batch committed, and committed \
                  right behind it",
             ),
+            batches_behind_undone: counter(
+                "cdc_audit_batches_behind_undone_total",
+                "Batches written behind their partition's previous batch and rolled back, as that \
+                 one did not leave the chain where it said; written again on their own",
+            ),
+            writer_wait: {
+                let c = register(
+                    &r,
+                    CounterVec::new(
+                        Opts::new(
+                            "cdc_audit_writer_wait_seconds_total",
+                            "Time the writers spent waiting, by what for: a batch to write \
+                             (batch), their partition's previous batch to be linked or done \
+                             (previous), PostgreSQL's lock on the partition's position while \
+                             the previous batch commits (position)",
+                        ),
+                        &["on"],
+                    ),
+                );
+                for on in ["batch", "previous", "position"] {
+                    c.with_label_values(&[on]);
+                }
+                c
+            },
             rewinds: counter(
                 "cdc_audit_rewinds_total",
                 "Seeks back to the stored position after a batch that did not connect to it",

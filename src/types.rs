@@ -186,13 +186,26 @@ impl Handoff {
 
     /// Waits until the writer has linked the batch (if `linked_will_do`) or is done with it, or
     /// until `stop()` says to stop (asked every 50 ms); returns the relay then.
-    pub fn wait(&self, linked_will_do: bool, mut stop: impl FnMut() -> bool) -> Relay {
+    pub fn wait(&self, linked_will_do: bool, stop: impl FnMut() -> bool) -> Relay {
+        self.wait_until(
+            |relay| matches!(relay, Relay::Linked { .. }) && linked_will_do,
+            stop,
+        )
+    }
+
+    /// Waits while the relay is `linked`: until the writer is done with the batch, or gives
+    /// that link up (an attempt that did not commit), or `stop()` says to stop (asked every
+    /// 50 ms); returns the relay then.
+    pub fn wait_past(&self, linked: Relay, stop: impl FnMut() -> bool) -> Relay {
+        self.wait_until(|relay| relay != linked, stop)
+    }
+
+    fn wait_until(&self, done: impl Fn(Relay) -> bool, mut stop: impl FnMut() -> bool) -> Relay {
         let mut state = self.lock();
         loop {
             match *state {
                 Relay::Finished => return Relay::Finished,
-                Relay::Linked { .. } if linked_will_do => return *state,
-                _ if stop() => return *state,
+                relay if done(relay) || stop() => return relay,
                 _ => {}
             }
             state = self
@@ -482,4 +495,48 @@ pub enum Exit {
     Drained,
     /// The deadline passed with batches still being written; they will be read again.
     DeadlineExceeded { in_flight: usize },
+}
+
+#[cfg(test)]
+mod tests {
+    use std::thread;
+
+    use super::*;
+
+    /// The writer of a batch behind another waits past the link it was given: until that one's
+    /// writer is done, or gives the link up; not while it stays.
+    #[test]
+    fn waiting_past_a_link_ends_when_it_is_given_up_or_the_batch_is_done() {
+        let linked = Relay::Linked {
+            seq: 7,
+            link: [1; 32],
+        };
+        for then in [Relay::Pending, linked_again(), Relay::Finished] {
+            let handoff = Arc::new(Handoff::default());
+            handoff.set(linked);
+            let writer = {
+                let handoff = handoff.clone();
+                thread::spawn(move || {
+                    thread::sleep(Duration::from_millis(120));
+                    handoff.set(then);
+                })
+            };
+            let started = Instant::now();
+            assert_eq!(handoff.wait_past(linked, || false), then);
+            assert!(started.elapsed() >= Duration::from_millis(120), "{then:?}");
+            writer.join().unwrap();
+        }
+        // Asked to stop, it returns what the relay is then.
+        let handoff = Handoff::default();
+        handoff.set(linked);
+        assert_eq!(handoff.wait_past(linked, || true), linked);
+    }
+
+    /// The same batch linked again, after another attempt: another link.
+    fn linked_again() -> Relay {
+        Relay::Linked {
+            seq: 7,
+            link: [2; 32],
+        }
+    }
 }

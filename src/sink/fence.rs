@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use postgres::types::{ToSql, Type};
 use postgres::Transaction;
@@ -244,18 +245,26 @@ pub fn write_batch(
 
 /// Writes one batch whose partition's previous batch is still being written, while it commits:
 /// its rows linked after `expected`, the head that one says it leaves, and COPYed, before the
-/// partition's position is locked (which waits for that one's commit). It commits only if the
-/// stored position is then the batch's start and the head is `expected`; `None` when they are
-/// not (the previous batch was not written, or not as it said), and nothing was written.
+/// partition's position is locked. `previous_done` waits, between the two, until the writer of
+/// the previous batch is done with it (a previous batch itself written behind another locks the
+/// position only after its COPY, and this one's lock must not come first), and says whether it
+/// kept the link `expected` came from: if not, this batch is rolled back without locking. It
+/// commits only if the stored position is then the batch's start and the head is `expected`;
+/// `None` when they are not (the previous batch was not written, or not as it said), and
+/// nothing was written.
 pub fn write_after(
     client: &mut postgres::Client,
     group: &str,
     t: &Transformed,
     expected: (i64, Hash),
-) -> Result<Option<Written>, SinkError> {
+    previous_done: impl FnOnce() -> bool,
+) -> Result<Behind, SinkError> {
     let batch = &t.batch;
     let Some(start) = batch.start else {
-        return Ok(None);
+        return Ok(Behind {
+            written: None,
+            locking: Duration::ZERO,
+        });
     };
     let tp = (&*batch.tp.topic, batch.tp.partition);
     let mut tx = client.transaction()?;
@@ -270,14 +279,56 @@ pub fn write_after(
     hand_off(t, &linked.head);
     copy_linked(&mut tx, &linked)?;
     copy_rest(&mut tx, &linked)?;
-    let (stored, found) = lock_position(&mut tx, group, tp, start)?;
-    if stored != start || (found.seq, found.link) != expected {
+    if !previous_done() {
+        log::debug!(
+            "batch {} {}[{}] written behind the previous one, rolled back: that one gave up the \
+             link at chain entry {}",
+            batch.id,
+            tp.0,
+            tp.1,
+            expected.0
+        );
         // Dropping the transaction rolls it back.
-        return Ok(None);
+        return Ok(Behind {
+            written: None,
+            locking: Duration::ZERO,
+        });
+    }
+    let locked = Instant::now();
+    let (stored, found) = lock_position(&mut tx, group, tp, start)?;
+    let locking = locked.elapsed();
+    if stored != start || (found.seq, found.link) != expected {
+        log::debug!(
+            "batch {} {}[{}] written behind the previous one, rolled back: the position is {stored} \
+             at chain entry {}, not {start} at {}{}",
+            batch.id,
+            tp.0,
+            tp.1,
+            found.seq,
+            expected.0,
+            if found.seq == expected.0 { " (another link)" } else { "" }
+        );
+        // Dropping the transaction rolls it back.
+        return Ok(Behind {
+            written: None,
+            locking,
+        });
     }
     store_position(&mut tx, group, tp, batch.end, &linked.head)?;
     tx.commit()?;
-    Ok(Some(committed(batch.end, missing, linked, skipped)))
+    Ok(Behind {
+        written: Some(committed(batch.end, missing, linked, skipped)),
+        locking,
+    })
+}
+
+/// What became of a batch written behind its partition's previous one ([`write_after`]).
+pub struct Behind {
+    /// How the batch was written; `None` if it was not, and nothing was.
+    pub written: Option<Written>,
+    /// How long locking the partition's position took: the wait for the previous batch's
+    /// commit.
+    pub locking: Duration,
 }
 
 /// Tells the writer of the partition's next batch where this one leaves the chain.

@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::connect::Pool;
 use super::error::{Backoff, ErrorClass, SinkError};
-use super::fence::{write_after, write_batch, Written};
+use super::fence::{write_after, write_batch, Behind, Written};
 use crate::events::{now_ms, Stats};
 use crate::suspicious::Suspicious;
 use crate::tracker::Tracker;
@@ -62,13 +62,17 @@ impl Writer {
 
     pub fn run(self) {
         let depth = self.stats.channel_depth.with_label_values(&["writers"]);
+        let waiting = self.stats.writer_wait.with_label_values(&["batch"]);
+        let mut idle = Instant::now();
         for batch in &self.queue.batches {
+            waiting.inc_by(idle.elapsed().as_secs_f64());
             depth.set(self.queue.batches.len() as i64);
             let how = self.write(&batch);
             batch.handoff.set(Relay::Finished);
             self.tracker.finish(&batch.batch.tp, batch.batch.epoch, how);
             // Only fails once the transform stage is gone, and then nothing waits for it.
             let _ = self.queue.done.send(batch.batch.tp.clone());
+            idle = Instant::now();
         }
         log::debug!("writer {} finished", self.id);
     }
@@ -76,7 +80,8 @@ impl Writer {
     /// Writes one batch, retrying for as long as it takes, unless its epoch ends first. While
     /// the partition's previous batch is with another writer, this one is written behind it
     /// once that one is linked ([`write_after`]); if that does not hold, it waits for the
-    /// previous one to finish and is written on its own.
+    /// previous one to finish and is written on its own. An attempt that does not commit voids
+    /// the link it told the next batch's writer.
     fn write(&self, t: &Transformed) -> Finish {
         let b = &t.batch;
         let mut backoff = Backoff::new();
@@ -105,6 +110,10 @@ impl Writer {
                 .health
                 .writes_failing
                 .store(result.is_err(), Ordering::Release);
+            if result.is_err() {
+                // The link this attempt told the next batch's writer is void.
+                t.handoff.set(Relay::Pending);
+            }
             match result {
                 Ok(written) => return self.finished(t, written, started),
                 Err((ErrorClass::Data, e)) if !isolate => {
@@ -148,14 +157,43 @@ impl Writer {
         stop: impl Fn() -> bool + Copy,
     ) -> Option<Finish> {
         let started = Instant::now();
-        if let Relay::Linked { seq, link } = previous.wait(true, stop) {
+        let waiting = self.stats.writer_wait.with_label_values(&["previous"]);
+        let relay = previous.wait(true, stop);
+        waiting.inc_by(started.elapsed().as_secs_f64());
+        if let Relay::Linked { seq, link } = relay {
             let b = &t.batch;
-            match self.on_connection(|conn| write_after(conn, &self.group, t, (seq, link))) {
-                Ok(Some(written)) => {
-                    self.stats.batches_behind.inc();
-                    return Some(self.finished(t, written, started));
+            let previous_done = || {
+                let copied = Instant::now();
+                let relay = previous.wait_past(relay, stop);
+                waiting.inc_by(copied.elapsed().as_secs_f64());
+                relay == Relay::Finished
+            };
+            let written = self.on_connection(|conn| {
+                write_after(conn, &self.group, t, (seq, link), previous_done)
+            });
+            if !matches!(
+                written,
+                Ok(Behind {
+                    written: Some(_),
+                    ..
+                })
+            ) {
+                // The link this attempt told the next batch's writer is void: it waits for the
+                // next one.
+                t.handoff.set(Relay::Pending);
+            }
+            match written {
+                Ok(behind) => {
+                    self.stats
+                        .writer_wait
+                        .with_label_values(&["position"])
+                        .inc_by(behind.locking.as_secs_f64());
+                    if let Some(written) = behind.written {
+                        self.stats.batches_behind.inc();
+                        return Some(self.finished(t, written, started));
+                    }
+                    self.stats.batches_behind_undone.inc();
                 }
-                Ok(None) => {}
                 Err((_, e)) => log::debug!(
                     "batch {} {}[{}] not written behind the previous one: {e}",
                     b.id,
@@ -164,7 +202,9 @@ impl Writer {
                 ),
             }
         }
+        let finishing = Instant::now();
         previous.wait(false, stop);
+        waiting.inc_by(finishing.elapsed().as_secs_f64());
         None
     }
 

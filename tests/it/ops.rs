@@ -101,6 +101,8 @@ fn http_endpoints_report_health_metrics_and_status_and_readiness_follows_the_dat
         "cdc_audit_pool_connections",
         "cdc_audit_end_to_end_latency_seconds_bucket",
         "cdc_audit_batch_held_seconds_bucket",
+        "cdc_audit_writer_wait_seconds_total{on=\"position\"}",
+        "cdc_audit_batches_behind_undone_total",
     ] {
         assert!(metrics.contains(name), "{name} missing");
     }
