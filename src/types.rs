@@ -154,8 +154,18 @@ impl Transformed {
 /// commits only if this one left the chain where it said.
 #[derive(Debug, Default)]
 pub struct Handoff {
-    state: Mutex<Relay>,
+    state: Mutex<Slot>,
     changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    relay: Relay,
+    /// Once finished: the link the writer kept to the end, the chain's head its commit left
+    /// (`Pending` if it did not commit one). A writer whose attempt does not commit sets the
+    /// relay back to `Pending` before it tries again or gives up, so the relay it finishes
+    /// from is linked only if it committed that link.
+    kept: Relay,
 }
 
 /// Where a batch's writer is.
@@ -171,16 +181,19 @@ pub enum Relay {
 }
 
 impl Handoff {
-    fn lock(&self) -> MutexGuard<'_, Relay> {
+    fn lock(&self) -> MutexGuard<'_, Slot> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn set(&self, relay: Relay) {
-        let mut state = self.lock();
-        if *state != Relay::Finished {
-            *state = relay;
+        let mut slot = self.lock();
+        if slot.relay != Relay::Finished {
+            if relay == Relay::Finished {
+                slot.kept = slot.relay;
+            }
+            slot.relay = relay;
         }
-        drop(state);
+        drop(slot);
         self.changed.notify_all();
     }
 
@@ -191,26 +204,33 @@ impl Handoff {
             |relay| matches!(relay, Relay::Linked { .. }) && linked_will_do,
             stop,
         )
+        .relay
     }
 
-    /// Waits while the relay is `linked`: until the writer is done with the batch, or gives
-    /// that link up (an attempt that did not commit), or `stop()` says to stop (asked every
-    /// 50 ms); returns the relay then.
-    pub fn wait_past(&self, linked: Relay, stop: impl FnMut() -> bool) -> Relay {
-        self.wait_until(|relay| relay != linked, stop)
+    /// Waits while the relay is `linked`, then says whether the writer finished the batch with
+    /// that link kept, its commit's chain head: `false` if it gave the link up (an attempt that
+    /// did not commit, whatever came after), or if `stop()` (asked every 50 ms) said to stop
+    /// first.
+    pub fn kept(&self, linked: Relay, stop: impl FnMut() -> bool) -> bool {
+        let slot = self.wait_until(|relay| relay != linked, stop);
+        slot.relay == Relay::Finished && slot.kept == linked
     }
 
-    fn wait_until(&self, done: impl Fn(Relay) -> bool, mut stop: impl FnMut() -> bool) -> Relay {
-        let mut state = self.lock();
+    fn wait_until(
+        &self,
+        done: impl Fn(Relay) -> bool,
+        mut stop: impl FnMut() -> bool,
+    ) -> MutexGuard<'_, Slot> {
+        let mut slot = self.lock();
         loop {
-            match *state {
-                Relay::Finished => return Relay::Finished,
-                relay if done(relay) || stop() => return relay,
+            match slot.relay {
+                Relay::Finished => return slot,
+                relay if done(relay) || stop() => return slot,
                 _ => {}
             }
-            state = self
+            slot = self
                 .changed
-                .wait_timeout(state, Duration::from_millis(50))
+                .wait_timeout(slot, Duration::from_millis(50))
                 .map(|(s, _)| s)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
@@ -503,40 +523,46 @@ mod tests {
 
     use super::*;
 
-    /// The writer of a batch behind another waits past the link it was given: until that one's
-    /// writer is done, or gives the link up; not while it stays.
+    /// The writer of a batch behind another waits while the link it was given stands: until
+    /// that one's writer is done, or gives the link up; and learns whether it was kept to the
+    /// end, even where it was given up and linked again before the wait began.
     #[test]
-    fn waiting_past_a_link_ends_when_it_is_given_up_or_the_batch_is_done() {
+    fn a_link_is_kept_only_if_the_batch_finishes_with_it() {
         let linked = Relay::Linked {
             seq: 7,
             link: [1; 32],
         };
-        for then in [Relay::Pending, linked_again(), Relay::Finished] {
+        let again = Relay::Linked {
+            seq: 7,
+            link: [2; 32],
+        };
+        // What the writer sets after `linked`, 120 ms into the wait, and whether it was kept.
+        let cases: [(&[Relay], bool); 4] = [
+            (&[Relay::Finished], true),
+            (&[Relay::Pending], false),
+            (&[again], false),
+            (&[Relay::Pending, again, Relay::Finished], false),
+        ];
+        for (then, kept) in cases {
             let handoff = Arc::new(Handoff::default());
             handoff.set(linked);
             let writer = {
-                let handoff = handoff.clone();
+                let (handoff, then) = (handoff.clone(), then.to_vec());
                 thread::spawn(move || {
                     thread::sleep(Duration::from_millis(120));
-                    handoff.set(then);
+                    then.into_iter().for_each(|r| handoff.set(r));
                 })
             };
             let started = Instant::now();
-            assert_eq!(handoff.wait_past(linked, || false), then);
+            assert_eq!(handoff.kept(linked, || false), kept, "{then:?}");
             assert!(started.elapsed() >= Duration::from_millis(120), "{then:?}");
             writer.join().unwrap();
+            // Asked after the writer is done: the same answer.
+            assert_eq!(handoff.kept(linked, || false), kept, "{then:?}");
         }
-        // Asked to stop, it returns what the relay is then.
+        // Asked to stop while the link stands: not known to be kept.
         let handoff = Handoff::default();
         handoff.set(linked);
-        assert_eq!(handoff.wait_past(linked, || true), linked);
-    }
-
-    /// The same batch linked again, after another attempt: another link.
-    fn linked_again() -> Relay {
-        Relay::Linked {
-            seq: 7,
-            link: [2; 32],
-        }
+        assert!(!handoff.kept(linked, || true));
     }
 }

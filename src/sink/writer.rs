@@ -164,9 +164,9 @@ impl Writer {
             let b = &t.batch;
             let previous_done = || {
                 let copied = Instant::now();
-                let relay = previous.wait_past(relay, stop);
+                let kept = previous.kept(relay, stop);
                 waiting.inc_by(copied.elapsed().as_secs_f64());
-                relay == Relay::Finished
+                kept
             };
             let written = self.on_connection(|conn| {
                 write_after(conn, &self.group, t, (seq, link), previous_done)
