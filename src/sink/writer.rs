@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::connect::Pool;
 use super::error::{Backoff, ErrorClass, SinkError};
-use super::fence::{write_after, write_batch, Behind, Written};
+use super::fence::{write_after, write_batch, Written};
 use crate::events::{now_ms, Stats};
 use crate::suspicious::Suspicious;
 use crate::tracker::Tracker;
@@ -171,17 +171,6 @@ impl Writer {
             let written = self.on_connection(|conn| {
                 write_after(conn, &self.group, t, (seq, link), previous_done)
             });
-            if !matches!(
-                written,
-                Ok(Behind {
-                    written: Some(_),
-                    ..
-                })
-            ) {
-                // The link this attempt told the next batch's writer is void: it waits for the
-                // next one.
-                t.handoff.set(Relay::Pending);
-            }
             match written {
                 Ok(behind) => {
                     self.stats
@@ -201,6 +190,9 @@ impl Writer {
                     b.tp.partition
                 ),
             }
+            // Not committed: the link this attempt told the next batch's writer is void, and
+            // that writer waits for the next one.
+            t.handoff.set(Relay::Pending);
         }
         let finishing = Instant::now();
         previous.wait(false, stop);
